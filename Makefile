@@ -1,0 +1,21 @@
+# Quickstart: `make run` (baseline driver on a bundled track) and `make test`.
+# Both create .venv with Python 3.11 and install the project on first use.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test bench setup
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(BIN)/python scripts/drive_baseline.py
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -n 2

@@ -1,0 +1,192 @@
+"""Track files: reading, validating and resampling centre lines (numpy, not jitted).
+
+The format is the TUM racetrack database CSV: a comment header
+``# x_m,y_m,w_tr_right_m,w_tr_left_m`` then one row per centre-line point, closed loop (the last
+point connects to the first). Widths are the distances from the centre line to the right and left
+track edges, looking in the driving direction.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+from scipy import interpolate
+
+HEADER = "x_m,y_m,w_tr_right_m,w_tr_left_m"
+MIN_POINTS = 8
+# The project's own layouts live in tracks/ at the repository root.
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "tracks"
+DEFAULT_TRACK = "flowing"
+
+
+class TrackFileError(ValueError):
+    """A track file or track array that cannot be used, with what is wrong and where."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackData:
+    """A closed centre line with widths, in metres; arrays of shape (n,)."""
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    w_right: np.ndarray
+    w_left: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[0])
+
+    def length(self) -> float:
+        return float(np.sum(np.hypot(np.diff(self.x, append=self.x[0]), np.diff(self.y, append=self.y[0]))))
+
+
+def bundled_tracks() -> list[str]:
+    """Names of the layouts the project ships."""
+    return sorted(p.stem for p in BUNDLED_DIR.glob("*.csv"))
+
+
+def resolve_track_path(name_or_path: str | Path) -> Path:
+    """A bundled track name (``flowing``) or a path to any TUM-format CSV file."""
+    p = Path(name_or_path)
+    if p.suffix == "" and not p.exists():
+        bundled = BUNDLED_DIR / f"{p.name}.csv"
+        if bundled.exists():
+            return bundled
+        raise TrackFileError(
+            f"no track named {str(name_or_path)!r}: give a bundled name ({', '.join(bundled_tracks())}) "
+            "or the path of a CSV file in the TUM racetrack format"
+        )
+    if not p.exists():
+        raise TrackFileError(f"{p}: file not found; give a bundled track name or the path of a TUM-format CSV file")
+    return p
+
+
+def load_track(name_or_path: str | Path) -> TrackData:
+    """Read and validate a track file; errors name the file, the row and what is expected."""
+    path = resolve_track_path(name_or_path)
+    rows: list[list[float]] = []
+    linenos: list[int] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            cols = [c.strip() for c in text.split(",")]
+            if len(cols) != 4:
+                raise TrackFileError(
+                    f"{path}:{lineno}: expected 4 columns ({HEADER}), got {len(cols)}: {text[:80]!r}"
+                )
+            try:
+                vals = [float(c) for c in cols]
+            except ValueError:
+                raise TrackFileError(f"{path}:{lineno}: expected 4 numbers ({HEADER}), got {text[:80]!r}") from None
+            rows.append(vals)
+            linenos.append(lineno)
+    if not rows:
+        raise TrackFileError(f"{path}: no data rows; expected rows of {HEADER} after the header")
+    arr = np.asarray(rows, dtype=np.float64)
+    return validate_track(
+        TrackData(path.stem, arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3]), source=str(path), rows=linenos
+    )
+
+
+def validate_track(data: TrackData, source: str | None = None, rows: list[int] | None = None) -> TrackData:
+    """Check a closed centre line; returns it with repeated consecutive points removed.
+
+    ``rows`` maps point index to the line number in ``source`` so errors can point at the file.
+    """
+    src = source or data.name
+    where = (lambda i: f"{src}:{rows[i]}") if rows is not None else (lambda i: f"{src}: point {i}")
+    arr = np.stack([data.x, data.y, data.w_right, data.w_left], axis=1).astype(np.float64)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise TrackFileError(f"{where(i)}: {HEADER.split(',')[j]} is not a finite number; every value must be finite")
+    for j, col in ((2, "w_tr_right_m"), (3, "w_tr_left_m")):
+        neg = np.flatnonzero(arr[:, j] <= 0.0)
+        if neg.size:
+            i = neg[0]
+            raise TrackFileError(f"{where(i)}: {col} = {arr[i, j]} but track widths must be positive metres")
+    # Repeated points (zero-length segments) carry no geometry; drop them.
+    step = np.hypot(np.diff(arr[:, 0], append=arr[0, 0]), np.diff(arr[:, 1], append=arr[0, 1]))
+    keep = step > 1e-6
+    if rows is not None:
+        rows = [r for r, k in zip(rows, keep) if k]
+    arr = arr[keep]
+    if arr.shape[0] < MIN_POINTS:
+        raise TrackFileError(
+            f"{src}: {arr.shape[0]} distinct centre-line points; a closed track needs at least {MIN_POINTS}"
+        )
+    hit = _first_self_intersection(arr[:, 0], arr[:, 1])
+    if hit is not None:
+        i, j = hit
+        raise TrackFileError(
+            f"{src}: the centre line crosses itself (segment from {where(i)} intersects segment from {where(j)}); "
+            "a track must be a simple closed loop"
+        )
+    return TrackData(data.name, arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy(), arr[:, 3].copy())
+
+
+def _first_self_intersection(x: np.ndarray, y: np.ndarray) -> tuple[int, int] | None:
+    """First pair (i, j) of non-adjacent closed-polyline segments that properly intersect."""
+    n = x.shape[0]
+    p = np.stack([x, y], 1)
+    q = np.roll(p, -1, axis=0)
+    idx = np.arange(n)
+    for start in range(0, n, 256):
+        i = idx[start : start + 256, None]
+        j = idx[None, :]
+        a, b = p[i[:, 0]][:, None, :], q[i[:, 0]][:, None, :]
+        c, d = p[None, :, :], q[None, :, :]
+
+        def cross(o, u, v):
+            return (u[..., 0] - o[..., 0]) * (v[..., 1] - o[..., 1]) - (u[..., 1] - o[..., 1]) * (v[..., 0] - o[..., 0])
+
+        d1, d2 = cross(a, b, c), cross(a, b, d)
+        d3, d4 = cross(c, d, a), cross(c, d, b)
+        inter = (d1 * d2 < 0) & (d3 * d4 < 0)
+        adjacent = (np.abs(i - j) <= 1) | (np.abs(i - j) == n - 1)
+        inter &= ~adjacent & (j > i)
+        if inter.any():
+            ii, jj = np.argwhere(inter)[0]
+            return int(start + ii), int(jj)
+    return None
+
+
+def resample(data: TrackData, n_points: int | None = None, step: float | None = None, smoothing: float = 10.0) -> TrackData:
+    """Smooth the centre line with a periodic spline and resample it at equal arc-length steps.
+
+    Give either the number of points or the step in metres. ``smoothing`` is the spline's
+    smoothing factor in m^2 summed over points (0 interpolates exactly); raw centre lines from
+    maps are noisy and their curvature is unusable without it.
+    """
+    if (n_points is None) == (step is None):
+        raise ValueError("resample: give exactly one of n_points or step")
+    xy = np.stack([data.x, data.y])
+    # Periodic spline through the points; the closing point repeats the first.
+    pts = np.concatenate([xy, xy[:, :1]], axis=1)
+    w = np.stack([data.w_right, data.w_left])
+    w = np.concatenate([w, w[:, :1]], axis=1)
+    tck, u = interpolate.splprep(pts, s=smoothing, per=1, k=3)
+    # Arc length of the spline on a fine grid, then equal steps in arc length.
+    fine = np.linspace(0.0, 1.0, max(20 * pts.shape[1], 4000), endpoint=True)
+    fx, fy = interpolate.splev(fine, tck)
+    seg = np.hypot(np.diff(fx), np.diff(fy))
+    s_fine = np.concatenate([[0.0], np.cumsum(seg)])
+    length = s_fine[-1]
+    if n_points is None:
+        n_points = max(MIN_POINTS, int(round(length / step)))
+    s_new = np.linspace(0.0, length, n_points, endpoint=False)
+    u_new = np.interp(s_new, s_fine, fine)
+    nx, ny = interpolate.splev(u_new, tck)
+    wr = np.interp(u_new, u, w[0])
+    wl = np.interp(u_new, u, w[1])
+    return TrackData(data.name, np.asarray(nx), np.asarray(ny), wr, wl)
+
+
+def save_track(data: TrackData, path: str | Path) -> None:
+    """Write a track in the TUM CSV format."""
+    arr = np.stack([data.x, data.y, data.w_right, data.w_left], axis=1)
+    np.savetxt(path, arr, delimiter=",", header=HEADER, comments="# ", fmt="%.4f")
