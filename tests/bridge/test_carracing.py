@@ -1,0 +1,69 @@
+import math
+import time
+
+import pytest
+
+pytest.importorskip("Box2D", reason="the reference game needs the 'game' extra (gymnasium[box2d])")
+
+from bridge.client import LockstepClient  # noqa: E402
+from bridge.conformance import Report, check_lockstep, check_realtime  # noqa: E402
+from bridge.games.carracing import CarRacingGame  # noqa: E402
+from bridge.sdk import LockstepServer, RealtimeServer  # noqa: E402
+from tests.bridge.conftest import ServerThread  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def game():
+    g = CarRacingGame()
+    yield g
+
+
+def test_steer_left_turns_counter_clockwise_and_yaw_follows_motion(game):
+    f0 = game.reset(3)
+    f = f0
+    for _ in range(40):
+        f = game.step({"steer": 0.0, "throttle": 0.5, "brake": 0.0}, 1)
+    heading = math.atan2(f["y"] - f0["y"], f["x"] - f0["x"])
+    assert abs(math.remainder(heading - f0["yaw"], 2 * math.pi)) < 0.1
+    assert f["lap_dist"] > 5.0 and f["on_track"]
+    for _ in range(10):
+        f = game.step({"steer": 1.0, "throttle": 0.0, "brake": 0.0}, 1)
+    assert f["yaw_rate"] > 0.1  # steer +1 is left: counter-clockwise
+
+
+def test_lockstep_is_much_faster_than_real_time_without_rendering(game):
+    game.reset(1)
+    n, t0 = 500, time.perf_counter()
+    for _ in range(n):
+        game.step({"steer": 0.05, "throttle": 0.3, "brake": 0.0}, 1)
+    steps_per_s = n / (time.perf_counter() - t0)
+    assert steps_per_s > 10 * 50, steps_per_s  # at least 10x the game's 50 Hz
+    assert game.env.screen is None  # never opened a window
+
+
+def test_carracing_passes_the_lockstep_conformance_suite(ctx):
+    server = LockstepServer(CarRacingGame(), "tcp://127.0.0.1:*", context=ctx)
+    st = ServerThread(server)
+    try:
+        with LockstepClient(server.address, context=ctx) as c:
+            tr = c.track()
+            assert tr["x"].shape[0] > 100 and (tr["w_left"] > 0).all()
+        r = check_lockstep(server.address, timeout=5, report=Report(out=lambda s: None), context=ctx)
+    finally:
+        st.stop()
+    assert r.ok, [x for x in r.results if not x[1]]
+
+
+def test_carracing_passes_the_realtime_conformance_suite(ctx):
+    server = RealtimeServer(CarRacingGame(), "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", action_timeout=0.3,
+                            context=ctx)
+    st = ServerThread(server)
+    t0 = time.monotonic()
+    try:
+        r = check_realtime(server.pub_address, server.pull_address, action_timeout=0.3,
+                           report=Report(out=lambda s: None), context=ctx)
+        rate = server.stats.frames / (time.monotonic() - t0)
+    finally:
+        st.stop()
+    assert r.ok, [x for x in r.results if not x[1]]
+    assert 40 < rate <= 51, rate  # the game's native 50 Hz on the wall clock

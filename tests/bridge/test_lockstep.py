@@ -1,0 +1,111 @@
+
+import numpy as np
+import pytest
+import zmq
+
+from bridge import protocol as P
+from bridge.client import LockstepClient, RemoteError
+from bridge.games.kinematic import KinematicCarGame
+from bridge.sdk import GameOutputError, GamePlugin, LockstepServer
+
+FULL = {"steer": 0.0, "throttle": 1.0, "brake": 0.0}
+
+
+def test_hello_track_reset_step_close_round_trip(lockstep_server, ctx):
+    with LockstepClient(lockstep_server.address, timeout=2, context=ctx) as c:
+        h = c.hello()
+        assert h["game"] == "kinematic-circle" and h["modes"] == ["lockstep"] and h["dt"] == 0.02 and h["track"]
+        tr = c.track()
+        assert tr["closed"] and tr["x"].shape == (200,) and tr["x"].dtype == np.float64
+        np.testing.assert_allclose(np.hypot(tr["x"], tr["y"]), 50.0)
+        r0 = c.reset(seed=3).frame
+        assert r0["episode"] == 0 and r0["t"] == 0.0 and r0["speed"] == 0.0 and r0["throttle"] == 0.0
+        r1 = c.step(FULL, ticks=5)
+        f = r1.frame
+        assert not r1.restarted and f["seq"] == r0["seq"] + 1 and f["ack"] == 0
+        assert f["t"] == pytest.approx(0.1) and f["throttle"] == 1.0
+        assert f["speed"] == pytest.approx(6.0 * 0.1)  # 6 m/s^2 for 5 ticks of 0.02 s
+        assert c.reset().frame["episode"] == 1
+    assert lockstep_server.stats.frames == 3
+
+
+def test_same_seed_gives_same_episode(lockstep_server, ctx):
+    with LockstepClient(lockstep_server.address, context=ctx) as c:
+        runs = []
+        for _ in range(2):
+            c.reset(seed=11)
+            runs.append([c.step({"steer": 0.3, "throttle": 0.7, "brake": 0.0}).frame["x"] for _ in range(10)])
+        assert runs[0] == runs[1]
+
+
+def test_remote_errors_raise_with_contract_code(lockstep_server, ctx):
+    with LockstepClient(lockstep_server.address, context=ctx) as c:
+        with pytest.raises(RemoteError) as ei:
+            c.step(FULL)  # before any reset
+        assert ei.value.code == P.NO_EPISODE
+        c.reset()
+        with pytest.raises(RemoteError) as ei:
+            c.step({"steer": 2.0, "throttle": 0.0, "brake": 0.0})
+        assert ei.value.code == P.BAD_ACTION
+        assert c.step(FULL).frame["throttle"] == 1.0  # still serving
+
+
+class NoTrackGame(KinematicCarGame):
+    def track(self):
+        return None
+
+
+def test_track_unsupported_when_hello_says_false(ctx):
+    server = LockstepServer(NoTrackGame(), "tcp://127.0.0.1:*", context=ctx)
+    from tests.bridge.conftest import ServerThread
+    st = ServerThread(server)
+    try:
+        with LockstepClient(server.address, context=ctx) as c:
+            assert c.hello()["track"] is False
+            with pytest.raises(RemoteError) as ei:
+                c.track()
+            assert ei.value.code == P.UNSUPPORTED
+    finally:
+        st.stop()
+
+
+class NaNGame(GamePlugin):
+    name = "nan"
+
+    def reset(self, seed):
+        return {"x": 0.0, "y": 0.0, "yaw": 0.0, "speed": float("nan")}
+
+
+def test_game_producing_nan_is_refused_by_the_sdk(ctx):
+    server = LockstepServer(NaNGame(), "tcp://127.0.0.1:*", context=ctx)
+    try:
+        with pytest.raises(GameOutputError, match="speed"):
+            server.handle(P.encode(P.reset_request()))
+    finally:
+        server.close()
+
+
+def test_non_loopback_bind_refused_without_keys(ctx):
+    for addr in ("tcp://0.0.0.0:*", "tcp://*:*"):
+        with pytest.raises(PermissionError, match="CurveZMQ"):
+            LockstepServer(KinematicCarGame(), addr, context=ctx)
+
+
+def test_curve_encrypted_server_on_all_interfaces_talks_to_keyed_client_only(ctx):
+    from bridge.sdk import CurveKeys
+    spub, ssec = zmq.curve_keypair()
+    cpub, csec = zmq.curve_keypair()
+    server = LockstepServer(KinematicCarGame(), "tcp://0.0.0.0:*", curve=CurveKeys(spub, ssec), context=ctx)
+    from tests.bridge.conftest import ServerThread
+    st = ServerThread(server)
+    port = server.address.rsplit(":", 1)[1]
+    try:
+        # only ever connect through loopback
+        with LockstepClient(f"tcp://127.0.0.1:{port}", curve=CurveKeys(cpub, csec, spub), context=ctx) as c:
+            assert c.hello()["game"] == "kinematic-circle"
+        plain = LockstepClient(f"tcp://127.0.0.1:{port}", timeout=0.3, retries=0, context=ctx)
+        with pytest.raises(TimeoutError):
+            plain.request_raw(P.encode(P.hello_request()))
+        plain.close(say_bye=False)
+    finally:
+        st.stop()
