@@ -1,0 +1,96 @@
+"""Drive the classical baseline (pure pursuit + reference speed profile) on a track in the surrogate,
+print its lap times beside the minimum-lap-time reference for the same car, and save a lap plot.
+
+    python scripts/drive_baseline.py [--track flowing|technical|oval|PATH.csv] [--laps 2] [--model dynamic]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from racerl_jax.plots import plot_lap
+from surrogate.baseline import BaselineParams, baseline_action, baseline_params_for
+from surrogate.car import CarParams
+from surrogate.env import EnvConfig, RacingEnv, make_params
+from surrogate.rollout import lap_metrics, rollout
+from surrogate.track import select_track
+from surrogate.track_io import DEFAULT_TRACK
+
+
+@dataclasses.dataclass
+class Config:
+    track: str = DEFAULT_TRACK
+    laps: int = 2
+    model: str = "dynamic"
+    speed_margin: float = BaselineParams.speed_margin
+    run_dir: str = ""
+    seed: int = 0
+
+
+def parse() -> Config:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = Config()
+    p.add_argument("--track", default=d.track, help="bundled track name or path to a TUM-format CSV")
+    p.add_argument("--laps", type=int, default=d.laps, help="laps to drive from a standing start")
+    p.add_argument("--model", default=d.model, choices=["dynamic", "kinematic"])
+    p.add_argument("--speed-margin", type=float, default=d.speed_margin, help="fraction of the reference speed to aim at")
+    p.add_argument("--run-dir", default=d.run_dir, help="where to save the plot (default runs/baseline-<track>-<time>)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    return Config(**{k.replace("-", "_"): v for k, v in vars(p.parse_args()).items()})
+
+
+def main() -> None:
+    cfg = parse()
+    t0 = time.time()
+    car = CarParams()
+    env_cfg = EnvConfig(model=cfg.model, start="line", max_episode_steps=100_000)
+    print(f"track {cfg.track}: computing the minimum-lap-time reference for the default car ...", flush=True)
+    params, refs = make_params([cfg.track], car=car, config=env_cfg)
+    ref = refs[0]
+    env = RacingEnv(env_cfg)
+    track = select_track(params.tracks, 0)
+    bp = dataclasses.replace(baseline_params_for(car), speed_margin=cfg.speed_margin)
+
+    def policy(obs, state, key):
+        return baseline_action(track, state.pos, env.telemetry(state.car), bp)
+
+    # Enough steps for the laps at a pessimistic 60% of the reference pace.
+    steps = int(cfg.laps * ref.lap_time_s / 0.6 / env_cfg.dt)
+    print(f"driving {cfg.laps} laps ({steps} steps max, one jitted scan) ...", flush=True)
+    traj = rollout(env, params, policy, jax.random.PRNGKey(cfg.seed), steps)
+    laps_at = np.flatnonzero(traj["lap_completed"])
+    if laps_at.size >= cfg.laps:
+        traj = {k: v[: laps_at[cfg.laps - 1] + 1] for k, v in traj.items()}
+    m = lap_metrics(traj)
+    times = traj["lap_time"][traj["lap_completed"].astype(bool)]
+    clean = traj["lap_clean"][traj["lap_completed"].astype(bool)]
+
+    run_dir = Path(cfg.run_dir or f"runs/baseline-{Path(cfg.track).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plot = plot_lap(track, traj["x"], traj["y"], traj["speed"], run_dir / "lap.png",
+                    title=f"baseline on {Path(cfg.track).stem}: best clean lap {m['best_lap_s']:.2f} s, limit {ref.lap_time_s:.2f} s")
+    summary = {"config": dataclasses.asdict(cfg), "lap_times_s": times.tolist(), "lap_clean": clean.tolist(),
+               "limit_s": ref.lap_time_s, "centre_line_limit_s": ref.centre_lap_time_s, **m}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+
+    for i, (lt, c) in enumerate(zip(times, clean), start=1):
+        kind = "standing start" if i == 1 else "flying"
+        print(f"lap {i} ({kind}): {lt:.2f} s {'clean' if c else 'OFF TRACK'}")
+    print(f"minimum-lap-time reference for this car: {ref.lap_time_s:.2f} s on the min-curvature line "
+          f"({ref.line_length_m:.0f} m), {ref.centre_lap_time_s:.2f} s on the centre line")
+    print(f"deviation from the reference line (rms): {m['ref_deviation_m']:.2f} m; action change (mean sq.): {m['action_change']:.4f}")
+    print(f"lap plot: {plot}  ({time.time() - t0:.0f} s in all)")
+    gap = 100.0 * (m["best_lap_s"] / ref.lap_time_s - 1.0)
+    print(f"baseline_best_lap_s={m['best_lap_s']:.2f} limit_s={ref.lap_time_s:.2f} gap_pct={gap:.1f} clean_laps={int(m['clean_laps'])}")
+    if not np.isfinite(m["best_lap_s"]):
+        raise SystemExit("the baseline did not complete a clean lap")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from surrogate.car import CarParams, car_params_to_dict
+from surrogate.env import EnvConfig, RacingEnv, batch_reset, batch_step, make_params
+from surrogate.observation import Telemetry, observe
+from surrogate.reward import RewardWeights, reward
+from surrogate.track import project_global, select_track
+
+# The env's logic does not depend on the car model; the kinematic one compiles fastest.
+CFG = EnvConfig(model="kinematic", max_episode_steps=300, n_track_points=1024)
+
+
+@pytest.fixture(scope="module")
+def oval():
+    params, refs = make_params(["oval"], config=CFG)
+    return params, refs
+
+
+def _run(env, params, actions_fn, steps, n=1, key=0):
+    @jax.jit
+    def go(key):
+        k0, k1 = jax.random.split(key)
+        obs, st = batch_reset(env, k0, params, n)
+
+        def body(carry, k):
+            obs, st = carry
+            a = actions_fn(st, k)
+            obs2, st2, r, te, tr, info = batch_step(env, k, st, a, params)
+            return (obs2, st2), (obs2, r, te, tr, info, st2)
+
+        return jax.lax.scan(body, (obs, st), jax.random.split(k1, steps))
+
+    return go(jax.random.PRNGKey(key))
+
+
+def test_random_actions_on_many_cars_stay_finite_and_auto_reset(oval):
+    params, _ = oval
+    env = RacingEnv(CFG)
+    n = 64
+
+    def rand(st, k):
+        u = jax.random.uniform(k, (n, 3))
+        return jnp.stack([2 * u[:, 0] - 1, u[:, 1], u[:, 2]], axis=1)
+
+    _, (obs, r, te, tr, info, st) = _run(env, params, rand, 400, n=n)
+    assert obs.shape == (400, n, env.observation_size)
+    assert np.all(np.isfinite(np.asarray(obs))) and np.all(np.isfinite(np.asarray(r)))
+    done = np.asarray(te | tr)
+    assert done.any(), "random driving never ended an episode"
+    # Every ended episode restarts at step 0 in the same call.
+    steps = np.asarray(st.steps)
+    assert np.all(steps[done] == 0)
+    assert np.all(steps[~done] > 0)
+
+
+def test_leaving_the_track_terminates_with_the_penalty(oval):
+    params, _ = oval
+    env = RacingEnv(dataclasses.replace(CFG, start="line"))
+    full_left = lambda st, k: jnp.array([[1.0, 1.0, 0.0]])  # noqa: E731
+    _, (obs, r, te, tr, info, st) = _run(env, params, full_left, 300)
+    te = np.asarray(te)[:, 0]
+    assert te.any()
+    i = np.flatnonzero(te)[0]
+    assert bool(np.asarray(info["off_track"])[i, 0])
+    assert float(np.asarray(r)[i, 0]) < -params.reward.off_track + 1.0
+
+
+def test_standing_still_is_truncated_by_the_stuck_check(oval):
+    params, _ = oval
+    cfg = dataclasses.replace(CFG, start="line", stuck_time=2.0)
+    env = RacingEnv(cfg)
+    idle = lambda st, k: jnp.zeros((1, 3))  # noqa: E731
+    _, (obs, r, te, tr, info, st) = _run(env, params, idle, 100)
+    tr = np.asarray(tr)[:, 0]
+    assert not np.asarray(te).any()
+    assert np.flatnonzero(tr)[0] == round(2.0 / cfg.dt) - 1
+
+
+def test_time_limit_truncates_a_running_episode(oval):
+    params, _ = oval
+    cfg = dataclasses.replace(CFG, start="line", max_episode_steps=50)
+    env = RacingEnv(cfg)
+    slow = lambda st, k: jnp.array([[0.0, 0.3, 0.0]])  # noqa: E731
+    _, (obs, r, te, tr, info, st) = _run(env, params, slow, 60)
+    assert np.flatnonzero(np.asarray(tr)[:, 0])[0] == 49
+
+
+def test_driving_backwards_terminates_as_wrong_way(oval):
+    params, _ = oval
+    env = RacingEnv(dataclasses.replace(CFG, start="line", wrong_way_m=20.0))
+    obs, st = env.reset(jax.random.PRNGKey(0), params)
+    turned = st.car.replace(yaw=st.car.yaw + jnp.pi)
+    st = st.replace(car=turned)
+    step = jax.jit(env.step)
+    for i in range(200):
+        obs, st, r, te, tr, info = step(jax.random.PRNGKey(i), st, jnp.array([0.0, 0.5, 0.0]), params)
+        if bool(te):
+            break
+    assert bool(te) and not bool(info["off_track"])
+    assert float(r) < 0  # progress was negative
+
+
+def test_lap_is_timed_once_per_crossing_and_matches_the_clock(oval):
+    params, refs = oval
+    env = RacingEnv(dataclasses.replace(CFG, start="line", max_episode_steps=100_000))
+    from surrogate.baseline import baseline_action, baseline_params_for
+
+    track = select_track(params.tracks, 0)
+    bp = baseline_params_for(params.car)
+    pol = lambda st, k: jax.vmap(lambda s: baseline_action(track, s.pos, env.telemetry(s.car), bp))(st)  # noqa: E731
+    steps = int(2.2 * refs[0].lap_time_s / 0.6 / CFG.dt)
+    _, (obs, r, te, tr, info, st) = _run(env, params, pol, steps)
+    done = np.asarray(info["lap_completed"])[:, 0]
+    times = np.asarray(info["lap_time"])[:, 0][done]
+    assert done.sum() >= 2
+    assert not np.asarray(te).any()
+    # The first lap from standstill started at t=0: its time is the clock at the crossing, within one step.
+    first = np.flatnonzero(done)[0]
+    assert abs(times[0] - (first + 1) * CFG.dt) <= CFG.dt
+    # A flying lap is faster than the standing one, and both are slower than the physical limit.
+    assert times[1] < times[0]
+    assert times[1] > refs[0].lap_time_s
+    assert bool(np.asarray(info["lap_clean"])[:, 0][done][1])
+
+
+def test_domain_randomisation_varies_the_car_per_episode(oval):
+    params, _ = oval
+    env = RacingEnv(CFG)
+    reset = jax.jit(lambda p: batch_reset(env, jax.random.PRNGKey(0), p, 32))
+    obs, st = reset(params.replace(car_spread=jnp.float32(0.1)))
+    masses = np.asarray(st.car_params.mass)
+    assert masses.std() > 10.0
+    assert np.all(np.abs(masses / CarParams().mass - 1.0) <= 0.1 + 1e-6)
+    obs, st0 = reset(params)
+    assert np.allclose(np.asarray(st0.car_params.mass), CarParams().mass)
+
+
+def test_the_dynamic_model_drives_the_same_env_as_the_kinematic_one_on_a_straight(oval):
+    params, _ = oval
+    gentle = lambda st, k: jnp.array([[0.0, 0.5, 0.0]])  # noqa: E731
+    progress = {}
+    for model in ("dynamic", "kinematic"):
+        env = RacingEnv(dataclasses.replace(CFG, model=model, start="line"))
+        _, (obs, r, te, tr, info, st) = _run(env, params, gentle, 60)
+        assert np.all(np.isfinite(np.asarray(obs)))
+        progress[model] = float(np.asarray(info["progress"]).sum())
+    assert progress["dynamic"] > 8.0
+    assert progress["dynamic"] == pytest.approx(progress["kinematic"], rel=0.05)
+
+
+def test_several_tracks_are_drawn_at_reset():
+    params, refs = make_params(["oval", "technical"], config=CFG)
+    env = RacingEnv(CFG)
+    obs, st = batch_reset(env, jax.random.PRNGKey(1), params, 64)
+    ids = np.asarray(st.track_id)
+    assert set(ids.tolist()) == {0, 1}
+    assert refs[0].lap_time_s < refs[1].lap_time_s or refs[0].line_length_m != refs[1].line_length_m
+
+
+def test_observation_is_unchanged_by_moving_the_whole_world(oval):
+    """Only relative quantities reach the policy: translate and rotate track and car together."""
+    params, _ = oval
+    track = select_track(params.tracks, 0)
+    i = 100
+    tel = Telemetry(track.x[i] + 1.0, track.y[i] - 0.5, track.heading[i] + 0.1, jnp.float32(20.0),
+                    jnp.float32(1.0), jnp.float32(-2.0), jnp.float32(0.1))
+    prev = jnp.array([0.1, 0.5, 0.0])
+    cfg = CFG.obs
+    obs0 = observe(track, project_global(track, tel.x, tel.y, tel.yaw), tel, prev, cfg)
+    th, dx, dy = 0.7, 300.0, -120.0
+    c, s = np.cos(th), np.sin(th)
+    moved = track.replace(x=c * track.x - s * track.y + dx, y=s * track.x + c * track.y + dy, heading=track.heading + th)
+    tel2 = tel.replace(x=c * tel.x - s * tel.y + dx, y=s * tel.x + c * tel.y + dy, yaw=tel.yaw + th)
+    obs1 = observe(moved, project_global(moved, tel2.x, tel2.y, tel2.yaw), tel2, prev, cfg)
+    np.testing.assert_allclose(np.asarray(obs0), np.asarray(obs1), atol=2e-3)
+
+
+def test_observation_accepts_plain_numpy_telemetry_like_a_game_frame(oval):
+    params, _ = oval
+    track = select_track(params.tracks, 0)
+    frame = {"x": 10.0, "y": 2.0, "yaw": 0.2, "speed": 30.0, "accel_long": 0.5, "accel_lat": 3.0, "yaw_rate": 0.05}
+    tel = Telemetry(**{k: np.float32(v) for k, v in frame.items()})
+    obs = observe(track, project_global(track, tel.x, tel.y, tel.yaw), tel, np.zeros(3, np.float32), CFG.obs)
+    assert obs.shape == (CFG.obs.size,) and np.all(np.isfinite(np.asarray(obs)))
+    assert float(obs[0]) == pytest.approx(30.0 / 50.0)
+
+
+def test_reward_terms_add_up_and_punish_jerky_actions():
+    w = RewardWeights(progress=0.1, deviation=0.01, action_change=0.5, off_track=5.0, stuck=1.0, time=0.0)
+    a, prev = jnp.array([0.5, 1.0, 0.0]), jnp.array([-0.5, 1.0, 0.0])
+    r, terms = reward(w, jnp.float32(2.0), jnp.float32(1.0), a, prev, jnp.bool_(False), jnp.bool_(False))
+    assert float(r) == pytest.approx(0.2 - 0.01 - 0.5)
+    r_smooth, _ = reward(w, jnp.float32(2.0), jnp.float32(1.0), a, a, jnp.bool_(False), jnp.bool_(False))
+    assert float(r_smooth) > float(r)
+    r_off, _ = reward(w, jnp.float32(2.0), jnp.float32(1.0), a, a, jnp.bool_(True), jnp.bool_(False))
+    assert float(r_off) == pytest.approx(float(r_smooth) - 5.0)
+
+
+def test_env_config_rejects_unknown_model():
+    with pytest.raises(ValueError, match="model"):
+        EnvConfig(model="unicycle")
+
+
+def test_make_params_rejects_unphysical_car():
+    bad = CarParams(**{**car_params_to_dict(CarParams()), "mass": -5.0})
+    with pytest.raises(ValueError, match="mass"):
+        make_params(["oval"], car=bad, config=CFG)
