@@ -4,9 +4,10 @@
 
 TRACK is a TUM-format CSV path or a bundled track name. ``--car reference`` (default) is the car
 of shared/reference/laptime-limits.md, so the figures compare with that table; ``--car default``
-uses ``surrogate.car.CarParams()``. ``--objective tum`` reproduces TUM's minimum-curvature QP (the
-line behind the table); ``curvature`` (default) is the true minimum-curvature line, and the
-TUM-compatible figure is printed beside it for comparison.
+uses ``surrogate.car.CarParams()``. ``--objective tum`` (default) reproduces TUM's minimum-curvature
+QP, the line behind the table, so the last line compares with it; ``curvature`` is the true
+minimum-curvature line that the project uses as its limit (tighter: TUM's QP doubles the linear
+term of its objective), printed with the TUM-compatible figure beside it.
 
 Last line: lap_time_s=<float> line_length_m=<float>
 """
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("track", help="TUM-format CSV file or bundled track name")
     ap.add_argument("--car", choices=("reference", "default"), default="reference")
-    ap.add_argument("--objective", choices=OBJECTIVES, default="curvature")
+    ap.add_argument("--objective", choices=OBJECTIVES, default="tum")
     ap.add_argument("--step", type=float, default=3.0, help="resampling step in metres (TUM: 3.0)")
     ap.add_argument("--vehicle-width", type=float, default=2.0)
     ap.add_argument("--kappa-bound", type=float, default=0.12)

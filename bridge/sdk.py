@@ -166,9 +166,9 @@ class LockstepServer:
             self.sock.close()
             raise
         self.address = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._track = game.track()
-        if self._track is not None:
-            self._track_reply = P.encode(P.track_reply(**self._track))
+        # Whether the game serves a track is fixed; the track itself may change with each reset
+        # (a new layout per seed), so the reply is built when asked.
+        self._serves_track = game.track() is not None
         self._seq = 0
         self._episode = -1
         self._ticks = 0
@@ -188,13 +188,14 @@ class LockstepServer:
     def _dispatch(self, req: dict) -> tuple[bytes, bool]:
         t = req["type"]
         if t == "hello":
-            reply = P.hello_reply(self.game.name, self.modes, self.game.dt, self._track is not None,
+            reply = P.hello_reply(self.game.name, self.modes, self.game.dt, self._serves_track,
                                   **self.game.info())
             return P.encode(reply), False
         if t == "track":
-            if self._track is None:
+            track = self.game.track() if self._serves_track else None
+            if track is None:
                 raise P.ProtocolError(P.UNSUPPORTED, f"game {self.game.name!r} does not serve a track")
-            return self._track_reply, False
+            return P.encode(P.track_reply(**track)), False
         if t == "close":
             return P.encode(P.bye()), True
         if "lockstep" not in self.modes:

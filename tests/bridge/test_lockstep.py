@@ -109,3 +109,23 @@ def test_curve_encrypted_server_on_all_interfaces_talks_to_keyed_client_only(ctx
         plain.close(say_bye=False)
     finally:
         st.stop()
+
+
+def test_track_reply_follows_the_layout_of_the_current_episode(ctx):
+    class NewLayoutEachSeed(KinematicCarGame):
+        def reset(self, seed):
+            self.radius = 50.0 + (seed or 0)
+            return super().reset(seed)
+
+    server = LockstepServer(NewLayoutEachSeed(), "tcp://127.0.0.1:*", context=ctx)
+    from tests.bridge.conftest import ServerThread
+
+    st = ServerThread(server)
+    try:
+        with LockstepClient(server.address, timeout=2, context=ctx) as c:
+            c.reset(seed=10)
+            np.testing.assert_allclose(np.hypot(*(c.track()[k] for k in ("x", "y"))), 60.0)
+            c.reset(seed=30)
+            np.testing.assert_allclose(np.hypot(*(c.track()[k] for k in ("x", "y"))), 80.0)
+    finally:
+        st.stop()
