@@ -1,0 +1,486 @@
+"""Training loops for CrossQ.
+
+- ``make_train_iteration``: the whole interaction + learning loop for a functional JAX env
+  (``racerl_jax.envs`` interface), N vmapped envs, compiled into one ``lax.scan``.
+- ``HostLoop``: the same agent, ``act`` and ``update`` for envs that are not JAX (any
+  ``gymnasium.Env`` or gymnasium vector env; later the real game over the bridge).
+- ``train``: the driver that runs jitted chunks from Python with progress, evaluation,
+  logging, checkpoints and step/wall-clock budgets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from racerl_jax import crossq, replay
+from racerl_jax.crossq import AgentState, CrossQConfig
+from racerl_jax.replay import ReplayBuffer, Transition
+
+# ----------------------------------------------------------------------------- shared pieces
+
+
+def scale_action(action: jax.Array, low: np.ndarray, high: np.ndarray) -> jax.Array:
+    """Map the agent's [-1, 1] actions linearly onto the env's [low, high]."""
+    low = jnp.asarray(low, jnp.float32)
+    high = jnp.asarray(high, jnp.float32)
+    return low + (action + 1.0) * 0.5 * (high - low)
+
+
+def _run_updates(
+    agent: AgentState, buffer: ReplayBuffer, num_updates: int, config: CrossQConfig
+) -> tuple[AgentState, dict[str, jax.Array]]:
+    """``num_updates`` gradient steps (scan), each on a fresh batch; returns mean metrics."""
+
+    def body(a: AgentState, _: None) -> tuple[AgentState, dict]:
+        key, k_batch = jax.random.split(a.key)
+        batch = replay.sample(buffer, k_batch, config.batch_size)
+        a, metrics = crossq.update(a.replace(key=key), batch, config)
+        return a, metrics
+
+    agent, metrics = jax.lax.scan(body, agent, None, length=num_updates)
+    return agent, jax.tree.map(jnp.nanmean, metrics)
+
+
+def _nan_metrics() -> dict[str, jax.Array]:
+    nan = jnp.full((), jnp.nan, jnp.float32)
+    return {k: nan for k in ("critic_loss", "q_mean", "alpha", "actor_loss", "entropy", "alpha_loss")}
+
+
+def _maybe_update(
+    agent: AgentState, buffer: ReplayBuffer, num_updates: int, config: CrossQConfig
+) -> tuple[AgentState, dict[str, jax.Array]]:
+    ready = (agent.env_steps >= config.learning_starts) & (buffer.size > 0)
+    return jax.lax.cond(
+        ready,
+        lambda a: _run_updates(a, buffer, num_updates, config),
+        lambda a: (a, _nan_metrics()),
+        agent,
+    )
+
+
+def default_updates_per_iter(config: CrossQConfig, num_envs: int) -> int:
+    """Keeps the update-to-data ratio: one iteration collects ``num_envs`` transitions."""
+    return config.utd_ratio * num_envs
+
+
+# ----------------------------------------------------------------------------- jitted loop
+
+
+@struct.dataclass
+class EpisodeStats:
+    running_return: jax.Array  # (N,) return so far of each env's current episode
+    running_length: jax.Array  # (N,) int32
+    last_return: jax.Array  # (N,) return of each env's last finished episode (NaN before one)
+
+
+@struct.dataclass
+class TrainCarry:
+    agent: AgentState
+    buffer: ReplayBuffer
+    env_state: Any
+    obs: jax.Array  # (N, obs_size)
+    key: jax.Array
+    episodes: EpisodeStats
+
+
+def init_train_carry(env: Any, env_params: Any, config: CrossQConfig, num_envs: int, key: jax.Array) -> TrainCarry:
+    """Fresh agent, empty buffer and N freshly reset envs."""
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    if config.buffer_size < num_envs:
+        raise ValueError(
+            f"CrossQConfig.buffer_size={config.buffer_size} is smaller than num_envs={num_envs}; "
+            "one env step must fit in the buffer"
+        )
+    k_agent, k_reset, key = jax.random.split(key, 3)
+    agent = crossq.init_agent(k_agent, env.observation_size, env.action_size, config)
+    obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_reset, num_envs), env_params)
+    buffer = replay.init(config.buffer_size, env.observation_size, env.action_size)
+    episodes = EpisodeStats(
+        running_return=jnp.zeros((num_envs,), jnp.float32),
+        running_length=jnp.zeros((num_envs,), jnp.int32),
+        last_return=jnp.full((num_envs,), jnp.nan, jnp.float32),
+    )
+    return TrainCarry(agent=agent, buffer=buffer, env_state=env_state, obs=obs, key=key, episodes=episodes)
+
+
+def make_train_iteration(
+    env: Any, env_params: Any, config: CrossQConfig, num_envs: int, updates_per_iter: int | None = None
+) -> Callable[[TrainCarry, int], tuple[TrainCarry, dict[str, jax.Array]]]:
+    """Returns ``run(carry, num_iterations) -> (carry, stats)``, jitted (num_iterations static).
+
+    One iteration: act on all N envs (uniform random before ``learning_starts`` env steps),
+    step them, insert the N transitions, then ``updates_per_iter`` gradient updates.
+    ``stats`` holds the mean return/length of episodes finished in the chunk (NaN if none),
+    their count, and the mean update metrics.
+    """
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    updates = default_updates_per_iter(config, num_envs) if updates_per_iter is None else updates_per_iter
+    if updates < 0:
+        raise ValueError(f"updates_per_iter must be >= 0, got {updates}")
+    low, high = np.asarray(env.action_low, np.float32), np.asarray(env.action_high, np.float32)
+    if low.shape != (env.action_size,) or high.shape != (env.action_size,) or np.any(high <= low):
+        raise ValueError(
+            f"env.action_low/action_high must have shape ({env.action_size},) with high > low; "
+            f"got {low!r} and {high!r}"
+        )
+    v_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+
+    def iteration(carry: TrainCarry, _: None) -> tuple[TrainCarry, dict]:
+        agent = carry.agent
+        key, k_act, k_rand, k_step = jax.random.split(carry.key, 4)
+        policy_action = crossq.act(agent, carry.obs, k_act, deterministic=False)
+        random_action = jax.random.uniform(k_rand, policy_action.shape, jnp.float32, -1.0, 1.0)
+        action = jnp.where(agent.env_steps < config.learning_starts, random_action, policy_action)
+        obs, env_state, reward, terminated, truncated, info = v_step(
+            jax.random.split(k_step, num_envs), carry.env_state, scale_action(action, low, high), env_params
+        )
+        buffer = replay.add_batch(
+            carry.buffer,
+            Transition(
+                obs=carry.obs,
+                action=action,
+                reward=reward,
+                next_obs=info["final_obs"],
+                terminated=terminated.astype(jnp.float32),
+            ),
+        )
+        agent = agent.replace(env_steps=agent.env_steps + num_envs)
+        agent, metrics = _maybe_update(agent, buffer, updates, config)
+
+        done = terminated | truncated
+        ep_return = carry.episodes.running_return + reward
+        ep_length = carry.episodes.running_length + 1
+        episodes = EpisodeStats(
+            running_return=jnp.where(done, 0.0, ep_return),
+            running_length=jnp.where(done, 0, ep_length),
+            last_return=jnp.where(done, ep_return, carry.episodes.last_return),
+        )
+        done_f = done.astype(jnp.float32)
+        out = {
+            "finished": jnp.sum(done_f),
+            "return_sum": jnp.sum(ep_return * done_f),
+            "length_sum": jnp.sum(ep_length * done_f),
+            **metrics,
+        }
+        new_carry = TrainCarry(agent=agent, buffer=buffer, env_state=env_state, obs=obs, key=key, episodes=episodes)
+        return new_carry, out
+
+    def run(carry: TrainCarry, num_iterations: int) -> tuple[TrainCarry, dict[str, jax.Array]]:
+        carry, outs = jax.lax.scan(iteration, carry, None, length=num_iterations)
+        finished = jnp.sum(outs.pop("finished"))
+        denom = jnp.where(finished > 0, finished, jnp.nan)
+        stats = {
+            "episode_return": jnp.sum(outs.pop("return_sum")) / denom,
+            "episode_length": jnp.sum(outs.pop("length_sum")) / denom,
+            "episodes": finished,
+            **jax.tree.map(jnp.nanmean, outs),
+        }
+        return carry, stats
+
+    return jax.jit(run, static_argnums=1)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def make_evaluate(
+    env: Any, env_params: Any, num_envs: int = 10, max_steps: int | None = None
+) -> Callable[[AgentState, jax.Array], jax.Array]:
+    """Jitted ``evaluate(agent, key) -> (num_envs,)`` returns of one deterministic episode per env.
+
+    Scans ``max_steps`` steps (default: ``env_params.max_steps``) and counts each env's reward
+    until its first episode ends, so it works for envs whose episodes end at different times.
+    """
+    low, high = np.asarray(env.action_low, np.float32), np.asarray(env.action_high, np.float32)
+    if max_steps is None:
+        if not hasattr(env_params, "max_steps"):
+            raise ValueError("make_evaluate: env_params has no max_steps; pass max_steps (the episode step limit)")
+        max_steps = int(env_params.max_steps)
+
+    def evaluate(agent: AgentState, key: jax.Array) -> jax.Array:
+        k_reset, k_steps = jax.random.split(key)
+        obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_reset, num_envs), env_params)
+
+        def body(carry: tuple, k: jax.Array) -> tuple[tuple, None]:
+            obs, state, ret, alive = carry
+            action = crossq.act(agent, obs, k, deterministic=True)
+            obs, state, reward, term, trunc, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+                jax.random.split(k, num_envs), state, scale_action(action, low, high), env_params
+            )
+            ret = ret + jnp.where(alive, reward, 0.0)
+            return (obs, state, ret, alive & ~(term | trunc)), None
+
+        init = (obs, state, jnp.zeros((num_envs,), jnp.float32), jnp.ones((num_envs,), bool))
+        (_, _, ret, _), _ = jax.lax.scan(body, init, jax.random.split(k_steps, max_steps))
+        return ret
+
+    return jax.jit(evaluate)
+
+
+# ----------------------------------------------------------------------------- host loop
+
+
+@jax.jit
+def _host_insert(buffer: ReplayBuffer, batch: Transition) -> ReplayBuffer:
+    return replay.add_batch(buffer, batch)
+
+
+_host_updates = jax.jit(_maybe_update, static_argnums=(2, 3))
+
+
+class HostLoop:
+    """Drives a non-JAX env (``gymnasium.Env`` or ``gymnasium.vector.VectorEnv``) with the same
+    jitted ``act``/``update`` as the jit loop. Keeps the env's current observation between
+    calls to ``run`` so training can proceed in chunks."""
+
+    def __init__(self, env: Any, config: CrossQConfig, seed: int = 0, updates_per_step: int | None = None) -> None:
+        import gymnasium as gym
+        from gymnasium.vector import AutoresetMode, VectorEnv
+
+        self.env = env
+        self.config = config
+        self.vector = isinstance(env, VectorEnv)
+        self.same_step = False
+        space = env.single_action_space if self.vector else env.action_space
+        obs_space = env.single_observation_space if self.vector else env.observation_space
+        if not isinstance(space, gym.spaces.Box) or not isinstance(obs_space, gym.spaces.Box):
+            raise ValueError(f"HostLoop needs Box observation and action spaces, got {obs_space} and {space}")
+        if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
+            raise ValueError(f"HostLoop needs a bounded action space to map [-1, 1] onto, got {space}")
+        self.num_envs = env.num_envs if self.vector else 1
+        self.obs_size = int(np.prod(obs_space.shape))
+        self.action_size = int(np.prod(space.shape))
+        self.low = space.low.astype(np.float32).reshape(-1)
+        self.high = space.high.astype(np.float32).reshape(-1)
+        self.updates_per_step = (
+            default_updates_per_iter(config, self.num_envs) if updates_per_step is None else updates_per_step
+        )
+        if self.vector:
+            mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+            if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
+                raise ValueError(f"HostLoop supports NEXT_STEP and SAME_STEP vector autoreset, got {mode}")
+            self.same_step = mode == AutoresetMode.SAME_STEP
+            obs, _ = env.reset(seed=seed)
+        else:
+            obs, _ = env.reset(seed=seed)
+            obs = obs[None]
+        self.obs = np.asarray(obs, np.float32).reshape(self.num_envs, self.obs_size)
+        # NEXT_STEP vector envs spend one step resetting an env that just finished.
+        self.resetting = np.zeros(self.num_envs, bool)
+        self.running_return = np.zeros(self.num_envs, np.float64)
+        self.episode_returns: list[float] = []
+
+    def init_buffer(self) -> ReplayBuffer:
+        return replay.init(self.config.buffer_size, self.obs_size, self.action_size)
+
+    def _env_step(self, env_action: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Returns (next obs for acting, final obs for bootstrapping, reward, terminated, truncated)."""
+        if not self.vector:
+            obs, reward, term, trunc, _ = self.env.step(env_action[0].reshape(self.env.action_space.shape))
+            final = np.asarray(obs, np.float32)[None]
+            if term or trunc:
+                obs, _ = self.env.reset()
+            return np.asarray(obs, np.float32)[None], final, np.array([reward]), np.array([term]), np.array([trunc])
+        obs, reward, term, trunc, info = self.env.step(env_action.reshape((self.num_envs, *self.env.single_action_space.shape)))
+        obs = np.asarray(obs, np.float32).reshape(self.num_envs, self.obs_size)
+        final = obs.copy()
+        if self.same_step and "final_obs" in info:
+            for i in np.flatnonzero(info["_final_obs"]):
+                final[i] = np.asarray(info["final_obs"][i], np.float32).reshape(-1)
+        return obs, final, np.asarray(reward), np.asarray(term), np.asarray(trunc)
+
+    def run(
+        self, agent: AgentState, buffer: ReplayBuffer, key: jax.Array, num_env_steps: int
+    ) -> tuple[AgentState, ReplayBuffer, jax.Array, dict[str, float]]:
+        """Collect at least ``num_env_steps`` transitions (over all envs), learning as it goes."""
+        config = self.config
+        steps = 0
+        metrics: dict[str, Any] = {}
+        while steps < num_env_steps:
+            key, k_act = jax.random.split(key)
+            if int(agent.env_steps) < config.learning_starts:
+                action = np.asarray(jax.random.uniform(k_act, (self.num_envs, self.action_size), jnp.float32, -1.0, 1.0))
+            else:
+                action = np.asarray(crossq.act(agent, jnp.asarray(self.obs), k_act, deterministic=False))
+            env_action = self.low + (action + 1.0) * 0.5 * (self.high - self.low)  # numpy: no device round trip
+            next_obs, final_obs, reward, term, trunc = self._env_step(env_action)
+            valid = ~self.resetting
+            n_valid = int(valid.sum())
+            if n_valid:
+                batch = Transition(
+                    obs=jnp.asarray(self.obs[valid]),
+                    action=jnp.asarray(action[valid]),
+                    reward=jnp.asarray(reward[valid], jnp.float32),
+                    next_obs=jnp.asarray(final_obs[valid]),
+                    terminated=jnp.asarray(term[valid], jnp.float32),
+                )
+                buffer = _host_insert(buffer, batch)
+                agent = agent.replace(env_steps=agent.env_steps + n_valid)
+                agent, metrics = _host_updates(agent, buffer, self.updates_per_step * n_valid // self.num_envs, config)
+            done = (term | trunc) & valid
+            self.running_return += np.where(valid, reward, 0.0)
+            for i in np.flatnonzero(done):
+                self.episode_returns.append(float(self.running_return[i]))
+            self.running_return[done] = 0.0
+            if self.vector and not self.same_step:
+                self.resetting = done
+            self.obs = next_obs
+            steps += n_valid
+        stats = {k: float(v) for k, v in metrics.items()}
+        return agent, buffer, key, stats
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+@dataclasses.dataclass
+class TrainResult:
+    carry: TrainCarry
+    history: list[dict[str, float]]
+    stop_reason: str  # "steps", "wall_clock" or "signal"
+
+
+def train(
+    env: Any,
+    env_params: Any,
+    config: CrossQConfig,
+    *,
+    total_env_steps: int,
+    num_envs: int = 1,
+    updates_per_iter: int | None = None,
+    seed: int = 0,
+    chunk_iterations: int = 500,
+    max_wall_seconds: float | None = None,
+    run_dir: str | Path | None = None,
+    eval_fn: Callable[[AgentState], Mapping[str, float]] | None = None,
+    eval_every_env_steps: int | None = None,
+    checkpoint_every_env_steps: int | None = None,
+    resume: bool = True,
+    progress_metric: str = "episode_return",
+    progress: bool = True,
+) -> TrainResult:
+    """Train CrossQ on a functional JAX env by running jitted chunks of ``chunk_iterations``.
+
+    With ``run_dir``: logs (metrics.jsonl, TensorBoard, learning-curve PNG), the resolved config
+    as JSON, orbax checkpoints every ``checkpoint_every_env_steps`` and on SIGINT/SIGTERM, and
+    resumption from the latest checkpoint when ``resume``. ``eval_fn(agent)`` returns metrics
+    merged into the history; ``progress_metric`` names the metric the progress bar shows.
+    """
+    from tqdm import tqdm
+
+    from racerl_jax import checkpoint as ckpt
+    from racerl_jax.logs import RunLogger
+
+    if not 1 <= total_env_steps < 2**31 - num_envs:
+        raise ValueError(
+            f"total_env_steps must be in [1, 2**31 - num_envs) (the step counters are int32), got {total_env_steps}"
+        )
+    if chunk_iterations < 1:
+        raise ValueError(f"chunk_iterations must be >= 1, got {chunk_iterations}")
+    run = _cached_train_iteration(env, env_params, config, num_envs, updates_per_iter)
+    carry = init_train_carry(env, env_params, config, num_envs, jax.random.PRNGKey(seed))
+
+    manager = logger = None
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        run_meta = {"crossq": config.to_dict(), "num_envs": num_envs, "updates_per_iter": updates_per_iter, "seed": seed}
+        ckpt.write_config(run_dir, run_meta)
+        manager = ckpt.Checkpointer(run_dir / "checkpoints")
+        if resume and manager.latest_step() is not None:
+            carry = manager.restore(carry)
+        logger = RunLogger(run_dir)
+
+    history: list[dict[str, float]] = []
+    start = time.monotonic()
+    env_steps = int(carry.agent.env_steps)
+    next_eval = _next_multiple(env_steps, eval_every_env_steps)
+    next_ckpt = _next_multiple(env_steps, checkpoint_every_env_steps)
+    bar = tqdm(total=total_env_steps, initial=env_steps, disable=not progress, unit="step", dynamic_ncols=True)
+    stop_reason = "steps"
+    latest: dict[str, float] = {}
+    with ckpt.StopSignal() as stop:
+        while env_steps < total_env_steps:
+            iters = min(chunk_iterations, math.ceil((total_env_steps - env_steps) / num_envs))
+            t0 = time.monotonic()
+            updates_before = int(carry.agent.updates)
+            carry, stats = run(carry, iters)
+            stats = {k: float(v) for k, v in stats.items()}
+            dt = time.monotonic() - t0
+            env_steps = int(carry.agent.env_steps)
+            record = {
+                "env_steps": env_steps,
+                "updates": int(carry.agent.updates),
+                "wall_s": time.monotonic() - start,
+                "env_steps_per_s": iters * num_envs / dt,
+                "updates_per_s": (int(carry.agent.updates) - updates_before) / dt,
+                **stats,
+            }
+            if eval_fn is not None and next_eval is not None and env_steps >= next_eval:
+                record.update({f"eval_{k}": float(v) for k, v in eval_fn(carry.agent).items()})
+                next_eval = _next_multiple(env_steps, eval_every_env_steps)
+            history.append(record)
+            latest.update({k: v for k, v in record.items() if not (isinstance(v, float) and math.isnan(v))})
+            if logger is not None:
+                logger.log(env_steps, record)
+            bar.update(env_steps - bar.n)
+            bar.set_postfix(
+                {"steps/s": f"{record['env_steps_per_s']:.0f}", "upd/s": f"{record['updates_per_s']:.0f}",
+                 progress_metric: f"{latest.get(progress_metric, float('nan')):.3g}"},
+                refresh=False,
+            )
+            if stop.requested:
+                stop_reason = "signal"
+                break
+            if max_wall_seconds is not None and time.monotonic() - start >= max_wall_seconds:
+                stop_reason = "wall_clock"
+                break
+            if manager is not None and next_ckpt is not None and env_steps >= next_ckpt:
+                manager.save(env_steps, carry)
+                next_ckpt = _next_multiple(env_steps, checkpoint_every_env_steps)
+        bar.close()
+        if manager is not None:
+            manager.save(env_steps, carry)  # final / on signal / on wall-clock stop
+            manager.close()
+    if logger is not None:
+        logger.close()
+        logger.plot()
+    return TrainResult(carry=carry, history=history, stop_reason=stop_reason)
+
+
+_ITERATION_CACHE: dict[tuple, Callable] = {}
+
+
+def _cached_train_iteration(
+    env: Any, env_params: Any, config: CrossQConfig, num_envs: int, updates_per_iter: int | None
+) -> Callable[[TrainCarry, int], tuple[TrainCarry, dict[str, jax.Array]]]:
+    """Reuse the compiled loop across ``train`` calls in one process (resume, sweeps, tests) when
+    the env params are hashable by value; otherwise build a fresh one."""
+    try:
+        key = (id(env), env_params, config, num_envs, updates_per_iter)
+        hash(key)
+    except TypeError:
+        return make_train_iteration(env, env_params, config, num_envs, updates_per_iter)
+    if key not in _ITERATION_CACHE:
+        if len(_ITERATION_CACHE) >= 8:
+            _ITERATION_CACHE.pop(next(iter(_ITERATION_CACHE)))
+        _ITERATION_CACHE[key] = make_train_iteration(env, env_params, config, num_envs, updates_per_iter)
+    return _ITERATION_CACHE[key]
+
+
+def _next_multiple(current: int, every: int | None) -> int | None:
+    if every is None:
+        return None
+    if every < 1:
+        raise ValueError(f"a period in env steps must be >= 1, got {every}")
+    return (current // every + 1) * every
