@@ -147,7 +147,8 @@ def _project(xs: np.ndarray, ys: np.ndarray, track: Mapping) -> tuple[np.ndarray
     return s, lateral, i
 
 
-def _derivative(v: np.ndarray, t: np.ndarray) -> np.ndarray:
+def time_derivative(v: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """dv/dt at each frame by backward differences (NaN where the time does not advance)."""
     if len(v) < 2:
         return np.full(len(v), np.nan)
     dt = np.diff(t)
@@ -176,10 +177,10 @@ def _episode_arrays(ep: int, frames: list[dict], walls: list[float], actions: li
         fields["reason"] = np.asarray(["" if r is None else r for r in reasons])
     t = fields["t"]
     if "yaw_rate" not in fields:
-        fields["yaw_rate"] = _derivative(np.unwrap(fields["yaw"]), t)
+        fields["yaw_rate"] = time_derivative(np.unwrap(fields["yaw"]), t)
         derived.add("yaw_rate")
     if "accel_long" not in fields:
-        fields["accel_long"] = _derivative(fields["speed"], t)
+        fields["accel_long"] = time_derivative(fields["speed"], t)
         derived.add("accel_long")
     if "accel_lat" not in fields:
         fields["accel_lat"] = fields["speed"] * fields["yaw_rate"]

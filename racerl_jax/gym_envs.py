@@ -17,7 +17,8 @@ _INFO_KEYS = {"lap_time": "lap_completed", "lap_clean": "lap_completed", "off_tr
               "progress": None, "ref_deviation": None}
 
 
-def _spaces(env: RacingEnv):
+def gym_spaces(env: RacingEnv):
+    """Observation and action spaces of one car; the real-game env uses the same."""
     obs = gym.spaces.Box(-np.inf, np.inf, (env.observation_size,), np.float32)
     act = gym.spaces.Box(env.action_low, env.action_high, (env.action_size,), np.float32)
     return obs, act
@@ -38,7 +39,7 @@ class SurrogateVectorEnv(VectorEnv):
         self.env = RacingEnv(config)
         self.params = _default_params(config, params, tracks)
         self.num_envs = num_envs
-        self.single_observation_space, self.single_action_space = _spaces(self.env)
+        self.single_observation_space, self.single_action_space = gym_spaces(self.env)
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
         self._reset = jax.jit(lambda key, p: batch_reset(self.env, key, p, num_envs))
@@ -75,7 +76,7 @@ class SurrogateEnv(gym.Env):
     def __init__(self, config: EnvConfig = EnvConfig(), params: EnvParams | None = None, tracks: list | None = None):
         self.env = RacingEnv(config)
         self.params = _default_params(config, params, tracks)
-        self.observation_space, self.action_space = _spaces(self.env)
+        self.observation_space, self.action_space = gym_spaces(self.env)
         self._reset = jax.jit(self.env.reset)
         self._step = jax.jit(self.env.step)
         self._key = jax.random.PRNGKey(0)

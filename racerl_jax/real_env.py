@@ -38,10 +38,10 @@ import zmq
 
 from bridge import protocol as P
 from bridge.client import BridgeUnavailable, LockstepClient, RealtimeClient
-from bridge.recorder import _derivative
+from bridge.recorder import time_derivative
 from bridge.safety import SafetyConfig, SafetyLayer
 from bridge.sdk import DEFAULT_LOCKSTEP_ADDRESS, DEFAULT_PUB_ADDRESS, DEFAULT_PULL_ADDRESS, CurveKeys
-from racerl_jax.gym_envs import _spaces
+from racerl_jax.gym_envs import gym_spaces
 from surrogate.car import CarParams, validate_car_params
 from surrogate.env import ACTION_HIGH, ACTION_LOW, EnvConfig, RacingEnv, build_track
 from surrogate.observation import Telemetry, observe
@@ -215,7 +215,7 @@ class MotionDeriver:
         v = np.array([get(prev), get(frame)], np.float64)
         if unwrap:
             v = np.unwrap(v)
-        d = _derivative(v, np.array([prev["t"], frame["t"]], np.float64))[-1]
+        d = time_derivative(v, np.array([prev["t"], frame["t"]], np.float64))[-1]
         # the same frame again (t unchanged): keep the last estimate rather than a NaN
         return float(d) if np.isfinite(d) else self._last[key]
 
@@ -251,7 +251,7 @@ class RealGameEnv(gym.Env):
     def __init__(self, config: RealEnvConfig = RealEnvConfig(), *, clock=time.monotonic):
         self.config = config
         self.env_config = config.env
-        self.observation_space, self.action_space = _spaces(RacingEnv(config.env))
+        self.observation_space, self.action_space = gym_spaces(RacingEnv(config.env))
         self._clock = clock
         self._ctx = zmq.Context()
         self._lockstep: LockstepClient | None = None
