@@ -29,7 +29,6 @@ import math
 import time
 from typing import Any
 
-from flax import struct
 import gymnasium as gym
 import jax
 import jax.numpy as jnp
@@ -43,9 +42,9 @@ from bridge.safety import SafetyConfig, SafetyLayer
 from bridge.sdk import DEFAULT_LOCKSTEP_ADDRESS, DEFAULT_PUB_ADDRESS, DEFAULT_PULL_ADDRESS, CurveKeys
 from racerl_jax.gym_envs import gym_spaces
 from surrogate.car import CarParams, validate_car_params
-from surrogate.env import ACTION_HIGH, ACTION_LOW, EnvConfig, RacingEnv, build_track
+from surrogate.env import ACTION_HIGH, ACTION_LOW, EnvConfig, Episode, RacingEnv, advance_episode, build_track, start_episode
 from surrogate.observation import Telemetry, observe
-from surrogate.reward import RewardWeights, reward
+from surrogate.reward import RewardWeights
 from surrogate.track import Track, TrackPos, arc_delta, interp, on_track, project, project_global
 from surrogate.track_io import TrackData, TrackFileError, load_track, validate_track
 
@@ -91,23 +90,6 @@ class RealEnvConfig:
 # ----------------------------------------------------------------------------- jitted step
 
 
-@struct.dataclass
-class Book:
-    """Per-episode bookkeeping: the fields of ``surrogate.env.EnvState`` that do not describe the
-    simulated car (the game owns the car)."""
-
-    pos: TrackPos
-    prev_action: jax.Array
-    t: jax.Array
-    steps: jax.Array
-    s_start: jax.Array
-    progress: jax.Array
-    lap_start_t: jax.Array
-    lap_clean: jax.Array
-    laps: jax.Array
-    stuck_t: jax.Array
-
-
 def telemetry_from(values: dict) -> Telemetry:
     """A ``Telemetry`` (float32 scalars) from a dict with x, y, yaw, speed and the motion fields."""
     f = lambda k: jnp.float32(values[k])  # noqa: E731
@@ -115,71 +97,30 @@ def telemetry_from(values: dict) -> Telemetry:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def start(cfg: EnvConfig, track: Track, tel: Telemetry) -> tuple[jax.Array, Book]:
+def start(cfg: EnvConfig, track: Track, tel: Telemetry) -> tuple[jax.Array, Episode]:
     """First observation and bookkeeping of an episode: global projection, as after a teleport."""
-    pos = project_global(track, tel.x, tel.y, tel.yaw)
-    zero = jnp.float32(0.0)
-    book = Book(
-        pos=pos, prev_action=jnp.zeros((3,), jnp.float32), t=zero, steps=jnp.int32(0), s_start=pos.s,
-        progress=zero,
-        # As surrogate.env.RacingEnv.reset: starting on the line starts the first timed lap.
-        lap_start_t=jnp.where(pos.s < 1e-3, zero, jnp.float32(-1.0)),
-        lap_clean=jnp.bool_(True), laps=jnp.int32(0), stuck_t=zero,
-    )
-    return observe(track, pos, tel, book.prev_action, cfg.obs), book
+    ep = start_episode(project_global(track, tel.x, tel.y, tel.yaw))
+    return observe(track, ep.pos, tel, ep.prev_action, cfg.obs), ep
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def transition(cfg: EnvConfig, track: Track, weights: RewardWeights, book: Book, tel: Telemetry,
+def transition(cfg: EnvConfig, track: Track, weights: RewardWeights, ep: Episode, tel: Telemetry,
                action: jax.Array, dt: jax.Array):
-    """One control step on a measured pose: (obs, book, reward, terminated, truncated, info).
-
-    MIRRORS surrogate.env.RacingEnv.step from the projection on (everything after the car model):
-    keep the two in step until that part is factored out of RacingEnv.step into a shared function.
-    Differences, both forced by a real game: ``dt`` is the game time that really elapsed (frames
-    can be late or skipped), and a projection that lost the car (more than a window's travel
-    between frames) falls back to the global search.
-    """
+    """One control step on a measured pose: (obs, episode, reward, terminated, truncated, info),
+    through the surrogate's own bookkeeping (``surrogate.env.advance_episode``). Two things a real
+    game forces: ``dt`` is the game time that really elapsed (frames can be late or skipped), and a
+    projection that lost the car (more than a window's travel between frames) falls back to the
+    global search."""
     action = jnp.clip(jnp.asarray(action, jnp.float32), ACTION_LOW, ACTION_HIGH)
-    near = project(track, tel.x, tel.y, tel.yaw, book.pos.idx, cfg.projection_window)
+    near = project(track, tel.x, tel.y, tel.yaw, ep.pos.idx, cfg.projection_window)
     half = 0.5 * (interp(track, track.w_left, near.s) + interp(track, track.w_right, near.s))
     lost = jnp.abs(near.lateral) > 2.0 * half + 5.0
     pos = jax.lax.cond(lost, lambda: project_global(track, tel.x, tel.y, tel.yaw), lambda: near)
-    d_s = arc_delta(track, book.pos.s, pos.s)
-    progress = book.progress + d_s
-    t = book.t + dt
-
-    old_laps = jnp.floor((book.s_start + book.progress) / track.length)
-    new_laps = jnp.floor((book.s_start + progress) / track.length)
-    crossed = new_laps > old_laps
-    backwards = new_laps < old_laps
-    frac = jnp.clip((new_laps * track.length - (book.s_start + book.progress)) / jnp.maximum(d_s, 1e-6), 0.0, 1.0)
-    t_cross = book.t + frac * dt
-    on = on_track(track, pos, margin=-cfg.car_half_width)
-    lap_done = crossed & (book.lap_start_t >= 0.0)
-    lap_time = jnp.where(lap_done, t_cross - book.lap_start_t, jnp.nan)
-    lap_clean = lap_done & book.lap_clean & on
-    lap_start_t = jnp.where(crossed, t_cross, jnp.where(backwards, -1.0, book.lap_start_t))
-    clean_so_far = jnp.where(crossed, on, book.lap_clean & on)
-
-    stuck_t = jnp.where(tel.speed < cfg.stuck_speed, book.stuck_t + dt, 0.0)
-    off = ~on
-    stuck = stuck_t >= cfg.stuck_time
-    wrong_way = progress < -cfg.wrong_way_m
-    terminated = (off & cfg.terminate_off_track) | wrong_way
-    steps = book.steps + 1
-    truncated = ~terminated & (stuck | (steps >= cfg.max_episode_steps))
-
-    ref_dev = pos.lateral - interp(track, track.ref_offset, pos.s)
-    r, terms = reward(weights, d_s, ref_dev, action, book.prev_action, off, stuck)
-    new = Book(pos=pos, prev_action=action, t=t, steps=steps, s_start=book.s_start, progress=progress,
-               lap_start_t=lap_start_t, lap_clean=clean_so_far, laps=book.laps + lap_done.astype(jnp.int32),
-               stuck_t=stuck_t)
+    new, r, terminated, truncated, info = advance_episode(
+        cfg, weights, ep, pos, arc_delta(track, ep.pos.s, pos.s), track.length, interp(track, track.w_left, pos.s),
+        interp(track, track.w_right, pos.s), interp(track, track.ref_offset, pos.s), tel.speed, action, dt)
     obs = observe(track, pos, tel, action, cfg.obs)
-    info = {"lap_completed": lap_done, "lap_time": lap_time, "lap_clean": lap_clean, "off_track": off,
-            "progress": d_s, "speed": tel.speed, "ref_deviation": ref_dev, "stuck": stuck, "wrong_way": wrong_way,
-            "projection_lost": lost, "reward_terms": terms}
-    return obs, new, r, terminated, truncated, info
+    return obs, new, r, terminated, truncated, {**info, "projection_lost": lost}
 
 
 # ----------------------------------------------------------------------------- derived telemetry
@@ -267,7 +208,7 @@ class RealGameEnv(gym.Env):
             self.close()
             raise
         self._deriver = MotionDeriver()
-        self._book: Book | None = None
+        self._episode: Episode | None = None
         self._frame: dict | None = None
         self._obs: np.ndarray | None = None
         self._tel: Telemetry | None = None
@@ -341,8 +282,8 @@ class RealGameEnv(gym.Env):
         t = self.track
         tel = telemetry_from({"x": t.x[0], "y": t.y[0], "yaw": t.heading[0], "speed": 0.0, "accel_long": 0.0,
                               "accel_lat": 0.0, "yaw_rate": 0.0})
-        _, book = start(self.env_config, t, tel)
-        jax.block_until_ready(transition(self.env_config, t, self.config.reward, book, tel, jnp.zeros(3, jnp.float32),
+        _, episode = start(self.env_config, t, tel)
+        jax.block_until_ready(transition(self.env_config, t, self.config.reward, episode, tel, jnp.zeros(3, jnp.float32),
                                          jnp.float32(self.env_config.dt)))
 
     # -- helpers
@@ -364,7 +305,7 @@ class RealGameEnv(gym.Env):
     @property
     def track_pos(self) -> TrackPos | None:
         """The car's position on the track during an episode (None between episodes)."""
-        return None if self._book is None else self._book.pos
+        return None if self._episode is None else self._episode.pos
 
     def track_reply(self) -> dict:
         """The centre line in use, in the shape of a protocol ``track`` reply (for recordings)."""
@@ -403,16 +344,16 @@ class RealGameEnv(gym.Env):
         game_seed = seed if seed is not None else int(self.np_random.integers(2**31 - 1))
         frame = self._first_frame(game_seed)
         tel, derived = self._telemetry(frame, first=True)
-        obs, self._book = start(self.env_config, self.track, tel)
+        obs, self._episode = start(self.env_config, self.track, tel)
         obs = np.asarray(obs)
         if not np.all(np.isfinite(obs)):
             raise P.ProtocolError(P.BAD_TELEMETRY, f"the first frame of episode {frame['episode']} gives a "
                                                    "non-finite observation; check the game's pose and the track")
-        start_on = bool(on_track(self.track, self._book.pos, margin=-self.env_config.car_half_width))
+        start_on = bool(on_track(self.track, self._episode.pos, margin=-self.env_config.car_half_width))
         if not start_on:
             log.warning("episode %d starts off the track (%.1f m from the centre line): does the track match the "
                         "game's? (a game whose seed picks the track, like CarRacing, serves only one of them)",
-                        frame["episode"], float(self._book.pos.lateral))
+                        frame["episode"], float(self._episode.pos.lateral))
         self._frame, self._obs = frame, obs
         self.episodes += 1
         return obs.copy(), self._info(frame, derived, episode=frame["episode"], seq=frame["seq"],
@@ -420,14 +361,14 @@ class RealGameEnv(gym.Env):
 
     def _ended(self, reason: str, frame: dict | None, **extra):
         """Truncate without a transition: the last valid observation, no reward."""
-        self._book = None
+        self._episode = None
         f = frame if frame is not None else self._frame
         info = self._info(f, (), **extra)
         info["end_reason"] = reason
         return self._obs.copy(), 0.0, False, True, info
 
     def step(self, action):
-        if self._book is None:
+        if self._episode is None:
             raise RuntimeError("RealGameEnv.step called before reset(), or after the episode ended; call reset()")
         a = np.asarray(action, np.float64)
         if a.shape != (3,):
@@ -456,12 +397,12 @@ class RealGameEnv(gym.Env):
             return self._ended("episode_changed", frame, **extra)
         tel, derived = self._telemetry(frame, first=False)
         dt = jnp.float32(max(frame["t"] - self._frame["t"], 0.0))
-        obs, book, r, term, trunc, jinfo = transition(self.env_config, self.track, self.config.reward, self._book,
+        obs, episode, r, term, trunc, jinfo = transition(self.env_config, self.track, self.config.reward, self._episode,
                                                       tel, jnp.asarray(a, jnp.float32), dt)
         obs = np.asarray(obs)
         if not np.all(np.isfinite(obs)) or not np.isfinite(float(r)):
             return self._ended("nan_observation", frame, **extra)
-        self._book, self._frame, self._obs = book, frame, obs
+        self._episode, self._frame, self._obs = episode, frame, obs
         term, trunc = bool(term), bool(trunc)
         info = self._info(frame, derived, **extra)
         for k, v in jinfo.items():
@@ -478,7 +419,7 @@ class RealGameEnv(gym.Env):
             info["end_reason"] = f"game:{reason}"
             term, trunc = reason not in TRUNCATING_REASONS, reason in TRUNCATING_REASONS
         if term or trunc:
-            self._book = None
+            self._episode = None
         return obs.copy(), float(r), term, trunc, info
 
     def _realtime_step(self, a: np.ndarray):

@@ -59,6 +59,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from surrogate.fastmath import fast_atan, fast_sincos
+
 
 class CarParamsError(ValueError):
     """Car parameters that cannot be used: names the field, its value and the expected range."""
@@ -374,7 +376,8 @@ def _kinematic_substep(params, s: CarState, steer, lon: _Longitudinal, h) -> _Ve
     a_lat = jnp.sqrt(jnp.maximum(a_grip * a_grip - a_tyre * a_tyre, 1e-6))
     kappa_max = jnp.minimum(a_lat / jnp.maximum(u * u, 1e-6), 0.9 / params.lr)
     tan_max = kappa_max * wheelbase / jnp.sqrt(1.0 - (params.lr * kappa_max) ** 2)
-    tan_d = jnp.clip(jnp.tan(steer), -tan_max, tan_max)
+    sin_s, cos_s = fast_sincos(steer)
+    tan_d = jnp.clip(sin_s / cos_s, -tan_max, tan_max)
 
     u_new = _toward_zero(u, lon.drive / params.mass,
                          (lon.brake_f + lon.brake_r + lon.resist) / params.mass, h)
@@ -391,17 +394,18 @@ def _magic_formula(params, alpha, peak):
     """Pacejka lateral force and its slope dF/dalpha, for peak force ``peak``."""
     b, c, e = params.tyre_B, params.tyre_C, params.tyre_E
     ba = b * alpha
-    phi = ba - e * (ba - jnp.arctan(ba))
-    angle = c * jnp.arctan(phi)
-    force = peak * jnp.sin(angle)
+    phi = ba - e * (ba - fast_atan(ba))
+    angle = c * fast_atan(phi)
+    sin_a, cos_a = fast_sincos(angle)
+    force = peak * sin_a
     dphi = b - e * (b - b / (1.0 + ba * ba))
-    slope = peak * jnp.cos(angle) * c / (1.0 + phi * phi) * dphi
+    slope = peak * cos_a * c / (1.0 + phi * phi) * dphi
     return force, slope
 
 
 def _dynamic_substep(params, s: CarState, steer, lon: _Longitudinal, fz_f, fz_r, h) -> _Velocity:
     m, iz, lf, lr = params.mass, params.yaw_inertia, params.lf, params.lr
-    cos_d, sin_d = jnp.cos(steer), jnp.sin(steer)
+    sin_d, cos_d = fast_sincos(steer)
 
     # Tyre longitudinal forces in the wheel frame, signed for forward motion. A car spun round and
     # sliding backwards gets them only approximately (the brakes still oppose its motion, through
@@ -413,8 +417,8 @@ def _dynamic_substep(params, s: CarState, steer, lon: _Longitudinal, fz_f, fz_r,
     n_f = s.vy + lf * s.yaw_rate
     n_r = s.vy - lr * s.yaw_rate
     # vx_slip > 0, so arctan of the ratio is the (cheaper) arctan2
-    alpha_f = steer - jnp.arctan(n_f / vx_slip)
-    alpha_r = -jnp.arctan(n_r / vx_slip)
+    alpha_f = steer - fast_atan(n_f / vx_slip)
+    alpha_r = -fast_atan(n_r / vx_slip)
 
     peak_f = jnp.maximum(params.mu * fz_f, 1.0)
     peak_r = jnp.maximum(params.mu * params.rear_grip_ratio * fz_r, 1.0)
@@ -423,6 +427,7 @@ def _dynamic_substep(params, s: CarState, steer, lon: _Longitudinal, fz_f, fz_r,
     circle_r = jnp.sqrt(jnp.maximum(1.0 - (fx_r / peak_r) ** 2, 1e-6))
     fy_f, c_f = _magic_formula(params, alpha_f, peak_f * circle_f)
     fy_r, c_r = _magic_formula(params, alpha_r, peak_r * circle_r)
+    fy_f, c_f, fy_r, c_r = jax.lax.optimization_barrier((fy_f, c_f, fy_r, c_r))
 
     # Longitudinal: the front tyres' lateral force tilted by the steer slows the car (cornering drag).
     vx_new = _toward_zero(
@@ -458,7 +463,7 @@ def _advance_pose(s: CarState, v: _Velocity, h) -> CarState:
     vy = jnp.clip(v.vy, -_V_ENVELOPE, _V_ENVELOPE)
     yaw_rate = jnp.clip(v.yaw_rate, -_YAW_RATE_ENVELOPE, _YAW_RATE_ENVELOPE)
     heading = s.yaw + 0.5 * h * yaw_rate
-    c, sn = jnp.cos(heading), jnp.sin(heading)
+    sn, c = fast_sincos(heading)
     return s.replace(
         x=s.x + h * (vx * c - vy * sn),
         y=s.y + h * (vx * sn + vy * c),
@@ -539,6 +544,6 @@ MODELS = {"kinematic": kinematic_step, "dynamic": dynamic_step}
 
 __all__ = [
     "CarParams", "CarParamsError", "CarState", "MODELS", "PARAM_NAMES", "PARAM_RANGES", "PARAM_UNITS",
-    "V_BLEND_HI", "V_BLEND_LO", "car_params_from_dict", "car_params_to_dict", "dynamic_step",
+    "V_BLEND_HI", "V_BLEND_LO", "car_params_from_dict", "car_params_to_dict", "dynamic_step", "fast_atan", "fast_sincos",
     "init_car_state", "kinematic_step", "sample_car_params", "speed", "top_speed", "validate_car_params",
 ]

@@ -17,14 +17,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from surrogate import laptime
-from surrogate.car import MODELS, CarParams, CarState, init_car_state, sample_car_params, speed, validate_car_params
-from surrogate.observation import ObsConfig, Telemetry, observe
+from surrogate.car import MODELS, PARAM_NAMES, PARAM_RANGES, CarParams, CarState, init_car_state, sample_car_params, speed, validate_car_params
+from surrogate.observation import ObsConfig, Telemetry, observe_tables
 from surrogate.reward import RewardWeights, reward
-from surrogate.track import Track, TrackPos, arc_delta, interp, make_track, on_track, project, select_track, stack_tracks
+from surrogate.track import (
+    POINT_FIELDS, Track, TrackPos, TrackTables, arc_delta_tables, make_tables, make_track, project_tables, stack_tracks,
+)
 from surrogate.track_io import DEFAULT_TRACK, TrackData, load_track
 
 ACTION_LOW = np.array([-1.0, 0.0, 0.0], np.float32)  # steer, throttle, brake: the bridge protocol's ranges
 ACTION_HIGH = np.array([1.0, 1.0, 1.0], np.float32)
+# Per-step facts the env reports beside the observation (both backends).
+INFO_KEYS = ("lap_completed", "lap_time", "lap_clean", "off_track", "progress", "speed", "ref_deviation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,10 +73,11 @@ class EnvParams:
 
 
 @struct.dataclass
-class EnvState:
-    car: CarState
-    car_params: CarParams  # this episode's (possibly randomised) car
-    track_id: jax.Array
+class Episode:
+    """One episode's bookkeeping, shared by both backends: the car's place on the track, lap
+    timing and the counters behind the end-of-episode rules. The car itself is not here: the
+    surrogate simulates it, the real game owns it."""
+
     pos: TrackPos
     prev_action: jax.Array  # (3,)
     t: jax.Array  # s since the episode started
@@ -82,7 +87,78 @@ class EnvState:
     lap_start_t: jax.Array  # time the start line was last crossed forwards, -1 before the first crossing
     lap_clean: jax.Array  # no off-track since lap_start_t
     laps: jax.Array  # laps completed (timed, clean or not)
-    stuck_steps: jax.Array  # consecutive steps below stuck_speed
+    stuck_t: jax.Array  # s spent below stuck_speed in a row
+
+
+def start_episode(pos: TrackPos) -> Episode:
+    zero = jnp.float32(0.0)
+    return Episode(
+        pos=pos, prev_action=jnp.zeros((3,), jnp.float32), t=zero, steps=jnp.int32(0), s_start=pos.s, progress=zero,
+        # Starting on the line starts the first timed lap; elsewhere the first crossing does.
+        lap_start_t=jnp.where(pos.s < 1e-3, zero, jnp.float32(-1.0)),
+        lap_clean=jnp.bool_(True), laps=jnp.int32(0), stuck_t=zero,
+    )
+
+
+def advance_episode(cfg: EnvConfig, weights: RewardWeights, ep: Episode, pos: TrackPos, d_s, length,
+                    w_left, w_right, ref_offset, speed_ms, action, dt):
+    """One control step of bookkeeping on a new track position: lap timing, the end-of-episode
+    rules and the reward. ``d_s`` is the arc length gained since ``ep.pos``; ``w_left``,
+    ``w_right`` and ``ref_offset`` are the track's values at ``pos``; ``dt`` the time elapsed
+    (the control period in the surrogate, the game time that really passed in a game).
+    Returns (episode, reward, terminated, truncated, info)."""
+    progress = ep.progress + d_s
+    # Lap timing: a forward crossing of the start line closes the running lap; the crossing
+    # time is interpolated inside the step so lap times are not quantised to dt.
+    old_laps = jnp.floor((ep.s_start + ep.progress) / length)
+    new_laps = jnp.floor((ep.s_start + progress) / length)
+    crossed = new_laps > old_laps
+    backwards = new_laps < old_laps
+    frac = jnp.clip((new_laps * length - (ep.s_start + ep.progress)) / jnp.maximum(d_s, 1e-6), 0.0, 1.0)
+    t_cross = ep.t + frac * dt
+    # On track while any part of the car is: the centre within the edges plus the half-width.
+    on = (pos.lateral >= -w_right - cfg.car_half_width) & (pos.lateral <= w_left + cfg.car_half_width)
+    lap_done = crossed & (ep.lap_start_t >= 0.0)
+    lap_time = jnp.where(lap_done, t_cross - ep.lap_start_t, jnp.nan)
+    lap_clean = lap_done & ep.lap_clean & on
+
+    stuck_t = jnp.where(speed_ms < cfg.stuck_speed, ep.stuck_t + dt, 0.0)
+    off = ~on
+    # (tolerance: stuck_time summed from float32 control periods)
+    stuck = stuck_t >= cfg.stuck_time - 1e-4
+    wrong_way = progress < -cfg.wrong_way_m
+    terminated = (off & cfg.terminate_off_track) | wrong_way
+    steps = ep.steps + 1
+    truncated = ~terminated & (stuck | (steps >= cfg.max_episode_steps))
+
+    ref_dev = pos.lateral - ref_offset
+    r, terms = reward(weights, d_s, ref_dev, action, ep.prev_action, off, stuck)
+    new = Episode(
+        pos=pos, prev_action=action, t=ep.t + dt, steps=steps, s_start=ep.s_start, progress=progress,
+        lap_start_t=jnp.where(crossed, t_cross, jnp.where(backwards, -1.0, ep.lap_start_t)),
+        lap_clean=jnp.where(crossed, on, ep.lap_clean & on),
+        laps=ep.laps + lap_done.astype(jnp.int32), stuck_t=stuck_t,
+    )
+    info = {"lap_completed": lap_done, "lap_time": lap_time, "lap_clean": lap_clean, "off_track": off,
+            "progress": d_s, "speed": speed_ms, "ref_deviation": ref_dev, "stuck": stuck, "wrong_way": wrong_way,
+            "reward_terms": terms}
+    return new, r, terminated, truncated, info
+
+
+@struct.dataclass
+class EnvState:
+    car: CarState
+    car_params: CarParams  # this episode's (possibly randomised) car
+    track_id: jax.Array
+    episode: Episode
+
+    @property
+    def pos(self) -> TrackPos:
+        return self.episode.pos
+
+    @property
+    def steps(self) -> jax.Array:
+        return self.episode.steps
 
 
 class RacingEnv:
@@ -100,118 +176,77 @@ class RacingEnv:
     def telemetry(self, car: CarState) -> Telemetry:
         return Telemetry(car.x, car.y, car.yaw, speed(car), car.ax, car.ay, car.yaw_rate)
 
+    def tables(self, params: EnvParams) -> TrackTables:
+        """The tracks packed for the step's lookups (see ``surrogate.track.TrackTables``)."""
+        return make_tables(params.tracks, self.config.projection_window)
+
     def observe(self, params: EnvParams, state: EnvState) -> jax.Array:
-        track = select_track(params.tracks, state.track_id)
-        return observe(track, state.pos, self.telemetry(state.car), state.prev_action, self.config.obs)
+        return self._observe(self.tables(params), state)
+
+    def _observe(self, tables: TrackTables, state: EnvState, here=None) -> jax.Array:
+        return observe_tables(tables, state.track_id, state.pos, self.telemetry(state.car), state.episode.prev_action,
+                              self.config.obs, here)
 
     def reset(self, key: jax.Array, params: EnvParams) -> tuple[jax.Array, EnvState]:
+        tables = self.tables(params)
+        state, here = self._reset_state(key, params, tables)
+        return self._observe(tables, state, here), state
+
+    def _reset_state(self, key: jax.Array, params: EnvParams, tables: TrackTables):
+        """A new episode's state, and the track fields at its position (for its observation)."""
         cfg = self.config
         k_track, k_idx, k_lat, k_speed, k_car = jax.random.split(key, 5)
-        n_tracks = params.tracks.x.shape[0]
-        track_id = jax.random.randint(k_track, (), 0, n_tracks)
-        track = select_track(params.tracks, track_id)
-        m = track.x.shape[0]
+        n_tracks = tables.points.shape[0]
+        # randint over one value is always 0: skip drawing it.
+        track_id = jnp.int32(0) if n_tracks == 1 else jax.random.randint(k_track, (), 0, n_tracks)
+        m = tables.n_points
         if cfg.start == "line":
             idx = jnp.int32(0)
             lateral = jnp.float32(0.0)
             v0 = jnp.float32(0.0)
+            row = tables.points[track_id, idx]
         else:
             idx = jax.random.randint(k_idx, (), 0, m)
-            half = 0.5 * (track.w_left[idx] + track.w_right[idx])
+            row = tables.points[track_id, idx]
+            field = lambda name: row[POINT_FIELDS.index(name)]  # noqa: E731
+            half = 0.5 * (field("w_left") + field("w_right"))
             lateral = jax.random.uniform(k_lat, (), minval=-1.0, maxval=1.0) * params.start_lateral_frac * half
-            v0 = jax.random.uniform(k_speed, ()) * params.start_speed_frac * track.ref_speed[idx]
-        h = track.heading[idx]
-        x = track.x[idx] - jnp.sin(h) * lateral
-        y = track.y[idx] + jnp.cos(h) * lateral
+            v0 = jax.random.uniform(k_speed, ()) * params.start_speed_frac * field("ref_speed")
+        h = row[POINT_FIELDS.index("heading")]
+        x = row[POINT_FIELDS.index("x")] - jnp.sin(h) * lateral
+        y = row[POINT_FIELDS.index("y")] + jnp.cos(h) * lateral
         car = init_car_state(x, y, h, v0)
-        car_params = sample_car_params(k_car, params.car, params.car_spread)
-        pos = project(track, x, y, h, idx, cfg.projection_window)
-        zero = jnp.float32(0.0)
-        state = EnvState(
-            car=car,
-            car_params=car_params,
-            track_id=track_id,
-            pos=pos,
-            prev_action=jnp.zeros((3,), jnp.float32),
-            t=zero,
-            steps=jnp.int32(0),
-            s_start=pos.s,
-            progress=zero,
-            # Starting on the line starts the first timed lap; elsewhere the first crossing does.
-            lap_start_t=jnp.where(pos.s < 1e-3, zero, jnp.float32(-1.0)),
-            lap_clean=jnp.bool_(True),
-            laps=jnp.int32(0),
-            stuck_steps=jnp.int32(0),
+        # Without randomisation the draw is a no-op (nominal * (1 + 0 * u)); skipping it saves a
+        # PRNG call per car and step (the auto-reset computes a reset every step).
+        nominal = lambda: CarParams(**{  # noqa: E731
+            name: jnp.clip(jnp.asarray(getattr(params.car, name), jnp.float32), *PARAM_RANGES[name]) for name in PARAM_NAMES
+        })
+        car_params = jax.lax.cond(
+            params.car_spread == 0.0, nominal, lambda: sample_car_params(k_car, params.car, params.car_spread)
         )
-        return self.observe(params, state), state
+        pos, here = project_tables(tables, track_id, x, y, h, idx, cfg.projection_window)
+        state = EnvState(car=car, car_params=car_params, track_id=track_id, episode=start_episode(pos))
+        return state, here
 
     def step(self, key, state: EnvState, action, params: EnvParams):
         cfg = self.config
         action = jnp.clip(jnp.asarray(action, jnp.float32), ACTION_LOW, ACTION_HIGH)
-        track = select_track(params.tracks, state.track_id)
+        tables = self.tables(params)
+        tid = state.track_id
         car = self._car_step(state.car_params, state.car, action, cfg.dt, cfg.substeps)
-        pos = project(track, car.x, car.y, car.yaw, state.pos.idx, cfg.projection_window)
-        d_s = arc_delta(track, state.pos.s, pos.s)
-        progress = state.progress + d_s
-        t = state.t + cfg.dt
-
-        # Lap timing: a forward crossing of the start line closes the running lap; the crossing
-        # time is interpolated inside the step so lap times are not quantised to dt.
-        old_laps = jnp.floor((state.s_start + state.progress) / track.length)
-        new_laps = jnp.floor((state.s_start + progress) / track.length)
-        crossed = new_laps > old_laps
-        backwards = new_laps < old_laps
-        frac = jnp.clip((new_laps * track.length - (state.s_start + state.progress)) / jnp.maximum(d_s, 1e-6), 0.0, 1.0)
-        t_cross = state.t + frac * cfg.dt
-        on = on_track(track, pos, margin=-cfg.car_half_width)
-        lap_done = crossed & (state.lap_start_t >= 0.0)
-        lap_time = jnp.where(lap_done, t_cross - state.lap_start_t, jnp.nan)
-        lap_clean = lap_done & state.lap_clean & on
-        lap_start_t = jnp.where(crossed, t_cross, jnp.where(backwards, -1.0, state.lap_start_t))
-        clean_so_far = jnp.where(crossed, on, state.lap_clean & on)
-
-        v = speed(car)
-        stuck_steps = jnp.where(v < cfg.stuck_speed, state.stuck_steps + 1, 0)
-        off = ~on
-        stuck = stuck_steps >= round(cfg.stuck_time / cfg.dt)
-        wrong_way = progress < -cfg.wrong_way_m
-        terminated = (off & cfg.terminate_off_track) | wrong_way
-        steps = state.steps + 1
-        truncated = ~terminated & (stuck | (steps >= cfg.max_episode_steps))
-
-        ref_dev = pos.lateral - interp(track, track.ref_offset, pos.s)
-        r, terms = reward(params.reward, d_s, ref_dev, action, state.prev_action, off, stuck)
-
-        next_state = EnvState(
-            car=car,
-            car_params=state.car_params,
-            track_id=state.track_id,
-            pos=pos,
-            prev_action=action,
-            t=t,
-            steps=steps,
-            s_start=state.s_start,
-            progress=progress,
-            lap_start_t=lap_start_t,
-            lap_clean=clean_so_far,
-            laps=state.laps + lap_done.astype(jnp.int32),
-            stuck_steps=stuck_steps,
-        )
-        obs = observe(track, pos, self.telemetry(car), action, cfg.obs)
+        pos, here = project_tables(tables, tid, car.x, car.y, car.yaw, state.pos.idx, cfg.projection_window)
+        d_s = arc_delta_tables(tables, tid, state.pos.s, pos.s)
+        episode, r, terminated, truncated, ep_info = advance_episode(
+            cfg, params.reward, state.episode, pos, d_s, tables.length[tid], here.field("w_left"),
+            here.field("w_right"), here.field("ref_offset"), speed(car), action, cfg.dt)
+        next_state = EnvState(car=car, car_params=state.car_params, track_id=tid, episode=episode)
+        obs = self._observe(tables, next_state, here)
         done = terminated | truncated
-        reset_obs, reset_state = self.reset(key, params)
+        reset_state, reset_here = self._reset_state(key, params, tables)
+        reset_obs = self._observe(tables, reset_state, reset_here)
         new_state = jax.tree_util.tree_map(lambda a, b: jnp.where(done, a, b), reset_state, next_state)
         new_obs = jnp.where(done, reset_obs, obs)
-        info = {
-            "final_obs": obs,
-            "lap_completed": lap_done,
-            "lap_time": lap_time,
-            "lap_clean": lap_clean,
-            "off_track": off,
-            "progress": d_s,
-            "speed": v,
-            "ref_deviation": ref_dev,
-        }
+        info = {"final_obs": obs, **{k: ep_info[k] for k in INFO_KEYS}}
         return new_obs, new_state, r, terminated, truncated, info
 
 

@@ -13,7 +13,8 @@ from flax import struct
 import jax
 import jax.numpy as jnp
 
-from surrogate.track import Track, TrackPos, interp, lookahead
+from surrogate.fastmath import fast_sincos
+from surrogate.track import Track, TrackPos, TrackTables, interp, lookahead, lookahead_tables, sample_points
 
 # Scales that bring every feature to order one; fixed constants, not fitted, so that a policy
 # trained on one car or track sees the same units on another.
@@ -60,10 +61,28 @@ def observe(track: Track, pos: TrackPos, tel: Telemetry, prev_action: jax.Array,
     the left and right edges; then per lookahead point: curvature, reference-line point in the car
     frame (dx, dy), local half-width, and optionally the reference speed.
     """
-    w_left = interp(track, track.w_left, pos.s)
-    w_right = interp(track, track.w_right, pos.s)
+    la = lookahead(track, pos, tel.x, tel.y, tel.yaw, cfg.lookahead_m)
+    return _assemble(
+        pos, tel, prev_action, interp(track, track.w_left, pos.s), interp(track, track.w_right, pos.s),
+        interp(track, track.ref_offset, pos.s), la, cfg,
+    )
+
+
+def observe_tables(
+    tables: TrackTables, track_id, pos: TrackPos, tel: Telemetry, prev_action: jax.Array, cfg: ObsConfig, here=None
+) -> jax.Array:
+    """``observe`` on track ``track_id`` of packed tables (the batched env's fast path; same values).
+
+    ``here``: the ``PointSample`` at pos.s if the caller has it already (``project_tables`` returns it)."""
+    if here is None:
+        here = sample_points(tables, track_id, pos.s)
+    la = lookahead_tables(tables, track_id, pos, tel.x, tel.y, tel.yaw, cfg.lookahead_m)
+    return _assemble(pos, tel, prev_action, here.field("w_left"), here.field("w_right"), here.field("ref_offset"), la, cfg)
+
+
+def _assemble(pos: TrackPos, tel: Telemetry, prev_action, w_left, w_right, ref, la: dict, cfg: ObsConfig) -> jax.Array:
     half = 0.5 * (w_left + w_right)
-    ref = interp(track, track.ref_offset, pos.s)
+    sin_he, cos_he = fast_sincos(pos.heading_error)
     base = jnp.stack(
         [
             tel.speed / SPEED_SCALE,
@@ -72,8 +91,8 @@ def observe(track: Track, pos: TrackPos, tel: Telemetry, prev_action: jax.Array,
             tel.yaw_rate / YAW_RATE_SCALE,
             pos.lateral / half,
             (pos.lateral - ref) / WIDTH_SCALE,
-            jnp.sin(pos.heading_error),
-            jnp.cos(pos.heading_error),
+            sin_he,
+            cos_he,
             prev_action[0],
             prev_action[1],
             prev_action[2],
@@ -81,7 +100,6 @@ def observe(track: Track, pos: TrackPos, tel: Telemetry, prev_action: jax.Array,
         ]
     )
     # Distance to the right edge is implied by the left one and the half-width point feature.
-    la = lookahead(track, pos, tel.x, tel.y, tel.yaw, cfg.lookahead_m)
     feats = [
         la["curvature"] * CURVATURE_SCALE,
         la["ref_dx"] / DIST_SCALE,

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from surrogate.fastmath import fast_sincos
 from surrogate.track_io import MIN_POINTS, TrackData, resample
 
 
@@ -165,10 +166,16 @@ def _frenet(track: Track, x, y, seg):
     continuous, so progress along the track is smooth."""
     m = track.x.shape[0]
     nxt = (seg + 1) % m
-    c0x, c0y = track.x[seg], track.y[seg]
-    ex, ey = track.x[nxt] - c0x, track.y[nxt] - c0y
-    n0x, n0y = -jnp.sin(track.heading[seg]), jnp.cos(track.heading[seg])
-    dnx, dny = -jnp.sin(track.heading[nxt]) - n0x, jnp.cos(track.heading[nxt]) - n0y
+    return _frenet_from(
+        track.x[seg], track.y[seg], track.x[nxt], track.y[nxt],
+        -jnp.sin(track.heading[seg]), jnp.cos(track.heading[seg]),
+        -jnp.sin(track.heading[nxt]), jnp.cos(track.heading[nxt]), x, y,
+    )
+
+
+def _frenet_from(c0x, c0y, c1x, c1y, n0x, n0y, n1x, n1y, x, y):
+    ex, ey = c1x - c0x, c1y - c0y
+    dnx, dny = n1x - n0x, n1y - n0y
     ax, ay = x - c0x, y - c0y
     # cross(a - t e, n0 + t dn) = 0, a quadratic in t whose t^2 term is tiny; this root form
     # stays accurate as that term vanishes.
@@ -237,30 +244,37 @@ def on_track(track: Track, pos: TrackPos, margin=0.0):
 
 
 def _to_car_frame(px, py, x, y, yaw):
-    c, sn = jnp.cos(yaw), jnp.sin(yaw)
+    sn, c = fast_sincos(yaw)
     rx, ry = px - x, py - y
     return c * rx + sn * ry, -sn * rx + c * ry
+
+
+def _lookahead_features(cx, cy, h, off, curvature, ref_speed, w_left, w_right, x, y, yaw):
+    """Lookahead features from the track fields interpolated at the lookahead points."""
+    centre_dx, centre_dy = _to_car_frame(cx, cy, x, y, yaw)
+    sin_h, cos_h = fast_sincos(h)
+    ref_dx, ref_dy = _to_car_frame(cx - sin_h * off, cy + cos_h * off, x, y, yaw)
+    return {
+        "curvature": curvature,
+        "centre_dx": centre_dx,
+        "centre_dy": centre_dy,
+        "ref_dx": ref_dx,
+        "ref_dy": ref_dy,
+        "ref_speed": ref_speed,
+        "w_left": w_left,
+        "w_right": w_right,
+    }
 
 
 def lookahead(track: Track, pos: TrackPos, x, y, yaw, distances: tuple[float, ...]) -> dict[str, jax.Array]:
     """Track features at arc lengths pos.s + d for each d in ``distances`` (static tuple), points
     in the car frame (x forward, y left). Each value has shape (len(distances),)."""
     s = pos.s + jnp.asarray(distances, jnp.float32)
-    cx, cy = interp(track, track.x, s), interp(track, track.y, s)
-    h = _interp_heading(track, s)
-    off = interp(track, track.ref_offset, s)
-    centre_dx, centre_dy = _to_car_frame(cx, cy, x, y, yaw)
-    ref_dx, ref_dy = _to_car_frame(cx - jnp.sin(h) * off, cy + jnp.cos(h) * off, x, y, yaw)
-    return {
-        "curvature": interp(track, track.curvature, s),
-        "centre_dx": centre_dx,
-        "centre_dy": centre_dy,
-        "ref_dx": ref_dx,
-        "ref_dy": ref_dy,
-        "ref_speed": interp(track, track.ref_speed, s),
-        "w_left": interp(track, track.w_left, s),
-        "w_right": interp(track, track.w_right, s),
-    }
+    return _lookahead_features(
+        interp(track, track.x, s), interp(track, track.y, s), _interp_heading(track, s),
+        interp(track, track.ref_offset, s), interp(track, track.curvature, s), interp(track, track.ref_speed, s),
+        interp(track, track.w_left, s), interp(track, track.w_right, s), x, y, yaw,
+    )
 
 
 def reference_xy(track: Track):
@@ -268,4 +282,149 @@ def reference_xy(track: Track):
     return (
         track.x - jnp.sin(track.heading) * track.ref_offset,
         track.y + jnp.cos(track.heading) * track.ref_offset,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Packed tables: the same geometry, laid out for batched env steps
+# --------------------------------------------------------------------------------------------
+# Per car, the functions above gather each field separately at two indices per point: some 150
+# scalar gathers per car and step, most of the step's time once vmapped over thousands of cars.
+# ``TrackTables`` packs the per-point fields row-wise so one row gather serves every field at a
+# point (and its successor), and keeps a wrap-padded copy of the centre line so the projection
+# window is one contiguous slice. It is built from the stacked tracks inside the step (cheap: it
+# does not depend on the cars, so XLA hoists it out of rollout loops). The arithmetic after the
+# lookups is the same as above, so results match those functions to the last bit or two.
+
+POINT_FIELDS = ("x", "y", "heading", "curvature", "w_left", "w_right", "ref_offset", "ref_speed")
+_F = {name: i for i, name in enumerate(POINT_FIELDS)}
+_NF = len(POINT_FIELDS)
+_SEG_FIELDS = 5  # x, y, left normal x, left normal y, s
+
+
+@struct.dataclass
+class TrackTables:
+    """Stacked tracks (leading axis T) packed for lookups by ``(track_id, index)``."""
+
+    points: jax.Array  # (T, M, 2 * len(POINT_FIELDS)): the fields at point i, then at point i + 1
+    segments: jax.Array  # (T, M + pad, 5): x, y, normal x, normal y, s at point i mod M
+    length: jax.Array  # (T,)
+    ds: jax.Array  # (T,)
+
+    @property
+    def n_points(self) -> int:
+        return self.points.shape[-2]
+
+
+def _window_rows(window: int) -> int:
+    # Segments idx_hint - window//4 ... idx_hint + window need their end points too.
+    return window + window // 4 + 2
+
+
+def make_tables(tracks: Track, window: int = 16) -> TrackTables:
+    """Pack stacked tracks (from ``stack_tracks``) for the batched env step; ``window`` as in ``project``."""
+    if tracks.x.ndim != 2:
+        raise ValueError(f"make_tables: expected stacked tracks (x of shape (T, M)), got x of shape {tracks.x.shape}")
+    m = tracks.x.shape[1]
+    here = jnp.stack([getattr(tracks, f) for f in POINT_FIELDS], axis=-1)
+    points = jnp.concatenate([here, jnp.roll(here, -1, axis=1)], axis=-1)
+    seg = jnp.stack([tracks.x, tracks.y, -jnp.sin(tracks.heading), jnp.cos(tracks.heading), tracks.s], axis=-1)
+    pad = max(_window_rows(window), 4)
+    reps = -(-(m + pad) // m)
+    segments = jnp.concatenate([seg] * reps, axis=1)[:, : m + pad]
+    return TrackTables(points=points, segments=segments, length=tracks.length, ds=tracks.ds)
+
+
+def _locate_in(length, ds, m: int, s):
+    r = jnp.mod(s, length)
+    r = jnp.where(r >= length, r - length, r)
+    u = r / ds
+    i = jnp.clip(jnp.floor(u), 0, m - 1)
+    t = jnp.clip(u - i, 0.0, 1.0)
+    return i.astype(jnp.int32), t
+
+
+@struct.dataclass
+class PointSample:
+    """Track fields interpolated at arc lengths s (any shape), from one row gather per point."""
+
+    rows: jax.Array  # (..., 2 * len(POINT_FIELDS))
+    t: jax.Array  # (...)
+
+    def field(self, name: str) -> jax.Array:
+        """Linear interpolation of a field, as ``interp``."""
+        k = _F[name]
+        return self.rows[..., k] * (1.0 - self.t) + self.rows[..., _NF + k] * self.t
+
+    def heading(self) -> jax.Array:
+        """The interpolated heading, as ``_interp_heading``."""
+        k = _F["heading"]
+        h0 = self.rows[..., k]
+        return wrap_angle(h0 + self.t * wrap_angle(self.rows[..., _NF + k] - h0))
+
+
+def sample_points(tables: TrackTables, track_id, s) -> PointSample:
+    """Rows of track ``track_id`` around arc lengths ``s`` (any shape)."""
+    i, t = _locate_in(tables.length[track_id], tables.ds[track_id], tables.n_points, s)
+    return PointSample(rows=tables.points[track_id, i], t=t)
+
+
+def project_tables(tables: TrackTables, track_id, x, y, yaw, idx_hint, window: int = 16) -> tuple[TrackPos, PointSample]:
+    """``project`` on track ``track_id`` of packed tables; also the track fields at the projected s."""
+    m = tables.n_points
+    length, ds = tables.length[track_id], tables.ds[track_id]
+    start = jnp.mod(jnp.asarray(idx_hint, jnp.int32) - window // 4, m)
+    n_seg = _window_rows(window) - 1
+    win = jax.lax.dynamic_slice(tables.segments, (track_id, start, 0), (1, n_seg + 1, _SEG_FIELDS))[0]
+    px, py = win[:, 0], win[:, 1]
+    ax, ay = px[:-1], py[:-1]
+    ex, ey = px[1:] - ax, py[1:] - ay
+    rx, ry = x - ax, y - ay
+    t = jnp.clip((rx * ex + ry * ey) / (ex * ex + ey * ey), 0.0, 1.0)
+    dx, dy = rx - t * ex, ry - t * ey
+    near = jnp.mod(start + _first_argmin(dx * dx + dy * dy), m)
+    # The candidates near, near - 1, near + 1 and their end points: rows near - 1 ... near + 2.
+    quad = jax.lax.dynamic_slice(tables.segments, (track_id, jnp.mod(near - 1, m), 0), (1, 4, _SEG_FIELDS))[0]
+    c0, c1 = quad[jnp.array([1, 0, 2])], quad[jnp.array([2, 1, 3])]
+    tc, latc = _frenet_from(c0[:, 0], c0[:, 1], c1[:, 0], c1[:, 1], c0[:, 2], c0[:, 3], c1[:, 2], c1[:, 3], x, y)
+    k = jnp.where((tc[0] >= 0.0) & (tc[0] <= 1.0), 0, jnp.where(tc[0] < 0.0, 1, 2))
+    tk, lateral = jnp.clip(tc[k], 0.0, 1.0), latc[k]
+    at_end = tk >= 1.0
+    # Row of the chosen segment's start within quad: candidate k starts at row (1, 0, 2)[k].
+    row = jnp.where(k == 0, 1, jnp.where(k == 1, 0, 2)) + at_end.astype(jnp.int32)
+    idx = jnp.mod(near - 1 + row, m).astype(jnp.int32)
+    tk = jnp.where(at_end, 0.0, tk)
+    r = jnp.mod(quad[row, 4] + tk * ds, length)
+    s = jnp.where(r >= length, r - length, r)
+    here = sample_points(tables, track_id, s)
+    heading_error = wrap_angle(yaw - here.heading())
+    return TrackPos(idx=idx, s=s, lateral=lateral, heading_error=heading_error), here
+
+
+def _first_argmin(d):
+    """``jnp.argmin`` of a short vector (first index of the minimum) as a chain of elementwise
+    compares: vmapped, XLA:CPU vectorises these across cars, while a reduction with the distance
+    computation fused into it runs element by element (it was a sixth of the step)."""
+
+    def body(k, carry):
+        best, best_k = carry
+        better = d[k] < best
+        return jnp.where(better, d[k], best), jnp.where(better, k, best_k)
+
+    return jax.lax.fori_loop(1, d.shape[0], body, (d[0], jnp.int32(0)), unroll=True)[1]
+
+
+def arc_delta_tables(tables: TrackTables, track_id, s_old, s_new):
+    """``arc_delta`` on track ``track_id``."""
+    length = tables.length[track_id]
+    half = 0.5 * length
+    return jnp.mod(s_new - s_old + half, length) - half
+
+
+def lookahead_tables(tables: TrackTables, track_id, pos: TrackPos, x, y, yaw, distances: tuple[float, ...]):
+    """``lookahead`` on track ``track_id``: one row gather per lookahead point."""
+    p = sample_points(tables, track_id, pos.s + jnp.asarray(distances, jnp.float32))
+    return _lookahead_features(
+        p.field("x"), p.field("y"), p.heading(), p.field("ref_offset"), p.field("curvature"),
+        p.field("ref_speed"), p.field("w_left"), p.field("w_right"), x, y, yaw,
     )
