@@ -1,0 +1,646 @@
+"""``train_crossq.py --backend surrogate``: CrossQ on the surrogate racing env.
+
+The command's config (``TrainConfig``) and its command line, the fitted-surrogate file (car and
+track in one JSON), the lap evaluation (deterministic policy from the start line, scored against
+the minimum-lap-time reference of the same car and track), the end-of-run plots and the summary
+line. The training itself is ``racerl_jax.train_loop.train``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from racerl_jax import crossq
+from racerl_jax.crossq import AgentState, CrossQConfig
+from racerl_jax.train_loop import scale_action
+from surrogate.car import MODELS, CarParams, CarParamsError, car_params_from_dict, car_params_to_dict
+from surrogate.env import EnvConfig, EnvParams, RacingEnv, make_params
+from surrogate.reward import RewardWeights
+from surrogate.rollout import lap_metrics
+from surrogate.track import select_track
+from surrogate.track_io import DEFAULT_TRACK, TrackData, TrackFileError, load_track, validate_track
+
+TRAIN_CONFIG_FILE = "train_config.json"
+BEST_LAP_FILE = "best_lap.npz"
+BEST_LAP_PNG = "best_lap.png"
+CURVE_PNG = "learning_curve.png"
+
+# ----------------------------------------------------------------------------- fitted surrogate file
+
+SURROGATE_FORMAT = "racerl-surrogate"
+SURROGATE_VERSION = 1
+
+
+class SurrogateFileError(ValueError):
+    """A fitted-surrogate file that cannot be used: names the file, the field and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FittedSurrogate:
+    """A fitted car and the track it was fitted on, as ``train_surrogate.py`` will write them."""
+
+    model: str
+    car: CarParams
+    track: TrackData
+
+
+def save_surrogate(path: str | Path, model: str, car: CarParams, track: TrackData) -> Path:
+    """Write ``{"format": "racerl-surrogate", "version": 1, "model", "car", "track"}`` as JSON."""
+    if model not in MODELS:
+        raise SurrogateFileError(f"model {model!r} is not a surrogate model; use one of {sorted(MODELS)}")
+    doc = {
+        "format": SURROGATE_FORMAT,
+        "version": SURROGATE_VERSION,
+        "model": model,
+        "car": car_params_to_dict(car),
+        "track": {
+            "name": track.name,
+            **{k: np.asarray(getattr(track, k), np.float64).tolist() for k in ("x", "y", "w_right", "w_left")},
+        },
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+def load_surrogate(path: str | Path) -> FittedSurrogate:
+    """Read and validate a fitted-surrogate file; every error names the file and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise SurrogateFileError(f"{path}: surrogate file not found; give the JSON file the fitting command wrote")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise SurrogateFileError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+    if not isinstance(doc, dict):
+        raise SurrogateFileError(f"{path}: expected a JSON object with format, version, model, car, track")
+    if doc.get("format") != SURROGATE_FORMAT:
+        raise SurrogateFileError(
+            f"{path}: field 'format' is {doc.get('format')!r}, expected {SURROGATE_FORMAT!r}: not a fitted-surrogate file"
+        )
+    if doc.get("version") != SURROGATE_VERSION:
+        raise SurrogateFileError(
+            f"{path}: field 'version' is {doc.get('version')!r}; this racerl-jax reads version {SURROGATE_VERSION} "
+            "(refit with this version, or upgrade racerl-jax)"
+        )
+    missing = [k for k in ("model", "car", "track") if k not in doc]
+    if missing:
+        raise SurrogateFileError(f"{path}: missing field(s) {missing}")
+    unknown = sorted(set(doc) - {"format", "version", "model", "car", "track"})
+    if unknown:
+        raise SurrogateFileError(f"{path}: unknown field(s) {unknown}; expected format, version, model, car, track")
+    model = doc["model"]
+    if model not in MODELS:
+        raise SurrogateFileError(f"{path}: field 'model' is {model!r}; expected one of {sorted(MODELS)}")
+    try:
+        car = car_params_from_dict(doc["car"])
+    except CarParamsError as e:
+        raise SurrogateFileError(f"{path}: field 'car': {e}") from None
+    return FittedSurrogate(model=model, car=car, track=_track_from_doc(path, doc["track"]))
+
+
+def _track_from_doc(path: Path, t: Any) -> TrackData:
+    if not isinstance(t, dict):
+        raise SurrogateFileError(f"{path}: field 'track' must be an object with name, x, y, w_right, w_left")
+    cols = ("x", "y", "w_right", "w_left")
+    missing = [k for k in ("name", *cols) if k not in t]
+    if missing:
+        raise SurrogateFileError(f"{path}: field 'track' lacks {missing}")
+    if not isinstance(t["name"], str) or not t["name"]:
+        raise SurrogateFileError(f"{path}: field 'track.name' must be a non-empty string, got {t['name']!r}")
+    arrays = {}
+    for k in cols:
+        v = t[k]
+        if not isinstance(v, list) or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in v):
+            raise SurrogateFileError(f"{path}: field 'track.{k}' must be a list of numbers (metres)")
+        arrays[k] = np.asarray(v, np.float64)
+    lengths = {k: a.shape[0] for k, a in arrays.items()}
+    if len(set(lengths.values())) != 1:
+        raise SurrogateFileError(f"{path}: track arrays differ in length {lengths}; give one value per centre-line point")
+    try:
+        return validate_track(TrackData(t["name"], **arrays), source=f"{path} field 'track'")
+    except TrackFileError as e:
+        raise SurrogateFileError(str(e)) from None
+
+
+# ----------------------------------------------------------------------------- config
+
+# Reward for training (surrogate/reward.py's weights with the choices argued in the report):
+# progress pays for distance, a leaving-the-track penalty worth ~35 m of progress, a small pull
+# towards the reference line that guides early exploration and costs nothing at the optimum.
+DEFAULT_REWARD = RewardWeights(progress=0.1, deviation=0.002, action_change=0.02, off_track=5.0, stuck=0.0, time=0.0)
+
+# Fields the command line does not set (reward weights, network widths) are still in the saved
+# config; fields that only steer this invocation may differ on resume.
+_PER_INVOCATION = ("budget_minutes", "resume", "run_dir", "total_env_steps", "progress")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``train_crossq.py`` does. Defaults, measured on the shared 2-core CPU (cpu preset,
+    128-wide networks, ~350 updates/s alone, 100-250 when shared):
+
+    - 32 envs and 16 updates per iteration (update-to-data 0.5): the updates are the bottleneck on
+      a CPU, extra envs are almost free and their random starts spread the data over the track;
+    - episodes of 1,000 steps (50 s) from random starts at up to half the reference speed: the
+      whole track is seen from the first minute, not only the part after the start line;
+    - learning after 2,000 random steps (about 60 iterations), evaluation every 10,000 env steps
+      (about every 20-40 s), checkpoints every 100,000;
+    - ``DEFAULT_REWARD`` above.
+    """
+
+    backend: str = "surrogate"
+    track: str = ""  # bundled name or CSV path; "" = the bundled default (or the surrogate file's)
+    surrogate: str = ""  # fitted-surrogate JSON (car + track); "" = default car on --track
+    model: str = ""  # "dynamic" | "kinematic"; "" = dynamic (or the surrogate file's)
+    num_envs: int = 32
+    budget_minutes: float = 20.0  # wall clock of the whole command, compilation included
+    total_env_steps: int = 100_000_000  # a cap; the budget normally ends the run
+    run_dir: str = ""  # "" = runs/crossq-<track>-<time>
+    resume: bool = False
+    seed: int = 0
+    preset: str = ""  # "cpu" | "paper"; "" = cpu on a CPU backend, paper otherwise
+    updates_per_iter: int = 16  # gradient updates per iteration (one step of every env)
+    batch_size: int = 0  # 0 = the preset's
+    learning_starts: int = 2_000  # env steps of uniform random actions before learning
+    critic_hidden: tuple[int, ...] = ()  # () = the preset's
+    actor_hidden: tuple[int, ...] = ()
+    episode_steps: int = 1_000  # training episode limit (random starts cover the rest of the track)
+    car_spread: float = 0.0  # domain randomisation of the car parameters (fraction)
+    reward: RewardWeights = DEFAULT_REWARD
+    eval_every_env_steps: int = 10_000
+    eval_laps: int = 2  # laps an evaluation drives (the second is a flying lap)
+    eval_max_steps: int = 0  # 0 = enough for eval_laps at 60% of the reference pace
+    checkpoint_every_env_steps: int = 100_000
+    chunk_iterations: int = 100  # iterations per jitted call: the granularity of the budget check
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "critic_hidden", tuple(int(w) for w in self.critic_hidden))
+        object.__setattr__(self, "actor_hidden", tuple(int(w) for w in self.actor_hidden))
+        if isinstance(self.reward, dict):
+            object.__setattr__(self, "reward", _reward_from_dict(self.reward))
+
+        def need(cond: bool, field: str, msg: str) -> None:
+            if not cond:
+                raise ValueError(f"TrainConfig.{field}={getattr(self, field)!r}: {msg}")
+
+        need(self.backend in ("surrogate", "real"), "backend", "expected 'surrogate' or 'real'")
+        need(self.model in ("", *MODELS), "model", f"expected one of {sorted(MODELS)}")
+        need(self.preset in ("", "cpu", "paper"), "preset", "expected 'cpu' or 'paper'")
+        need(self.num_envs >= 1, "num_envs", "must be >= 1")
+        need(self.budget_minutes > 0, "budget_minutes", "must be > 0")
+        need(self.total_env_steps >= 1, "total_env_steps", "must be >= 1")
+        need(self.updates_per_iter >= 0, "updates_per_iter", "must be >= 0")
+        need(self.batch_size == 0 or self.batch_size >= 2, "batch_size", "must be >= 2 (or 0 for the preset's)")
+        need(self.learning_starts >= 0, "learning_starts", "must be >= 0")
+        need(all(w > 0 for w in self.critic_hidden + self.actor_hidden), "critic_hidden", "widths must be > 0")
+        need(self.episode_steps >= 1, "episode_steps", "must be >= 1")
+        need(0.0 <= self.car_spread < 1.0, "car_spread", "must be in [0, 1)")
+        need(self.eval_every_env_steps >= 1, "eval_every_env_steps", "must be >= 1")
+        need(self.eval_laps >= 1, "eval_laps", "must be >= 1")
+        need(self.eval_max_steps >= 0, "eval_max_steps", "must be >= 0")
+        need(self.checkpoint_every_env_steps >= 1, "checkpoint_every_env_steps", "must be >= 1")
+        need(self.chunk_iterations >= 1, "chunk_iterations", "must be >= 1")
+        if self.surrogate and self.track:
+            raise ValueError(
+                f"TrainConfig: give --track or --surrogate, not both (the surrogate file {self.surrogate} holds its own track)"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["critic_hidden"] = list(self.critic_hidden)
+        d["actor_hidden"] = list(self.actor_hidden)
+        d["reward"] = {k: float(v) for k, v in dataclasses.asdict(self.reward).items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**d)
+
+
+def _reward_from_dict(d: dict[str, Any]) -> RewardWeights:
+    known = {f.name for f in dataclasses.fields(RewardWeights)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown reward weight(s) {unknown}; known: {sorted(known)}")
+    return RewardWeights(**{k: float(v) for k, v in d.items()})
+
+
+def resolve(cfg: TrainConfig) -> TrainConfig:
+    """Fill the "auto" fields (preset, model, track, run dir) so the saved config says what ran."""
+    if cfg.backend == "real":
+        raise SystemExit("--backend real: not yet: the bridge backend lands with finetune_real.py")
+    preset = cfg.preset or ("cpu" if jax.default_backend() == "cpu" else "paper")
+    model, track = cfg.model, cfg.track
+    if cfg.surrogate:
+        fitted = load_surrogate(cfg.surrogate)
+        if model and model != fitted.model:
+            raise ValueError(
+                f"--model {model} differs from the model {fitted.model!r} of the surrogate file {cfg.surrogate}; "
+                "drop --model (the file's model is used)"
+            )
+        model = fitted.model
+    else:
+        model = model or "dynamic"
+        track = track or DEFAULT_TRACK
+    name = Path(cfg.surrogate).stem if cfg.surrogate else Path(track).stem
+    run_dir = cfg.run_dir or f"runs/crossq-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return dataclasses.replace(cfg, preset=preset, model=model, track=track, run_dir=run_dir)
+
+
+def crossq_config(cfg: TrainConfig) -> CrossQConfig:
+    """The agent's config: the preset with this command's overrides."""
+    overrides: dict[str, Any] = {"learning_starts": cfg.learning_starts}
+    if cfg.batch_size:
+        overrides["batch_size"] = cfg.batch_size
+    if cfg.critic_hidden:
+        overrides["critic_hidden"] = cfg.critic_hidden
+    if cfg.actor_hidden:
+        overrides["actor_hidden"] = cfg.actor_hidden
+    preset = cfg.preset or "cpu"
+    base = CrossQConfig.cpu if preset == "cpu" else CrossQConfig.paper
+    return base(**overrides)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer widths like 128,128, got {text!r}") from None
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive layer widths like 128,128, got {text!r}")
+    return widths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(
+        prog="train_crossq.py",
+        description="Train the CrossQ driver on the surrogate racing env; the last line printed is "
+        "first_clean_lap_min=... best_lap_s=... limit_s=... gap_pct=...",
+    )
+    p.add_argument("--backend", choices=["surrogate", "real"], default=d.backend)
+    p.add_argument("--track", default=d.track, help=f"bundled track name or TUM-format CSV (default {DEFAULT_TRACK})")
+    p.add_argument("--surrogate", default=d.surrogate, help="fitted surrogate JSON (car and track); excludes --track")
+    p.add_argument("--model", choices=sorted(MODELS), default=None, help="car model (default dynamic)")
+    p.add_argument("--num-envs", type=int, default=d.num_envs)
+    p.add_argument("--budget-minutes", type=float, default=d.budget_minutes, help="wall clock of the whole command")
+    p.add_argument("--total-env-steps", type=int, default=d.total_env_steps)
+    p.add_argument("--run-dir", default=d.run_dir, help="default runs/crossq-<track>-<time>")
+    p.add_argument("--resume", action="store_true", help="continue from the run dir's latest checkpoint")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--preset", choices=["cpu", "paper"], default=None, help="CrossQ preset (default cpu on CPU)")
+    p.add_argument("--updates-per-iter", type=int, default=d.updates_per_iter)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="0: the preset's")
+    p.add_argument("--learning-starts", type=int, default=d.learning_starts)
+    p.add_argument("--critic-hidden", type=_widths, default=None, help="e.g. 256,256 (default: the preset's)")
+    p.add_argument("--actor-hidden", type=_widths, default=None)
+    p.add_argument("--episode-steps", type=int, default=d.episode_steps)
+    p.add_argument("--car-spread", type=float, default=d.car_spread)
+    p.add_argument("--eval-every-env-steps", type=int, default=d.eval_every_env_steps)
+    p.add_argument("--eval-laps", type=int, default=d.eval_laps)
+    p.add_argument("--eval-max-steps", type=int, default=d.eval_max_steps, help="0: enough for --eval-laps")
+    p.add_argument("--checkpoint-every-env-steps", type=int, default=d.checkpoint_every_env_steps)
+    p.add_argument("--chunk-iterations", type=int, default=d.chunk_iterations, help="iterations per jitted call")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
+    a = vars(build_parser().parse_args(argv))
+    a["progress"] = not a.pop("no_progress")
+    a["model"] = a["model"] or ""
+    a["preset"] = a["preset"] or ""
+    a["critic_hidden"] = a["critic_hidden"] or ()
+    a["actor_hidden"] = a["actor_hidden"] or ()
+    try:
+        return TrainConfig(**a)
+    except ValueError as e:
+        raise SystemExit(f"train_crossq.py: {e}") from None
+
+
+# ----------------------------------------------------------------------------- envs
+
+
+@dataclasses.dataclass
+class RacingSetup:
+    env: RacingEnv
+    params: EnvParams
+    eval_env: RacingEnv
+    eval_params: EnvParams
+    limit_s: float
+    eval_steps: int
+    track_name: str
+
+
+def build_setup(cfg: TrainConfig) -> RacingSetup:
+    """Training env (random starts) and evaluation env (start line, no randomisation), both on
+    the same car and track, and the minimum-lap-time reference computed once."""
+    if cfg.surrogate:
+        fitted = load_surrogate(cfg.surrogate)
+        car, track = fitted.car, fitted.track
+    else:
+        car, track = CarParams(), cfg.track or DEFAULT_TRACK
+    model = cfg.model or "dynamic"
+    env_cfg = EnvConfig(model=model, start="random", max_episode_steps=cfg.episode_steps)
+    params, refs = make_params([track], car=car, config=env_cfg, car_spread=cfg.car_spread, reward_weights=cfg.reward)
+    limit = float(refs[0].lap_time_s)
+    eval_steps = cfg.eval_max_steps or int(math.ceil(cfg.eval_laps * limit / 0.6 / env_cfg.dt))
+    eval_cfg = dataclasses.replace(env_cfg, start="line", max_episode_steps=eval_steps)
+    eval_params = params.replace(car_spread=jnp.float32(0.0))
+    name = track.name if isinstance(track, TrackData) else Path(str(track)).stem
+    return RacingSetup(RacingEnv(env_cfg), params, RacingEnv(eval_cfg), eval_params, limit, eval_steps, name)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+_DRIVE_CACHE: dict[tuple, Any] = {}
+
+
+def make_lap_drive(env: RacingEnv, steps: int):
+    """Jitted ``drive(agent, params, key) -> trajectory`` (arrays over ``steps``): the
+    deterministic policy (batch norm in eval mode) driving one car from the start line,
+    auto-resetting there after a crash. The agent and env params are arguments, so evaluations
+    (and later runs in the same process with the same env config) do not recompile."""
+    cache_key = (env.config, steps)
+    if cache_key in _DRIVE_CACHE:
+        return _DRIVE_CACHE[cache_key]
+    low, high = np.asarray(env.action_low, np.float32), np.asarray(env.action_high, np.float32)
+
+    def drive(agent: AgentState, params: EnvParams, key: jax.Array) -> dict[str, jax.Array]:
+        k0, k1 = jax.random.split(key)
+        obs, state = env.reset(k0, params)
+
+        def body(carry, k):
+            obs, state = carry
+            action = scale_action(crossq.act(agent, obs[None], k, deterministic=True)[0], low, high)
+            obs2, state2, r, term, trunc, info = env.step(k, state, action, params)
+            out = dict(
+                x=state.car.x, y=state.car.y, speed=info["speed"], action=action, reward=r,
+                lap_completed=info["lap_completed"], lap_time=info["lap_time"], lap_clean=info["lap_clean"],
+                off_track=info["off_track"], ref_deviation=info["ref_deviation"], done=term | trunc,
+            )
+            return (obs2, state2), out
+
+        _, traj = jax.lax.scan(body, (obs, state), jax.random.split(k1, steps))
+        return traj
+
+    if len(_DRIVE_CACHE) >= 8:
+        _DRIVE_CACHE.pop(next(iter(_DRIVE_CACHE)))
+    _DRIVE_CACHE[cache_key] = jax.jit(drive)
+    return _DRIVE_CACHE[cache_key]
+
+
+def lap_slice(traj: dict[str, np.ndarray], i: int) -> slice:
+    """The steps of the lap completed at step ``i``: from the previous line crossing or reset."""
+    before = np.flatnonzero((traj["lap_completed"].astype(bool) | traj["done"].astype(bool))[:i])
+    return slice(int(before[-1]) + 1 if before.size else 0, i + 1)
+
+
+class LapEvaluator:
+    """``eval_fn`` for ``train``: drives the deterministic policy from the start line and scores
+    its laps against the reference; keeps the run's best clean lap (in the run dir, so a resumed
+    run keeps it) and the wall time of the first clean lap."""
+
+    def __init__(self, setup: RacingSetup, run_dir: Path, t_start: float, seed: int) -> None:
+        self.setup = setup
+        self.run_dir = run_dir
+        self.t_start = t_start
+        self.key = jax.random.PRNGKey(seed)
+        self.drive = make_lap_drive(setup.eval_env, setup.eval_steps)
+        self.best: dict[str, Any] | None = None
+        self.first_clean_lap_min = float("nan")
+        self.last_traj: dict[str, np.ndarray] | None = None
+        path = run_dir / BEST_LAP_FILE
+        if path.exists():
+            with np.load(path) as f:
+                self.best = {k: f[k] for k in f.files}
+            self.first_clean_lap_min = float(self.best["first_clean_lap_min"])
+
+    @property
+    def best_lap_s(self) -> float:
+        return float(self.best["lap_s"]) if self.best is not None else float("nan")
+
+    def __call__(self, agent: AgentState) -> dict[str, float]:
+        traj = {k: np.asarray(v) for k, v in self.drive(agent, self.setup.eval_params, self.key).items()}
+        wall_min = (time.monotonic() - self.t_start) / 60.0
+        self.last_traj = traj
+        m = lap_metrics(traj)
+        done_at = np.flatnonzero(traj["done"])
+        first_episode = slice(0, int(done_at[0]) + 1 if done_at.size else len(traj["reward"]))
+        lap_s = m["best_lap_s"]
+        if math.isfinite(lap_s):
+            if math.isnan(self.first_clean_lap_min):
+                self.first_clean_lap_min = wall_min
+            if not lap_s >= self.best_lap_s:  # also true while best is NaN
+                clean = np.flatnonzero(traj["lap_completed"] & traj["lap_clean"])
+                i = int(clean[np.argmin(traj["lap_time"][clean])])
+                seg = lap_slice(traj, i)
+                self.best = {
+                    "lap_s": np.float64(lap_s),
+                    "env_steps": np.int64(agent.env_steps),
+                    "wall_min": np.float64(wall_min),
+                    "first_clean_lap_min": np.float64(self.first_clean_lap_min),
+                    **{k: traj[k][seg] for k in ("x", "y", "speed", "action", "ref_deviation")},
+                }
+                np.savez(self.run_dir / BEST_LAP_FILE, **self.best)
+        limit = self.setup.limit_s
+        return {
+            "lap_s": lap_s,
+            "best_lap_s": self.best_lap_s,
+            "limit_s": limit,
+            "gap_pct": 100.0 * (lap_s / limit - 1.0),
+            "laps": m["laps"],
+            "clean_lap_rate": m["clean_lap_rate"],
+            "ref_deviation_m": m["ref_deviation_m"],
+            "action_change": m["action_change"],
+            "return": float(np.sum(traj["reward"][first_episode])),
+            "distance_m": float(np.sum(traj["speed"][first_episode]) * self.setup.eval_env.config.dt),
+            "wall_min": wall_min,
+        }
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def plot_learning_curve(metrics_path: Path, png_path: Path, limit_s: float) -> Path:
+    """Returns (training episodes and evaluation) and evaluation lap times against the limit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from racerl_jax.logs import read_metrics
+
+    rows = read_metrics(metrics_path)
+
+    def series(key: str) -> tuple[list, list]:
+        pts = [(r["env_steps"], r[key]) for r in rows if r.get(key) is not None and "env_steps" in r]
+        return ([p[0] for p in pts], [p[1] for p in pts]) if pts else ([], [])
+
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    for key, label in (("episode_return", "training episodes"), ("eval_return", "evaluation (deterministic)")):
+        xs, ys = series(key)
+        ax1.plot(xs, ys, label=label, marker="." if len(xs) < 50 else None)
+    ax1.set_ylabel("return")
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=8)
+    xs, ys = series("eval_lap_s")
+    ax2.plot(xs, ys, ".", label="clean evaluation lap")
+    xs, ys = series("eval_best_lap_s")
+    ax2.plot(xs, ys, "-", label="best so far")
+    ax2.axhline(limit_s, color="tab:red", ls="--", lw=1, label=f"minimum-lap-time reference {limit_s:.2f} s")
+    if not series("eval_lap_s")[0]:
+        ax2.text(0.5, 0.5, "no clean lap yet", transform=ax2.transAxes, ha="center")
+    ax2.set_ylabel("lap time (s)")
+    ax2.set_xlabel("env steps")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path
+
+
+def plot_best_lap(setup: RacingSetup, evaluator: LapEvaluator, png_path: Path) -> Path:
+    """The best clean lap on the track map; before any, the last evaluation's first episode."""
+    from racerl_jax.plots import plot_lap
+
+    track = select_track(setup.eval_params.tracks, 0)
+    if evaluator.best is not None:
+        b = evaluator.best
+        title = (f"CrossQ on {setup.track_name}: best clean lap {float(b['lap_s']):.2f} s "
+                 f"(limit {setup.limit_s:.2f} s) at {int(b['env_steps'])} env steps")
+        return plot_lap(track, b["x"], b["y"], b["speed"], png_path, title=title)
+    t = evaluator.last_traj
+    if t is None:
+        raise ValueError("plot_best_lap: no evaluation has run yet")
+    done_at = np.flatnonzero(t["done"])
+    seg = slice(0, int(done_at[0]) + 1 if done_at.size else len(t["x"]))
+    title = f"CrossQ on {setup.track_name}: no clean lap yet (last evaluation's first attempt)"
+    return plot_lap(track, t["x"][seg], t["y"][seg], t["speed"][seg], png_path, title=title)
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def prepare_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
+    """Refuse to mix runs: a run dir holding a run is continued only with --resume and the same
+    settings (those that shape the state or the learning), then save the resolved config."""
+    path = run_dir / TRAIN_CONFIG_FILE
+    new = cfg.to_dict()
+    if path.exists():
+        if not cfg.resume:
+            raise SystemExit(
+                f"{run_dir} already holds a run ({TRAIN_CONFIG_FILE}); pass --resume to continue it or give a new --run-dir"
+            )
+        old = json.loads(path.read_text())
+        diff = sorted(k for k in set(old) | set(new) if k not in _PER_INVOCATION and old.get(k) != new.get(k))
+        if diff:
+            raise SystemExit(
+                f"--resume: these settings differ from the run in {run_dir} ({TRAIN_CONFIG_FILE}): "
+                + ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+                + "; use the run's settings or a new --run-dir"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
+
+
+FINAL_RESERVE_S = 10.0  # the final evaluation and the plots, inside the budget
+
+
+def run(cfg: TrainConfig, t_start: float | None = None) -> dict[str, Any]:
+    """The whole command; returns the summary (also written to summary.json). ``t_start``
+    (time.monotonic()) is when the command started, so the budget and the time to the first
+    clean lap include imports and compilation."""
+    from racerl_jax.logs import METRICS_FILE, RunLogger
+    from racerl_jax.train_loop import train
+
+    t_start = time.monotonic() if t_start is None else t_start
+    cfg = resolve(cfg)
+    run_dir = Path(cfg.run_dir)
+    prepare_run_dir(cfg, run_dir)
+    setup = build_setup(cfg)
+    agent_cfg = crossq_config(cfg)
+    print(f"track {setup.track_name}, {cfg.model} model: minimum-lap-time reference {setup.limit_s:.2f} s; "
+          f"preset {cfg.preset}, {cfg.num_envs} envs, {cfg.updates_per_iter} updates/iteration, "
+          f"budget {cfg.budget_minutes:g} min, run dir {run_dir}", flush=True)
+    evaluator = LapEvaluator(setup, run_dir, t_start, cfg.seed)
+    remaining = cfg.budget_minutes * 60.0 - (time.monotonic() - t_start) - FINAL_RESERVE_S
+    result = train(
+        setup.env,
+        setup.params,
+        agent_cfg,
+        total_env_steps=cfg.total_env_steps,
+        num_envs=cfg.num_envs,
+        updates_per_iter=cfg.updates_per_iter,
+        seed=cfg.seed,
+        chunk_iterations=cfg.chunk_iterations,
+        max_wall_seconds=max(remaining, 1.0),
+        run_dir=run_dir,
+        eval_fn=evaluator,
+        eval_every_env_steps=cfg.eval_every_env_steps,
+        checkpoint_every_env_steps=cfg.checkpoint_every_env_steps,
+        resume=cfg.resume,
+        progress_metric="eval_lap_s",
+        progress=cfg.progress,
+    )
+    agent = result.carry.agent
+    env_steps, updates = int(agent.env_steps), int(agent.updates)
+    final = evaluator(agent)
+    logger = RunLogger(run_dir)
+    logger.log(env_steps, {"env_steps": env_steps, "updates": updates,
+                           "wall_s": time.monotonic() - t_start, **{f"eval_{k}": v for k, v in final.items()}})
+    logger.close()
+    curve = plot_learning_curve(run_dir / METRICS_FILE, run_dir / CURVE_PNG, setup.limit_s)
+    lap_png = plot_best_lap(setup, evaluator, run_dir / BEST_LAP_PNG)
+
+    best, limit = evaluator.best_lap_s, setup.limit_s
+    summary = {
+        "first_clean_lap_min": evaluator.first_clean_lap_min,
+        "best_lap_s": best,
+        "limit_s": limit,
+        "gap_pct": 100.0 * (best / limit - 1.0),
+        "final_eval": final,
+        "env_steps": env_steps,
+        "updates": updates,
+        "stop_reason": result.stop_reason,
+        "wall_min": (time.monotonic() - t_start) / 60.0,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"stopped ({result.stop_reason}) after {env_steps} env steps, {updates} updates, "
+          f"{summary['wall_min']:.1f} min; final evaluation: lap {final['lap_s']:.2f} s, "
+          f"clean-lap rate {final['clean_lap_rate']:.2f}, deviation from the reference line {final['ref_deviation_m']:.2f} m, "
+          f"action change {final['action_change']:.4f}")
+    print(f"plots: {curve} {lap_png}; checkpoints: {run_dir / 'checkpoints'}")
+    print(summary_line(summary), flush=True)
+    return summary
+
+
+def summary_line(s: dict[str, float]) -> str:
+    return (f"first_clean_lap_min={s['first_clean_lap_min']:.2f} best_lap_s={s['best_lap_s']:.2f} "
+            f"limit_s={s['limit_s']:.2f} gap_pct={s['gap_pct']:.1f}")
+
+
+def main(argv: Sequence[str] | None = None, t_start: float | None = None) -> dict[str, Any]:
+    return run(parse_args(argv), t_start=t_start)

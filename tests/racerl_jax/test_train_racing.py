@@ -1,0 +1,180 @@
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from racerl_jax import train_racing as tr
+from racerl_jax.logs import read_metrics
+from surrogate.car import CarParams
+from surrogate.track_io import DEFAULT_TRACK, load_track
+
+LAST_LINE = re.compile(r"^first_clean_lap_min=(\S+) best_lap_s=(\S+) limit_s=(\S+) gap_pct=(\S+)$")
+
+TINY = [
+    "--track", "oval", "--model", "kinematic", "--num-envs", "4", "--critic-hidden", "16,16", "--actor-hidden", "16,16",
+    "--batch-size", "16", "--learning-starts", "100", "--updates-per-iter", "2", "--chunk-iterations", "25",
+    "--eval-every-env-steps", "200", "--eval-max-steps", "150", "--checkpoint-every-env-steps", "200",
+    "--no-progress",
+]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def test_every_command_line_option_sets_its_config_field():
+    cfg = tr.parse_args([
+        "--backend", "surrogate", "--track", "technical", "--model", "kinematic", "--num-envs", "7",
+        "--budget-minutes", "2.5", "--run-dir", "r", "--resume", "--seed", "3", "--preset", "paper",
+        "--updates-per-iter", "5", "--batch-size", "64", "--learning-starts", "10", "--critic-hidden", "32,16",
+        "--actor-hidden", "8", "--episode-steps", "300", "--car-spread", "0.1", "--eval-every-env-steps", "99",
+        "--eval-laps", "3", "--eval-max-steps", "77", "--checkpoint-every-env-steps", "1234",
+        "--chunk-iterations", "9", "--total-env-steps", "5000", "--no-progress",
+    ])  # fmt: skip
+    expected = dict(
+        backend="surrogate", track="technical", model="kinematic", num_envs=7, budget_minutes=2.5, run_dir="r",
+        resume=True, seed=3, preset="paper", updates_per_iter=5, batch_size=64, learning_starts=10,
+        critic_hidden=(32, 16), actor_hidden=(8,), episode_steps=300, car_spread=0.1, eval_every_env_steps=99,
+        eval_laps=3, eval_max_steps=77, checkpoint_every_env_steps=1234, chunk_iterations=9,
+        total_env_steps=5000, progress=False,
+    )  # fmt: skip
+    assert {k: getattr(cfg, k) for k in expected} == expected
+    assert tr.parse_args([]) == tr.TrainConfig()  # no options: the dataclass defaults
+    agent = tr.crossq_config(cfg)
+    assert (agent.preset, agent.batch_size, agent.critic_hidden, agent.actor_hidden, agent.learning_starts) == (
+        "paper", 64, (32, 16), (8,), 10)
+
+
+def test_defaults_resolve_to_cpu_preset_default_track_and_dynamic_model():
+    cfg = tr.resolve(tr.TrainConfig())
+    assert (cfg.preset, cfg.track, cfg.model) == ("cpu", DEFAULT_TRACK, "dynamic")
+    assert cfg.run_dir.startswith(f"runs/crossq-{DEFAULT_TRACK}-")
+    assert tr.TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_bad_options_are_refused_with_the_reason():
+    with pytest.raises(SystemExit, match="not yet: the bridge backend lands with finetune_real.py"):
+        tr.resolve(tr.parse_args(["--backend", "real"]))
+    with pytest.raises(SystemExit, match="--track or --surrogate, not both"):
+        tr.parse_args(["--track", "oval", "--surrogate", "fit.json"])
+    with pytest.raises(SystemExit, match="num_envs"):
+        tr.parse_args(["--num-envs", "0"])
+    with pytest.raises(SystemExit):
+        tr.parse_args(["--critic-hidden", "a,b"])
+
+
+# ----------------------------------------------------------------------------- surrogate file
+
+
+def test_surrogate_file_round_trip_feeds_the_env(tmp_path):
+    car = CarParams(mass=1234.0, mu=1.2)
+    track = load_track("oval")
+    path = tr.save_surrogate(tmp_path / "fit.json", "kinematic", car, track)
+    doc = json.loads(path.read_text())
+    assert (doc["format"], doc["version"], doc["model"]) == ("racerl-surrogate", 1, "kinematic")
+    fitted = tr.load_surrogate(path)
+    assert fitted.model == "kinematic" and fitted.car == car
+    np.testing.assert_allclose(fitted.track.x, track.x)
+    np.testing.assert_allclose(fitted.track.w_left, track.w_left)
+
+    cfg = tr.resolve(tr.TrainConfig(surrogate=str(path), run_dir=str(tmp_path / "run")))
+    assert cfg.model == "kinematic" and cfg.track == ""
+    setup = tr.build_setup(cfg)
+    assert float(setup.params.car.mass) == 1234.0 and setup.env.config.model == "kinematic"
+    assert float(setup.params.tracks.length[0]) == pytest.approx(track.length(), rel=0.01)
+    with pytest.raises(ValueError, match="differs from the model 'kinematic'"):
+        tr.resolve(tr.TrainConfig(surrogate=str(path), model="dynamic"))
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.update(format="csv"), "field 'format' is 'csv'"),
+        (lambda d: d.update(version=2), "field 'version' is 2"),
+        (lambda d: d.update(model="magic"), "field 'model' is 'magic'"),
+        (lambda d: d.pop("car"), r"missing field\(s\) \['car'\]"),
+        (lambda d: d.update(extra=1), r"unknown field\(s\) \['extra'\]"),
+        (lambda d: d["car"].update(mass=-5.0), "field 'car': car parameter mass=-5.0"),
+        (lambda d: d["car"].update(wings=1.0), "field 'car': unknown car parameter"),
+        (lambda d: d["track"]["x"].pop(), "track arrays differ in length"),
+        (lambda d: d["track"].update(y="abc"), "'track.y' must be a list of numbers"),
+        (lambda d: d["track"]["w_left"].__setitem__(3, -1.0), "w_tr_left_m = -1.0"),
+        (lambda d: d["track"].pop("name"), r"field 'track' lacks \['name'\]"),
+    ],
+)
+def test_surrogate_file_errors_name_the_field(tmp_path, edit, message):
+    path = tr.save_surrogate(tmp_path / "fit.json", "dynamic", CarParams(), load_track("oval"))
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+    with pytest.raises(tr.SurrogateFileError, match=message) as err:
+        tr.load_surrogate(path)
+    assert str(path) in str(err.value)
+
+
+def test_surrogate_file_that_is_missing_or_not_json_is_named(tmp_path):
+    with pytest.raises(tr.SurrogateFileError, match="not found"):
+        tr.load_surrogate(tmp_path / "none.json")
+    (tmp_path / "bad.json").write_text('{"format": ')
+    with pytest.raises(tr.SurrogateFileError, match=r"bad.json:1:\d+: not valid JSON"):
+        tr.load_surrogate(tmp_path / "bad.json")
+
+
+# ----------------------------------------------------------------------------- evaluation helpers
+
+
+def test_lap_slice_starts_after_the_previous_crossing_or_reset():
+    n = 12
+    lap = np.zeros(n, bool)
+    done = np.zeros(n, bool)
+    lap[[4, 9]] = True
+    done[6] = True
+    traj = {"lap_completed": lap, "done": done}
+    assert tr.lap_slice(traj, 4) == slice(0, 5)  # first lap: from the start
+    assert tr.lap_slice(traj, 9) == slice(7, 10)  # after the reset at step 6, not the lap at 4
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def _last_line(capsys) -> str:
+    return capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_tiny_run_writes_everything_and_resume_continues_the_counters(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    summary = tr.main([*TINY, "--run-dir", str(run_dir), "--total-env-steps", "400"])
+    line = _last_line(capsys)
+    m = LAST_LINE.match(line)
+    assert m, line
+    first, best, limit, gap = (float(g) for g in m.groups())
+    assert limit == pytest.approx(summary["limit_s"], abs=0.01) and 20.0 < limit < 60.0  # the oval's reference
+    assert np.isnan(first) == np.isnan(best) == np.isnan(gap)
+
+    for name in ("train_config.json", "config.json", "metrics.jsonl", "learning_curve.png", "best_lap.png", "summary.json"):
+        assert (run_dir / name).is_file(), name
+    saved = json.loads((run_dir / "train_config.json").read_text())
+    assert saved["num_envs"] == 4 and saved["preset"] == "cpu" and saved["track"] == "oval"
+    assert saved["critic_hidden"] == [16, 16] and "progress" in saved["reward"]
+    assert json.loads((run_dir / "config.json").read_text())["crossq"]["critic_hidden"] == [16, 16]
+    assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())[-1] == 400
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    evals = [r for r in rows if "eval_limit_s" in r]
+    assert [r["env_steps"] for r in evals] == [200, 400, 400]  # two periodic and the final one
+    assert all(r["eval_limit_s"] == pytest.approx(limit, abs=0.01) for r in evals)
+    assert all(r["eval_ref_deviation_m"] is not None and r["eval_action_change"] is not None for r in evals)
+    assert summary["env_steps"] == 400 and summary["updates"] == 2 * (100 - 24)  # learning from step 100
+
+    # Resuming: counters continue from the checkpoint (a fresh start would log from step 100).
+    summary2 = tr.main([*TINY, "--run-dir", str(run_dir), "--total-env-steps", "800", "--resume"])
+    assert LAST_LINE.match(_last_line(capsys))
+    assert summary2["env_steps"] == 800 and summary2["updates"] == 2 * (200 - 24)
+    rows2 = read_metrics(run_dir / "metrics.jsonl")[len(rows):]
+    assert rows2[0]["env_steps"] == 500 and rows2[0]["updates"] == summary["updates"] + 50
+
+    with pytest.raises(SystemExit, match="pass --resume"):
+        tr.main([*TINY, "--run-dir", str(run_dir)])
+    with pytest.raises(SystemExit, match="num_envs 4 -> 8"):
+        tr.main([*TINY, "--run-dir", str(run_dir), "--resume", "--num-envs", "8"])
