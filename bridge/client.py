@@ -219,6 +219,10 @@ class RealtimeClient:
     and returns the newest frame. If the caller comes back late (its compute took longer than the
     period), the schedule restarts from now instead of bursting to catch up, and the lateness is
     recorded in ``late_s``.
+
+    ``hold(action)`` keeps sending one action every period from a background thread until
+    ``release_hold()``: the plugin falls back to neutral after ``action_timeout`` without actions, so
+    an emergency stop that sent its brake once would let the car roll on after half a second.
     """
 
     def __init__(self, telemetry_address: str = DEFAULT_PUB_ADDRESS,
@@ -248,6 +252,11 @@ class RealtimeClient:
         self._last_step_seq = -1
         self._deadline: float | None = None
         self.late: deque[float] = deque(maxlen=1_000_000)  # bounded: a long run must not grow memory
+        # The hold thread and the caller share the PUSH socket and the seq counter: one lock for both.
+        self._send_lock = threading.Lock()
+        self._held: dict | None = None
+        self._hold_stop = threading.Event()
+        self._hold_thread: threading.Thread | None = None
 
     def poll_frame(self) -> dict | None:
         """Take the newest frame waiting (if any) into ``latest``; returns it when new."""
@@ -283,15 +292,52 @@ class RealtimeClient:
         return self._latest
 
     def send_action(self, action: Mapping[str, float]) -> int:
-        msg = P.action_message(self._seq, *(float(action[k]) for k in P.CONTROLS))
-        P.validate_realtime_message(msg)  # never put an out-of-range control on the wire
-        seq = self._seq
-        self._seq += 1
-        try:
-            self.push.send(P.encode(msg), zmq.NOBLOCK)
-        except zmq.Again:
-            self.stats.errors["send_blocked"] = self.stats.errors.get("send_blocked", 0) + 1
-        return seq
+        """Send one action now; while an action is held, the held one goes out instead."""
+        with self._send_lock:
+            if self._held is not None:
+                action = self._held
+            msg = P.action_message(self._seq, *(float(action[k]) for k in P.CONTROLS))
+            P.validate_realtime_message(msg)  # never put an out-of-range control on the wire
+            seq = self._seq
+            self._seq += 1
+            try:
+                self.push.send(P.encode(msg), zmq.NOBLOCK)
+            except zmq.Again:
+                self.stats.errors["send_blocked"] = self.stats.errors.get("send_blocked", 0) + 1
+            return seq
+
+    @property
+    def held(self) -> dict | None:
+        return None if self._held is None else dict(self._held)
+
+    def hold(self, action: Mapping[str, float]) -> None:
+        """Send ``action`` now and again every period until :meth:`release_hold` (or close)."""
+        held = {k: float(action[k]) for k in P.CONTROLS}
+        P.validate_realtime_message(P.action_message(0, *held.values()))  # refuse a bad action here, not in the thread
+        with self._send_lock:
+            self._held = held
+        self.send_action(held)
+        if self._hold_thread is None or not self._hold_thread.is_alive():
+            self._hold_stop.clear()
+            self._hold_thread = threading.Thread(target=self._hold_loop, name="bridge-hold", daemon=True)
+            self._hold_thread.start()
+
+    def _hold_loop(self) -> None:
+        while not self._hold_stop.wait(self.period):
+            if self._held is None:
+                return
+            try:
+                self.send_action(self._held)
+            except zmq.ZMQError:  # the socket was closed under us
+                return
+
+    def release_hold(self) -> None:
+        with self._send_lock:
+            self._held = None
+        self._hold_stop.set()
+        if self._hold_thread is not None:
+            self._hold_thread.join(timeout=1.0)
+            self._hold_thread = None
 
     def reset(self, seed: int | None = None, timeout: float = 5.0) -> dict:
         """Ask for a new episode and wait for its first frame; restarts the control schedule."""
@@ -301,7 +347,8 @@ class RealtimeClient:
         # the PUSH may still be connecting: wait until it can send rather than drop the reset
         if not self.push.poll(int(timeout * 1000), zmq.POLLOUT):
             raise TimeoutError(f"cannot send reset: the action socket did not connect within {timeout} s")
-        self.push.send(P.encode(P.reset_request(seed)), zmq.NOBLOCK)
+        with self._send_lock:
+            self.push.send(P.encode(P.reset_request(seed)), zmq.NOBLOCK)
         frame = self.wait_frame(timeout, episode_at_least=before + 1)
         self._last_step_seq = frame["seq"]
         self._deadline = self.clock() + self.period
@@ -340,6 +387,7 @@ class RealtimeClient:
         return RealtimeStep(f, fresh, late, taken - self._latest_at if f is not None else float("inf"))
 
     def close(self) -> None:
+        self.release_hold()
         self.sub.close(linger=0)
         self.push.close(linger=0)
 

@@ -424,6 +424,10 @@ class RealGameEnv(gym.Env):
 
     def _realtime_step(self, a: np.ndarray):
         """Safety filter, send, wait for the control period; (frame or None, applied action, info extras)."""
+        # The watchdog asks whether telemetry still flows, so it looks at the newest frame received,
+        # not the one the policy saw: a slow first step (jit compile) is late, not stale.
+        if self._rt.poll_frame() is not None:
+            self._frame_at = self._clock()
         age = self._clock() - self._frame_at
         safe = self.safety.filter(dict(zip(P.CONTROLS, map(float, a))), frame_age_s=age, observation=self._obs)
         applied = np.asarray([safe.action[k] for k in P.CONTROLS], np.float32)
@@ -447,16 +451,19 @@ class RealGameEnv(gym.Env):
             return None, applied, extra
         return rs.frame, applied, extra
 
-    # -- emergency stop (real time): brakes at once, ends the episode, and holds until released
+    # -- emergency stop (real time): brakes at once, ends the episode, and keeps braking until released
     def estop(self, reason: str = "emergency stop") -> None:
         if self.safety is None:
             raise RuntimeError("the emergency stop is a real-time feature; in lockstep the game waits for each step")
         self.safety.estop(reason)
-        self._rt.send_action(self.safety.config.estop_action)
+        # held from a thread: the caller may stop stepping, and the plugin's action_timeout would
+        # otherwise turn a single brake message into neutral (rolling) half a second later
+        self._rt.hold(self.safety.config.estop_action)
 
     def release_estop(self) -> None:
         if self.safety is not None:
             self.safety.release()
+            self._rt.release_hold()
 
     @property
     def client_stats(self):

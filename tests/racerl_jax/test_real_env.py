@@ -315,6 +315,8 @@ def test_realtime_mode_steps_on_the_clock_and_the_watchdog_truncates_on_stale_te
         env.estop("test")
         time.sleep(0.05)
         assert game.applied[-1] == {"steer": 0.0, "throttle": 0.0, "brake": 1.0}  # brakes at once
+        time.sleep(0.7)  # past the plugin's 0.5 s action_timeout without a step: still braking
+        assert game.applied[-1] == {"steer": 0.0, "throttle": 0.0, "brake": 1.0}
         _, _, term, trunc, info = env.step(GO)
         assert trunc and info["end_reason"] == "estop: test"
         with pytest.raises(RuntimeError, match="release_estop"):
