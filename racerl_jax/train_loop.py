@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -93,7 +94,7 @@ class TrainCarry:
 
 
 def init_train_carry(env: Any, env_params: Any, config: CrossQConfig, num_envs: int, key: jax.Array) -> TrainCarry:
-    """Fresh agent, empty buffer and N freshly reset envs."""
+    """Fresh agent, empty buffer and N freshly reset envs (one compiled call)."""
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     if config.buffer_size < num_envs:
@@ -101,6 +102,13 @@ def init_train_carry(env: Any, env_params: Any, config: CrossQConfig, num_envs: 
             f"CrossQConfig.buffer_size={config.buffer_size} is smaller than num_envs={num_envs}; "
             "one env step must fit in the buffer"
         )
+    return _init_carry(env, config, num_envs, env_params, key)
+
+
+# Jitted, because run eagerly the initialisation dispatches a few hundred small ops, each
+# compiled on its first call (over 10 s of a run's start on a CPU).
+@partial(jax.jit, static_argnums=(0, 1, 2))
+def _init_carry(env: Any, config: CrossQConfig, num_envs: int, env_params: Any, key: jax.Array) -> TrainCarry:
     k_agent, k_reset, key = jax.random.split(key, 3)
     agent = crossq.init_agent(k_agent, env.observation_size, env.action_size, config)
     obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_reset, num_envs), env_params)
@@ -116,12 +124,14 @@ def init_train_carry(env: Any, env_params: Any, config: CrossQConfig, num_envs: 
 def make_train_iteration(
     env: Any, env_params: Any, config: CrossQConfig, num_envs: int, updates_per_iter: int | None = None
 ) -> Callable[[TrainCarry, int], tuple[TrainCarry, dict[str, jax.Array]]]:
-    """Returns ``run(carry, num_iterations) -> (carry, stats)``, jitted (num_iterations static).
+    """Returns ``run(carry, num_iterations) -> (carry, stats)``, one jitted call.
 
     One iteration: act on all N envs (uniform random before ``learning_starts`` env steps),
     step them, insert the N transitions, then ``updates_per_iter`` gradient updates.
     ``stats`` holds the mean return/length of episodes finished in the chunk (NaN if none),
-    their count, and the mean update metrics.
+    their count, and the mean update metrics. The env params are an argument of the compiled
+    loop, not constants baked into it, so the same env, config, N and chunk length compile once
+    per process whatever track or car the params hold (resume, sweeps, tests).
     """
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -134,6 +144,17 @@ def make_train_iteration(
             f"env.action_low/action_high must have shape ({env.action_size},) with high > low; "
             f"got {low!r} and {high!r}"
         )
+
+    def run(carry: TrainCarry, num_iterations: int) -> tuple[TrainCarry, dict[str, jax.Array]]:
+        return _train_chunk(env, config, num_envs, updates, num_iterations, carry, env_params)
+
+    return run
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2, 3, 4), donate_argnums=(5,))
+def _train_chunk(env: Any, config: CrossQConfig, num_envs: int, updates: int, num_iterations: int,
+                 carry: TrainCarry, env_params: Any) -> tuple[TrainCarry, dict[str, jax.Array]]:
+    low, high = np.asarray(env.action_low, np.float32), np.asarray(env.action_high, np.float32)
     v_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
     def iteration(carry: TrainCarry, _: None) -> tuple[TrainCarry, dict]:
@@ -176,19 +197,16 @@ def make_train_iteration(
         new_carry = TrainCarry(agent=agent, buffer=buffer, env_state=env_state, obs=obs, key=key, episodes=episodes)
         return new_carry, out
 
-    def run(carry: TrainCarry, num_iterations: int) -> tuple[TrainCarry, dict[str, jax.Array]]:
-        carry, outs = jax.lax.scan(iteration, carry, None, length=num_iterations)
-        finished = jnp.sum(outs.pop("finished"))
-        denom = jnp.where(finished > 0, finished, jnp.nan)
-        stats = {
-            "episode_return": jnp.sum(outs.pop("return_sum")) / denom,
-            "episode_length": jnp.sum(outs.pop("length_sum")) / denom,
-            "episodes": finished,
-            **jax.tree.map(jnp.nanmean, outs),
-        }
-        return carry, stats
-
-    return jax.jit(run, static_argnums=1)
+    carry, outs = jax.lax.scan(iteration, carry, None, length=num_iterations)
+    finished = jnp.sum(outs.pop("finished"))
+    denom = jnp.where(finished > 0, finished, jnp.nan)
+    stats = {
+        "episode_return": jnp.sum(outs.pop("return_sum")) / denom,
+        "episode_length": jnp.sum(outs.pop("length_sum")) / denom,
+        "episodes": finished,
+        **jax.tree.map(jnp.nanmean, outs),
+    }
+    return carry, stats
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -367,6 +385,7 @@ def train(
     eval_every_env_steps: int | None = None,
     checkpoint_every_env_steps: int | None = None,
     resume: bool = True,
+    extra_config: Mapping[str, Any] | None = None,
     progress_metric: str = "episode_return",
     progress: bool = True,
 ) -> TrainResult:
@@ -374,7 +393,8 @@ def train(
 
     With ``run_dir``: logs (metrics.jsonl, TensorBoard, learning-curve PNG), the resolved config
     as JSON, orbax checkpoints every ``checkpoint_every_env_steps`` and on SIGINT/SIGTERM, and
-    resumption from the latest checkpoint when ``resume``. ``eval_fn(agent)`` returns metrics
+    resumption from the latest checkpoint when ``resume``; ``extra_config`` (the calling command's
+    settings) is saved in the same config.json. ``eval_fn(agent)`` returns metrics
     merged into the history; ``progress_metric`` names the metric the progress bar shows.
     """
     from tqdm import tqdm
@@ -388,13 +408,14 @@ def train(
         )
     if chunk_iterations < 1:
         raise ValueError(f"chunk_iterations must be >= 1, got {chunk_iterations}")
-    run = _cached_train_iteration(env, env_params, config, num_envs, updates_per_iter)
+    run = make_train_iteration(env, env_params, config, num_envs, updates_per_iter)
     carry = init_train_carry(env, env_params, config, num_envs, jax.random.PRNGKey(seed))
 
     manager = logger = None
     if run_dir is not None:
         run_dir = Path(run_dir)
-        run_meta = {"crossq": config.to_dict(), "num_envs": num_envs, "updates_per_iter": updates_per_iter, "seed": seed}
+        run_meta = {"crossq": config.to_dict(), "num_envs": num_envs, "updates_per_iter": updates_per_iter, "seed": seed,
+                    **(extra_config or {})}
         ckpt.write_config(run_dir, run_meta)
         manager = ckpt.Checkpointer(run_dir / "checkpoints")
         if resume and manager.latest_step() is not None:
@@ -456,26 +477,6 @@ def train(
         logger.close()
         logger.plot()
     return TrainResult(carry=carry, history=history, stop_reason=stop_reason)
-
-
-_ITERATION_CACHE: dict[tuple, Callable] = {}
-
-
-def _cached_train_iteration(
-    env: Any, env_params: Any, config: CrossQConfig, num_envs: int, updates_per_iter: int | None
-) -> Callable[[TrainCarry, int], tuple[TrainCarry, dict[str, jax.Array]]]:
-    """Reuse the compiled loop across ``train`` calls in one process (resume, sweeps, tests) when
-    the env params are hashable by value; otherwise build a fresh one."""
-    try:
-        key = (id(env), env_params, config, num_envs, updates_per_iter)
-        hash(key)
-    except TypeError:
-        return make_train_iteration(env, env_params, config, num_envs, updates_per_iter)
-    if key not in _ITERATION_CACHE:
-        if len(_ITERATION_CACHE) >= 8:
-            _ITERATION_CACHE.pop(next(iter(_ITERATION_CACHE)))
-        _ITERATION_CACHE[key] = make_train_iteration(env, env_params, config, num_envs, updates_per_iter)
-    return _ITERATION_CACHE[key]
 
 
 def _next_multiple(current: int, every: int | None) -> int | None:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from racerl_jax import crossq
+from racerl_jax.checkpoint import CONFIG_FILE
 from racerl_jax.crossq import AgentState, CrossQConfig
 from racerl_jax.train_loop import scale_action
 from surrogate.car import MODELS, CarParams, CarParamsError, car_params_from_dict, car_params_to_dict
@@ -30,7 +31,6 @@ from surrogate.rollout import lap_metrics
 from surrogate.track import select_track
 from surrogate.track_io import DEFAULT_TRACK, TrackData, TrackFileError, load_track, validate_track
 
-TRAIN_CONFIG_FILE = "train_config.json"
 BEST_LAP_FILE = "best_lap.npz"
 BEST_LAP_PNG = "best_lap.png"
 CURVE_PNG = "learning_curve.png"
@@ -142,7 +142,8 @@ def _track_from_doc(path: Path, t: Any) -> TrackData:
 DEFAULT_REWARD = RewardWeights(progress=0.1, deviation=0.002, action_change=0.02, off_track=5.0, stuck=0.0, time=0.0)
 
 # Fields the command line does not set (reward weights, network widths) are still in the saved
-# config; fields that only steer this invocation may differ on resume.
+# config; fields that only steer this invocation may differ on resume and are not saved with the
+# run's settings (summary.json records them).
 _PER_INVOCATION = ("budget_minutes", "resume", "run_dir", "total_env_steps", "progress")
 
 
@@ -224,6 +225,10 @@ class TrainConfig:
         d["actor_hidden"] = list(self.actor_hidden)
         d["reward"] = {k: float(v) for k, v in dataclasses.asdict(self.reward).items()}
         return d
+
+    def run_settings(self) -> dict[str, Any]:
+        """The settings that shape the run's state and learning: what a resume must keep."""
+        return {k: v for k, v in self.to_dict().items() if k not in _PER_INVOCATION}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -546,24 +551,21 @@ def plot_best_lap(setup: RacingSetup, evaluator: LapEvaluator, png_path: Path) -
 
 def prepare_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
     """Refuse to mix runs: a run dir holding a run is continued only with --resume and the same
-    settings (those that shape the state or the learning), then save the resolved config."""
-    path = run_dir / TRAIN_CONFIG_FILE
-    new = cfg.to_dict()
-    if path.exists():
-        if not cfg.resume:
-            raise SystemExit(
-                f"{run_dir} already holds a run ({TRAIN_CONFIG_FILE}); pass --resume to continue it or give a new --run-dir"
-            )
-        old = json.loads(path.read_text())
-        diff = sorted(k for k in set(old) | set(new) if k not in _PER_INVOCATION and old.get(k) != new.get(k))
-        if diff:
-            raise SystemExit(
-                f"--resume: these settings differ from the run in {run_dir} ({TRAIN_CONFIG_FILE}): "
-                + ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
-                + "; use the run's settings or a new --run-dir"
-            )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
+    settings (those that shape the state or the learning). ``train`` then writes them into the run's
+    config.json under ``"command"``, beside the agent's resolved config."""
+    path = run_dir / CONFIG_FILE
+    if not path.exists():
+        return
+    if not cfg.resume:
+        raise SystemExit(f"{run_dir} already holds a run ({CONFIG_FILE}); pass --resume to continue it or give a new --run-dir")
+    old, new = json.loads(path.read_text()).get("command", {}), cfg.run_settings()
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if diff:
+        raise SystemExit(
+            f"--resume: these settings differ from the run in {run_dir} ({CONFIG_FILE}): "
+            + ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+            + "; use the run's settings or a new --run-dir"
+        )
 
 
 FINAL_RESERVE_S = 10.0  # the final evaluation and the plots, inside the budget
@@ -602,6 +604,7 @@ def run(cfg: TrainConfig, t_start: float | None = None) -> dict[str, Any]:
         eval_every_env_steps=cfg.eval_every_env_steps,
         checkpoint_every_env_steps=cfg.checkpoint_every_env_steps,
         resume=cfg.resume,
+        extra_config={"command": cfg.run_settings()},
         progress_metric="eval_lap_s",
         progress=cfg.progress,
     )
@@ -626,6 +629,7 @@ def run(cfg: TrainConfig, t_start: float | None = None) -> dict[str, Any]:
         "updates": updates,
         "stop_reason": result.stop_reason,
         "wall_min": (time.monotonic() - t_start) / 60.0,
+        "invocation": {k: v for k, v in cfg.to_dict().items() if k in _PER_INVOCATION},
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"stopped ({result.stop_reason}) after {env_steps} env steps, {updates} updates, "

@@ -4,7 +4,7 @@
         [--num-envs 32] [--budget-minutes 20] [--run-dir DIR] [--resume] [--seed 0] [--preset cpu|paper]
         [--updates-per-iter 16] [--batch-size N]
 
-Writes train_config.json, config.json, checkpoints/, metrics.jsonl, tensorboard/, learning_curve.png,
+Writes config.json (the agent's config and the command's settings), checkpoints/, metrics.jsonl, tensorboard/, learning_curve.png,
 best_lap.png and summary.json to the run dir. The last line printed is
 first_clean_lap_min=<min> best_lap_s=<s> limit_s=<s> gap_pct=<%>.
 """

@@ -17,7 +17,7 @@ HEADER = "x_m,y_m,w_tr_right_m,w_tr_left_m"
 MIN_POINTS = 8
 # The project's own layouts live in tracks/ at the repository root.
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "tracks"
-DEFAULT_TRACK = "flowing"
+DEFAULT_TRACK = "oval"
 
 
 class TrackFileError(ValueError):

@@ -153,12 +153,14 @@ def test_tiny_run_writes_everything_and_resume_continues_the_counters(tmp_path, 
     assert limit == pytest.approx(summary["limit_s"], abs=0.01) and 20.0 < limit < 60.0  # the oval's reference
     assert np.isnan(first) == np.isnan(best) == np.isnan(gap)
 
-    for name in ("train_config.json", "config.json", "metrics.jsonl", "learning_curve.png", "best_lap.png", "summary.json"):
+    for name in ("config.json", "metrics.jsonl", "learning_curve.png", "best_lap.png", "summary.json"):
         assert (run_dir / name).is_file(), name
-    saved = json.loads((run_dir / "train_config.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    saved = config["command"]
     assert saved["num_envs"] == 4 and saved["preset"] == "cpu" and saved["track"] == "oval"
-    assert saved["critic_hidden"] == [16, 16] and "progress" in saved["reward"]
-    assert json.loads((run_dir / "config.json").read_text())["crossq"]["critic_hidden"] == [16, 16]
+    assert saved["critic_hidden"] == [16, 16] and "progress" in saved["reward"] and "budget_minutes" not in saved
+    assert config["crossq"]["critic_hidden"] == [16, 16]
+    assert summary["invocation"]["total_env_steps"] == 400
     assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())[-1] == 400
     rows = read_metrics(run_dir / "metrics.jsonl")
     evals = [r for r in rows if "eval_limit_s" in r]
