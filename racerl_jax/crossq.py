@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from racerl_jax.config_io import dataclass_from_dict
 from racerl_jax.replay import Transition
 
 # ----------------------------------------------------------------------------- config
@@ -115,11 +116,7 @@ class CrossQConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CrossQConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown CrossQConfig field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
 
 # ----------------------------------------------------------------------------- networks

@@ -28,6 +28,30 @@ def _default_params(config: EnvConfig, params: EnvParams | None, tracks) -> EnvP
     return params if params is not None else make_params(tracks, config=config)[0]
 
 
+class _JittedEnv:
+    """The jitted functional env behind both Gymnasium faces: its key chain and current state."""
+
+    def __init__(self, owner: str, env: RacingEnv, params: EnvParams, reset_fn, step_fn):
+        self.owner, self.env, self.params = owner, env, params
+        self._reset, self._step = jax.jit(reset_fn), jax.jit(step_fn)
+        self.key = jax.random.PRNGKey(0)
+        self.state = None
+
+    def reset(self, seed: int | None) -> np.ndarray:
+        if seed is not None:
+            self.key = jax.random.PRNGKey(seed)
+        self.key, k = jax.random.split(self.key)
+        obs, self.state = self._reset(k, self.params)
+        return np.asarray(obs)
+
+    def step(self, action):
+        if self.state is None:
+            raise RuntimeError(f"{self.owner}.step called before reset(); call reset() first")
+        self.key, k = jax.random.split(self.key)
+        obs, self.state, r, term, trunc, info = self._step(k, self.state, jnp.asarray(action, jnp.float32), self.params)
+        return obs, r, term, trunc, info
+
+
 class SurrogateVectorEnv(VectorEnv):
     """N surrogate cars stepped together; finished episodes reset in the same step
     (``info["final_obs"]`` holds their last observation, masked by ``info["_final_obs"]``)."""
@@ -42,23 +66,15 @@ class SurrogateVectorEnv(VectorEnv):
         self.single_observation_space, self.single_action_space = gym_spaces(self.env)
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
-        self._reset = jax.jit(lambda key, p: batch_reset(self.env, key, p, num_envs))
-        self._step = jax.jit(lambda key, s, a, p: batch_step(self.env, key, s, a, p))
-        self._key = jax.random.PRNGKey(0)
-        self._state = None
+        self._jax = _JittedEnv("SurrogateVectorEnv", self.env, self.params,
+                               lambda key, p: batch_reset(self.env, key, p, num_envs),
+                               lambda key, s, a, p: batch_step(self.env, key, s, a, p))
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        if seed is not None:
-            self._key = jax.random.PRNGKey(seed)
-        self._key, k = jax.random.split(self._key)
-        obs, self._state = self._reset(k, self.params)
-        return np.asarray(obs), {}
+        return self._jax.reset(seed), {}
 
     def step(self, actions):
-        if self._state is None:
-            raise RuntimeError("SurrogateVectorEnv.step called before reset(); call reset() first")
-        self._key, k = jax.random.split(self._key)
-        obs, self._state, r, term, trunc, info = self._step(k, self._state, jnp.asarray(actions, jnp.float32), self.params)
+        obs, r, term, trunc, info = self._jax.step(actions)
         term, trunc = np.asarray(term), np.asarray(trunc)
         done = term | trunc
         infos: dict[str, Any] = {"final_obs": np.asarray(info["final_obs"]), "_final_obs": done}
@@ -77,24 +93,14 @@ class SurrogateEnv(gym.Env):
         self.env = RacingEnv(config)
         self.params = _default_params(config, params, tracks)
         self.observation_space, self.action_space = gym_spaces(self.env)
-        self._reset = jax.jit(self.env.reset)
-        self._step = jax.jit(self.env.step)
-        self._key = jax.random.PRNGKey(0)
-        self._state = None
+        self._jax = _JittedEnv("SurrogateEnv", self.env, self.params, self.env.reset, self.env.step)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        if seed is not None:
-            self._key = jax.random.PRNGKey(seed)
-        self._key, k = jax.random.split(self._key)
-        obs, self._state = self._reset(k, self.params)
-        return np.asarray(obs), {}
+        return self._jax.reset(seed), {}
 
     def step(self, action):
-        if self._state is None:
-            raise RuntimeError("SurrogateEnv.step called before reset(); call reset() first")
-        self._key, k = jax.random.split(self._key)
-        _, self._state, r, term, trunc, info = self._step(k, self._state, jnp.asarray(action, jnp.float32), self.params)
+        _, r, term, trunc, info = self._jax.step(action)
         # The functional env has already started the next episode; Gymnasium's contract is that
         # the caller resets, so hand back the last observation of this one.
         obs = np.asarray(info["final_obs"])

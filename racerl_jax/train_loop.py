@@ -427,7 +427,12 @@ def train(
     env_steps = int(carry.agent.env_steps)
     next_eval = _next_multiple(env_steps, eval_every_env_steps)
     next_ckpt = _next_multiple(env_steps, checkpoint_every_env_steps)
-    bar = tqdm(total=total_env_steps, initial=env_steps, disable=not progress, unit="step", dynamic_ncols=True)
+    # With a wall-clock budget the bar runs over the budget's seconds (its ETA is then the end of the
+    # run); without one, over env steps.
+    by_time = max_wall_seconds is not None
+    bar = tqdm(total=round(max_wall_seconds) if by_time else total_env_steps, initial=0 if by_time else env_steps,
+               disable=not progress, unit="s" if by_time else "step", dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {elapsed}<{remaining} budget{postfix}" if by_time else None)
     stop_reason = "steps"
     latest: dict[str, float] = {}
     with ckpt.StopSignal() as stop:
@@ -454,9 +459,10 @@ def train(
             latest.update({k: v for k, v in record.items() if not (isinstance(v, float) and math.isnan(v))})
             if logger is not None:
                 logger.log(env_steps, record)
-            bar.update(env_steps - bar.n)
+            bar.update(min(round(record["wall_s"]), bar.total) - bar.n if by_time else env_steps - bar.n)
             bar.set_postfix(
-                {"steps/s": f"{record['env_steps_per_s']:.0f}", "upd/s": f"{record['updates_per_s']:.0f}",
+                {"env steps": env_steps, "steps/s": f"{record['env_steps_per_s']:.0f}",
+                 "upd/s": f"{record['updates_per_s']:.0f}",
                  progress_metric: f"{latest.get(progress_metric, float('nan')):.3g}"},
                 refresh=False,
             )

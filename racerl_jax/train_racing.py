@@ -23,6 +23,7 @@ import numpy as np
 from racerl_jax import crossq
 from racerl_jax.checkpoint import CONFIG_FILE
 from racerl_jax.crossq import AgentState, CrossQConfig
+from racerl_jax.config_io import dataclass_from_dict
 from racerl_jax.train_loop import scale_action
 from surrogate.car import MODELS, CarParams, CarParamsError, car_params_from_dict, car_params_to_dict
 from surrogate.env import EnvConfig, EnvParams, RacingEnv, make_params
@@ -232,19 +233,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
 
 def _reward_from_dict(d: dict[str, Any]) -> RewardWeights:
-    known = {f.name for f in dataclasses.fields(RewardWeights)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"unknown reward weight(s) {unknown}; known: {sorted(known)}")
-    return RewardWeights(**{k: float(v) for k, v in d.items()})
+    return dataclass_from_dict(RewardWeights, {k: float(v) for k, v in d.items()})
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:

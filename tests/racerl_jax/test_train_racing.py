@@ -54,6 +54,14 @@ def test_defaults_resolve_to_cpu_preset_default_track_and_dynamic_model():
     assert tr.TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
+def test_saved_config_with_an_unknown_field_or_reward_weight_is_refused_naming_it():
+    d = tr.TrainConfig().to_dict()
+    with pytest.raises(ValueError, match=r"unknown TrainConfig field\(s\) \['num_cars'\]"):
+        tr.TrainConfig.from_dict({**d, "num_cars": 3})
+    with pytest.raises(ValueError, match=r"unknown RewardWeights field\(s\) \['speed'\].*known fields"):
+        tr.TrainConfig.from_dict({**d, "reward": {**d["reward"], "speed": 1.0}})
+
+
 def test_bad_options_are_refused_with_the_reason():
     with pytest.raises(SystemExit, match="not yet: the bridge backend lands with finetune_real.py"):
         tr.resolve(tr.parse_args(["--backend", "real"]))
