@@ -58,6 +58,10 @@ class CrossQConfig:
     d_max: float = 5.0
     log_std_min: float = -20.0
     log_std_max: float = 2.0
+    # Not in the paper. The policy's [-1, 1] maps onto the env's range widened by this fraction at
+    # each end, then clipped: a tanh-Gaussian reaches its bounds only as |u| -> inf, against the
+    # entropy bonus, so without a margin full throttle or full lock is never quite commanded.
+    action_overshoot: float = 0.0
 
     def __post_init__(self) -> None:
         def need(cond: bool, field: str, msg: str) -> None:
@@ -87,6 +91,7 @@ class CrossQConfig:
         need(self.r_max >= 1, "r_max", "must be >= 1")
         need(self.d_max >= 0, "d_max", "must be >= 0")
         need(self.log_std_min < self.log_std_max, "log_std_min", "must be < log_std_max")
+        need(0.0 <= self.action_overshoot < 1.0, "action_overshoot", "must be in [0, 1)")
 
     @classmethod
     def paper(cls, **overrides: Any) -> "CrossQConfig":

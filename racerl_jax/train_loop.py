@@ -29,11 +29,15 @@ from racerl_jax.replay import ReplayBuffer, Transition
 # ----------------------------------------------------------------------------- shared pieces
 
 
-def scale_action(action: jax.Array, low: np.ndarray, high: np.ndarray) -> jax.Array:
-    """Map the agent's [-1, 1] actions linearly onto the env's [low, high]."""
-    low = jnp.asarray(low, jnp.float32)
-    high = jnp.asarray(high, jnp.float32)
-    return low + (action + 1.0) * 0.5 * (high - low)
+def scale_action(action, low: np.ndarray, high: np.ndarray, overshoot: float = 0.0, xp=jnp):
+    """Map the agent's [-1, 1] actions linearly onto the env's [low, high] widened by
+    ``overshoot`` (a fraction of the range) at each end, clipped to [low, high]. ``xp=np`` for
+    host-side numpy actions."""
+    low = xp.asarray(low, xp.float32)
+    high = xp.asarray(high, xp.float32)
+    span = high - low
+    out = low - overshoot * span + (action + 1.0) * 0.5 * (1.0 + 2.0 * overshoot) * span
+    return xp.clip(out, low, high) if overshoot else out
 
 
 def _run_updates(
@@ -164,7 +168,8 @@ def _train_chunk(env: Any, config: CrossQConfig, num_envs: int, updates: int, nu
         random_action = jax.random.uniform(k_rand, policy_action.shape, jnp.float32, -1.0, 1.0)
         action = jnp.where(agent.env_steps < config.learning_starts, random_action, policy_action)
         obs, env_state, reward, terminated, truncated, info = v_step(
-            jax.random.split(k_step, num_envs), carry.env_state, scale_action(action, low, high), env_params
+            jax.random.split(k_step, num_envs), carry.env_state, scale_action(action, low, high, config.action_overshoot),
+            env_params
         )
         buffer = replay.add_batch(
             carry.buffer,
@@ -234,7 +239,8 @@ def make_evaluate(
             obs, state, ret, alive = carry
             action = crossq.act(agent, obs, k, deterministic=True)
             obs, state, reward, term, trunc, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
-                jax.random.split(k, num_envs), state, scale_action(action, low, high), env_params
+                jax.random.split(k, num_envs), state, scale_action(action, low, high, agent.config.action_overshoot),
+                env_params,
             )
             ret = ret + jnp.where(alive, reward, 0.0)
             return (obs, state, ret, alive & ~(term | trunc)), None
@@ -331,7 +337,8 @@ class HostLoop:
                 action = np.asarray(jax.random.uniform(k_act, (self.num_envs, self.action_size), jnp.float32, -1.0, 1.0))
             else:
                 action = np.asarray(crossq.act(agent, jnp.asarray(self.obs), k_act, deterministic=False))
-            env_action = self.low + (action + 1.0) * 0.5 * (self.high - self.low)  # numpy: no device round trip
+            # numpy: no device round trip
+            env_action = scale_action(action, self.low, self.high, config.action_overshoot, xp=np)
             next_obs, final_obs, reward, term, trunc = self._env_step(env_action)
             valid = ~self.resetting
             n_valid = int(valid.sum())

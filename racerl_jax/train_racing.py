@@ -180,6 +180,7 @@ class TrainConfig:
     actor_hidden: tuple[int, ...] = ()
     episode_steps: int = 1_000  # training episode limit (random starts cover the rest of the track)
     car_spread: float = 0.0  # domain randomisation of the car parameters (fraction)
+    action_overshoot: float = 0.1  # see CrossQConfig: full throttle, brake and lock within reach
     reward: RewardWeights = DEFAULT_REWARD
     eval_every_env_steps: int = 10_000
     eval_laps: int = 2  # laps an evaluation drives (the second is a flying lap)
@@ -210,6 +211,7 @@ class TrainConfig:
         need(all(w > 0 for w in self.critic_hidden + self.actor_hidden), "critic_hidden", "widths must be > 0")
         need(self.episode_steps >= 1, "episode_steps", "must be >= 1")
         need(0.0 <= self.car_spread < 1.0, "car_spread", "must be in [0, 1)")
+        need(0.0 <= self.action_overshoot < 1.0, "action_overshoot", "must be in [0, 1)")
         need(self.eval_every_env_steps >= 1, "eval_every_env_steps", "must be >= 1")
         need(self.eval_laps >= 1, "eval_laps", "must be >= 1")
         need(self.eval_max_steps >= 0, "eval_max_steps", "must be >= 0")
@@ -264,7 +266,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
 
 def crossq_config(cfg: TrainConfig) -> CrossQConfig:
     """The agent's config: the preset with this command's overrides."""
-    overrides: dict[str, Any] = {"learning_starts": cfg.learning_starts}
+    overrides: dict[str, Any] = {"learning_starts": cfg.learning_starts, "action_overshoot": cfg.action_overshoot}
     if cfg.batch_size:
         overrides["batch_size"] = cfg.batch_size
     if cfg.critic_hidden:
@@ -314,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actor-hidden", type=_widths, default=None)
     p.add_argument("--episode-steps", type=int, default=d.episode_steps)
     p.add_argument("--car-spread", type=float, default=d.car_spread)
+    p.add_argument("--action-overshoot", type=float, default=d.action_overshoot,
+                   help="policy range beyond the controls' limits, as a fraction (then clipped)")
     p.add_argument("--eval-every-env-steps", type=int, default=d.eval_every_env_steps)
     p.add_argument("--eval-laps", type=int, default=d.eval_laps)
     p.add_argument("--eval-max-steps", type=int, default=d.eval_max_steps, help="0: enough for --eval-laps")
@@ -391,7 +395,8 @@ def make_lap_drive(env: RacingEnv, steps: int):
 
         def body(carry, k):
             obs, state = carry
-            action = scale_action(crossq.act(agent, obs[None], k, deterministic=True)[0], low, high)
+            action = scale_action(crossq.act(agent, obs[None], k, deterministic=True)[0], low, high,
+                                  agent.config.action_overshoot)
             obs2, state2, r, term, trunc, info = env.step(k, state, action, params)
             out = dict(
                 x=state.car.x, y=state.car.y, speed=info["speed"], action=action, reward=r,

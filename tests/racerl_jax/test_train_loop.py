@@ -110,6 +110,17 @@ def test_scale_action_maps_unit_box_onto_env_bounds():
     np.testing.assert_allclose(out, [[-2.0, 0.0], [0.0, 0.5], [2.0, 1.0]])
 
 
+def test_action_overshoot_reaches_the_env_bounds_before_the_unit_box_edge_and_clips():
+    low, high = np.array([-2.0, 0.0]), np.array([2.0, 1.0])
+    a = np.array([[-1.0, -1.0], [0.0, 0.0], [0.8, 0.8], [1.0, 1.0]], np.float32)
+    for xp in (jnp, np):
+        out = np.asarray(train_loop.scale_action(a, low, high, 0.125, xp=xp))
+        # widened to [-2.5, 2.5] x [-0.125, 1.125]: 0.8 maps to 2.0 / 1.0 exactly, 1.0 clips there
+        np.testing.assert_allclose(out, [[-2.0, 0.0], [0.0, 0.5], [2.0, 1.0], [2.0, 1.0]], atol=1e-6)
+    with pytest.raises(ValueError, match="action_overshoot"):
+        CrossQConfig.cpu(action_overshoot=1.5)
+
+
 # ----------------------------------------------------------------------------- host loop
 
 
