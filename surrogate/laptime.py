@@ -23,9 +23,8 @@ from scipy.sparse.linalg import splu
 
 from surrogate.track_io import TrackData, resample
 
-# TUM's spline approximation first interpolates the raw points linearly at this step, then fits a
-# smoothing spline whose smoothing factor (m^2 summed over points) refers to that density.
-PREP_STEP_M = 1.0
+# TUM's smoothing factor, m^2 summed over the centre line's points once densified to one a metre
+# (track_io.resample does the densifying).
 SMOOTHING_M2 = 10.0
 
 
@@ -514,13 +513,7 @@ def prepare_track(data: TrackData, step: float = 3.0) -> TrackData:
     if not step > 0.0:
         raise ValueError(f"step = {step}; give the resampling step in metres (> 0), e.g. 3.0")
     s = _chord_param(data.x, data.y)
-    t = np.linspace(0.0, s[-1], max(int(math.ceil(s[-1] / PREP_STEP_M)), 8), endpoint=False)
-
-    def lin(v: np.ndarray) -> np.ndarray:
-        return np.interp(t, s, np.append(v, v[0]))
-
-    smooth = resample(TrackData(data.name, lin(data.x), lin(data.y), lin(data.w_right), lin(data.w_left)),
-                      step=step, smoothing=SMOOTHING_M2)
+    smooth = resample(data, step=step, smoothing=SMOOTHING_M2, densify="linear")  # as TUM does
     pos, lateral = _project(smooth, data)
     period = s[-1]
     w_left = np.interp(pos, s[:-1], data.w_left, period=period) - lateral
