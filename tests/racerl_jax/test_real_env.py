@@ -306,9 +306,14 @@ def test_realtime_mode_steps_on_the_clock_and_the_watchdog_truncates_on_stale_te
         n = len(game.applied)  # the frame being stepped when the game hung still used the old action
         game.paused.clear()
         deadline = time.monotonic() + 2
-        while len(game.applied) <= n + 1 and time.monotonic() < deadline:
+        while len(game.applied) <= n + 6 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert game.applied[n + 1] == {"steer": 0.0, "throttle": 0.0, "brake": 0.0}  # the watchdog's neutral
+        # The watchdog's neutral reaches the game within a few frames (delivery is asynchronous, so
+        # on a loaded machine a frame or two may still apply the queued throttle) and stays.
+        neutral = {"steer": 0.0, "throttle": 0.0, "brake": 0.0}
+        after = game.applied[n + 1:n + 7]
+        assert neutral in after[:4], after
+        assert all(a == neutral for a in after[after.index(neutral):]), after
         _, info = env.reset()  # recovers
         _, _, term, trunc, info = env.step(np.array([np.nan, 1.0, 0.0], np.float32))  # NaN guard
         assert not (term or trunc) and info["safety"] == ("nan_action",) and not info["applied_action"].any()
