@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from surrogate.env import EnvConfig, RacingEnv, batch_reset, batch_step, make_params
+from surrogate.rollout import batch_rollout
 from surrogate.track import project_tables
 
 
@@ -44,24 +45,12 @@ def bare_bicycle(n: int, steps: int, dt: float):
 
 
 def full_env(env: RacingEnv, params, n: int, steps: int):
-    @jax.jit
-    def run(key):
-        k0, k1 = jax.random.split(key)
-        obs, st = batch_reset(env, k0, params, n)
+    def actions(obs, st, k):
+        u = jax.random.uniform(k, (n, 3))
+        # Mostly throttle, some steering: keeps cars driving, crashing and resetting.
+        return jnp.stack([0.6 * (2 * u[:, 0] - 1), 0.3 + 0.7 * u[:, 1], 0.2 * u[:, 2]], axis=1)
 
-        def body(carry, k):
-            st, obs = carry
-            ka, ks = jax.random.split(k)
-            u = jax.random.uniform(ka, (n, 3))
-            # Mostly throttle, some steering: keeps cars driving, crashing and resetting.
-            a = jnp.stack([0.6 * (2 * u[:, 0] - 1), 0.3 + 0.7 * u[:, 1], 0.2 * u[:, 2]], axis=1)
-            obs, st, r, te, tr, info = batch_step(env, ks, st, a, params)
-            return (st, obs), r.sum()
-
-        (_, obs), r = jax.lax.scan(body, (st, obs), jax.random.split(k1, steps))
-        return obs, r
-
-    return run
+    return batch_rollout(env, params, actions, n, steps, record=lambda obs, st, r, *_: r.sum())
 
 
 def _driving_states(env: RacingEnv, params, n: int):

@@ -386,6 +386,75 @@ def train(
     updates_per_iter: int | None = None,
     seed: int = 0,
     chunk_iterations: int = 500,
+    **driver: Any,
+) -> TrainResult:
+    """Train CrossQ on a functional JAX env by running jitted chunks of ``chunk_iterations``
+    iterations (one step of all ``num_envs`` envs, then the updates). ``driver``: the keyword
+    arguments of :func:`drive` (budget, run dir, evaluation, checkpoints, progress)."""
+    _check_totals(total_env_steps, num_envs, chunk_iterations)
+    run = make_train_iteration(env, env_params, config, num_envs, updates_per_iter)
+    carry = init_train_carry(env, env_params, config, num_envs, jax.random.PRNGKey(seed))
+    meta = {"crossq": config.to_dict(), "num_envs": num_envs, "updates_per_iter": updates_per_iter, "seed": seed}
+    return drive(run, carry, num_envs, total_env_steps=total_env_steps, chunk_iterations=chunk_iterations,
+                 run_meta=meta, **driver)
+
+
+@struct.dataclass
+class HostCarry:
+    """What a host-loop run checkpoints: the agent, its replay buffer and the RNG key (the env
+    itself lives outside JAX: a resumed run starts new episodes)."""
+
+    agent: AgentState
+    buffer: ReplayBuffer
+    key: jax.Array
+
+
+def train_host(
+    loop: "HostLoop",
+    *,
+    total_env_steps: int,
+    seed: int = 0,
+    chunk_env_steps: int = 500,
+    **driver: Any,
+) -> TrainResult:
+    """Train CrossQ with a :class:`HostLoop` (a Gymnasium env, the real game) under the same
+    driver as :func:`train`: budget, evaluation, logs, checkpoints of agent and buffer, resume."""
+    _check_totals(total_env_steps, loop.num_envs, 1)
+    key, k_agent = jax.random.split(jax.random.PRNGKey(seed))
+    agent = crossq.init_agent(k_agent, loop.obs_size, loop.action_size, loop.config)
+    carry = HostCarry(agent=agent, buffer=loop.init_buffer(), key=key)
+
+    def run(carry: HostCarry, iterations: int) -> tuple[HostCarry, dict[str, float]]:
+        before = len(loop.episode_returns)
+        agent, buffer, key, stats = loop.run(carry.agent, carry.buffer, carry.key, iterations * loop.num_envs)
+        finished = loop.episode_returns[before:]
+        stats["episodes"] = float(len(finished))
+        stats["episode_return"] = float(np.mean(finished)) if finished else float("nan")
+        return HostCarry(agent=agent, buffer=buffer, key=key), stats
+
+    meta = {"crossq": loop.config.to_dict(), "num_envs": loop.num_envs, "updates_per_step": loop.updates_per_step,
+            "seed": seed, "host_loop": True}
+    return drive(run, carry, loop.num_envs, total_env_steps=total_env_steps,
+                 chunk_iterations=max(1, chunk_env_steps // loop.num_envs), run_meta=meta, **driver)
+
+
+def _check_totals(total_env_steps: int, num_envs: int, chunk_iterations: int) -> None:
+    if not 1 <= total_env_steps < 2**31 - num_envs:
+        raise ValueError(
+            f"total_env_steps must be in [1, 2**31 - num_envs) (the step counters are int32), got {total_env_steps}"
+        )
+    if chunk_iterations < 1:
+        raise ValueError(f"chunk_iterations must be >= 1, got {chunk_iterations}")
+
+
+def drive(
+    run: Callable[[Any, int], tuple[Any, Mapping[str, Any]]],
+    carry: Any,
+    num_envs: int,
+    *,
+    total_env_steps: int,
+    chunk_iterations: int,
+    run_meta: Mapping[str, Any],
     max_wall_seconds: float | None = None,
     run_dir: str | Path | None = None,
     eval_fn: Callable[[AgentState], Mapping[str, float]] | None = None,
@@ -396,34 +465,24 @@ def train(
     progress_metric: str = "episode_return",
     progress: bool = True,
 ) -> TrainResult:
-    """Train CrossQ on a functional JAX env by running jitted chunks of ``chunk_iterations``.
+    """Run ``run(carry, iterations)`` chunk after chunk (``carry.agent`` counts env steps and
+    updates) until ``total_env_steps`` or ``max_wall_seconds``.
 
-    With ``run_dir``: logs (metrics.jsonl, TensorBoard, learning-curve PNG), the resolved config
-    as JSON, orbax checkpoints every ``checkpoint_every_env_steps`` and on SIGINT/SIGTERM, and
-    resumption from the latest checkpoint when ``resume``; ``extra_config`` (the calling command's
-    settings) is saved in the same config.json. ``eval_fn(agent)`` returns metrics
-    merged into the history; ``progress_metric`` names the metric the progress bar shows.
+    With ``run_dir``: logs (metrics.jsonl, TensorBoard, learning-curve PNG), ``run_meta`` and
+    ``extra_config`` (the calling command's settings) as config.json, orbax checkpoints of the
+    carry every ``checkpoint_every_env_steps`` and on SIGINT/SIGTERM, and resumption from the
+    latest checkpoint when ``resume``. ``eval_fn(agent)`` returns metrics merged into the
+    history; ``progress_metric`` names the metric the progress bar shows.
     """
     from tqdm import tqdm
 
     from racerl_jax import checkpoint as ckpt
     from racerl_jax.logs import RunLogger
 
-    if not 1 <= total_env_steps < 2**31 - num_envs:
-        raise ValueError(
-            f"total_env_steps must be in [1, 2**31 - num_envs) (the step counters are int32), got {total_env_steps}"
-        )
-    if chunk_iterations < 1:
-        raise ValueError(f"chunk_iterations must be >= 1, got {chunk_iterations}")
-    run = make_train_iteration(env, env_params, config, num_envs, updates_per_iter)
-    carry = init_train_carry(env, env_params, config, num_envs, jax.random.PRNGKey(seed))
-
     manager = logger = None
     if run_dir is not None:
         run_dir = Path(run_dir)
-        run_meta = {"crossq": config.to_dict(), "num_envs": num_envs, "updates_per_iter": updates_per_iter, "seed": seed,
-                    **(extra_config or {})}
-        ckpt.write_config(run_dir, run_meta)
+        ckpt.write_config(run_dir, {**run_meta, **(extra_config or {})})
         manager = ckpt.Checkpointer(run_dir / "checkpoints")
         if resume and manager.latest_step() is not None:
             carry = manager.restore(carry)

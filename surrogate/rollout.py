@@ -8,10 +8,34 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from surrogate.env import EnvParams, EnvState, RacingEnv
+from surrogate.env import EnvParams, EnvState, RacingEnv, batch_reset, batch_step
 
 # policy(obs, state, key) -> action; the baseline reads the state, a learned agent the obs.
 Policy = Callable[[jax.Array, EnvState, jax.Array], jax.Array]
+
+
+def batch_rollout(env: RacingEnv, params: EnvParams, action_fn: Callable, num_envs: int, steps: int,
+                  record: Callable | None = None):
+    """Jitted ``run(key) -> ((obs, state), records)``: ``num_envs`` cars driven for ``steps`` control
+    periods in one ``lax.scan`` (auto-resetting). ``action_fn(obs, state, key)`` gives the (N, 3)
+    actions; ``record(obs, state, reward, terminated, truncated, info)`` what to keep of each step
+    (default: all of it), stacked over time."""
+    record = record or (lambda *step: step)
+
+    @jax.jit
+    def run(key):
+        k0, k1 = jax.random.split(key)
+        obs, state = batch_reset(env, k0, params, num_envs)
+
+        def body(carry, k):
+            obs, state = carry
+            ka, ks = jax.random.split(k)
+            obs2, state2, r, term, trunc, info = batch_step(env, ks, state, action_fn(obs, state, ka), params)
+            return (obs2, state2), record(obs2, state2, r, term, trunc, info)
+
+        return jax.lax.scan(body, (obs, state), jax.random.split(k1, steps))
+
+    return run
 
 
 def rollout(env: RacingEnv, params: EnvParams, policy: Policy, key: jax.Array, steps: int) -> dict[str, np.ndarray]:

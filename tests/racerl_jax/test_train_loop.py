@@ -1,3 +1,5 @@
+import json
+
 import gymnasium as gym
 import jax
 import jax.numpy as jnp
@@ -146,3 +148,28 @@ def test_host_loop_on_next_step_vector_env_skips_the_reset_steps():
     assert int(buffer.size) == int(agent.env_steps) >= 420
     assert len(loop.episode_returns) == 2
     _assert_transitions_follow_dynamics(buffer)  # no (final obs -> reset obs) junk transitions
+
+
+def test_train_host_checkpoints_agent_and_buffer_and_resume_continues_the_counters(tmp_path):
+    def host_run(total):
+        loop = train_loop.HostLoop(gym.make("Pendulum-v1"), TINY, seed=0)
+        evals = []
+        result = train_loop.train_host(
+            loop, total_env_steps=total, seed=0, chunk_env_steps=100, run_dir=tmp_path,
+            eval_fn=lambda agent: evals.append(int(agent.env_steps)) or {"steps_seen": float(agent.env_steps)},
+            eval_every_env_steps=200, checkpoint_every_env_steps=100, progress=False,
+        )
+        return result, evals
+
+    first, evals = host_run(300)
+    assert int(first.carry.agent.env_steps) == 300 and int(first.carry.buffer.size) == 300
+    assert int(first.carry.agent.updates) == 300 - TINY.learning_starts + 1
+    assert evals == [200] and first.history[1]["eval_steps_seen"] == 200.0
+    assert [h["episodes"] for h in first.history] == [0.0, 1.0, 0.0]  # Pendulum's episodes are 200 steps
+    assert first.history[1]["episode_return"] < 0
+    assert json.loads((tmp_path / "config.json").read_text())["host_loop"] is True
+
+    second, _ = host_run(500)  # same run dir: resumes from the 300-step checkpoint with its buffer
+    assert second.history[0]["env_steps"] == 400
+    assert int(second.carry.agent.env_steps) == 500 and int(second.carry.buffer.size) == 500
+    assert int(second.carry.agent.updates) == 500 - TINY.learning_starts + 1

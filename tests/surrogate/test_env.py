@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from surrogate.car import CarParams, car_params_to_dict
-from surrogate.env import EnvConfig, RacingEnv, batch_reset, batch_step, make_params
+from surrogate.env import EnvConfig, RacingEnv, batch_reset, make_params
 from surrogate.observation import Telemetry, observe
 from surrogate.reward import RewardWeights, reward
+from surrogate.rollout import batch_rollout
 from surrogate.track import project_global, select_track
 
 # The env's logic does not depend on the car model; the kinematic one compiles fastest.
@@ -22,20 +23,9 @@ def oval():
 
 
 def _run(env, params, actions_fn, steps, n=1, key=0):
-    @jax.jit
-    def go(key):
-        k0, k1 = jax.random.split(key)
-        obs, st = batch_reset(env, k0, params, n)
-
-        def body(carry, k):
-            obs, st = carry
-            a = actions_fn(st, k)
-            obs2, st2, r, te, tr, info = batch_step(env, k, st, a, params)
-            return (obs2, st2), (obs2, r, te, tr, info, st2)
-
-        return jax.lax.scan(body, (obs, st), jax.random.split(k1, steps))
-
-    return go(jax.random.PRNGKey(key))
+    run = batch_rollout(env, params, lambda obs, st, k: actions_fn(st, k), n, steps,
+                        record=lambda obs, st, r, te, tr, info: (obs, r, te, tr, info, st))
+    return run(jax.random.PRNGKey(key))
 
 
 def test_random_actions_on_many_cars_stay_finite_and_auto_reset(oval):
