@@ -71,6 +71,9 @@ class RealEnvConfig:
     env: EnvConfig = EnvConfig()  # observation, control period, episode-end rules: the surrogate's
     reward: RewardWeights = dataclasses.field(default_factory=RewardWeights)
     car: CarParams | None = None  # car the reference line and speed profile are computed for
+    #: every episode is reset with this seed (None: the seed given to reset, else a random one).
+    #: For a game whose seed picks the track, like CarRacing: 0 keeps the track it serves.
+    reset_seed: int | None = None
     timeout_s: float = 2.0  # lockstep reply timeout (then lazy pirate: reconnect, new episode)
     retries: int = 3  # lockstep reset attempts before BridgeUnavailable
     reset_timeout_s: float = 5.0  # real time: wait this long for the new episode's first frame
@@ -341,7 +344,10 @@ class RealGameEnv(gym.Env):
             raise RuntimeError("the emergency stop is latched: call release_estop() before starting an episode")
         # A seed passed here goes to the game as is; otherwise one from the env's generator, so a
         # seeded env replays the same sequence of game episodes.
-        game_seed = seed if seed is not None else int(self.np_random.integers(2**31 - 1))
+        if self.config.reset_seed is not None:
+            game_seed = self.config.reset_seed
+        else:
+            game_seed = seed if seed is not None else int(self.np_random.integers(2**31 - 1))
         frame = self._first_frame(game_seed)
         tel, derived = self._telemetry(frame, first=True)
         obs, self._episode = start(self.env_config, self.track, tel)

@@ -305,6 +305,14 @@ class HostLoop:
         self.running_return = np.zeros(self.num_envs, np.float64)
         self.episode_returns: list[float] = []
 
+    def restart(self) -> None:
+        """Start new episodes, e.g. after an evaluation drove the same env: the interrupted
+        episodes end without a terminal transition (their return is not counted)."""
+        obs, _ = self.env.reset()
+        self.obs = np.asarray(obs, np.float32).reshape(self.num_envs, self.obs_size)
+        self.resetting[:] = False
+        self.running_return[:] = 0.0
+
     def init_buffer(self) -> ReplayBuffer:
         return replay.init(self.config.buffer_size, self.obs_size, self.action_size)
 

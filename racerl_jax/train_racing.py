@@ -14,12 +14,13 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bridge.sdk import DEFAULT_LOCKSTEP_ADDRESS, DEFAULT_PUB_ADDRESS, DEFAULT_PULL_ADDRESS
 from racerl_jax import crossq
 from racerl_jax.checkpoint import CONFIG_FILE
 from racerl_jax.crossq import AgentState, CrossQConfig
@@ -163,6 +164,13 @@ class TrainConfig:
     """
 
     backend: str = "surrogate"
+    # --backend real: where the game's plugin serves (bridge defaults); --track is then the game's
+    # centre line when the game serves none
+    game_mode: str = "lockstep"
+    address: str = DEFAULT_LOCKSTEP_ADDRESS
+    telemetry_address: str = DEFAULT_PUB_ADDRESS
+    action_address: str = DEFAULT_PULL_ADDRESS
+    game_seed: int = -1  # >= 0: every game episode is reset with this seed (CarRacing: 0 keeps its served track)
     track: str = ""  # bundled name or CSV path; "" = the bundled default (or the surrogate file's)
     surrogate: str = ""  # fitted-surrogate JSON (car + track); "" = default car on --track
     model: str = ""  # "dynamic" | "kinematic"; "" = dynamic (or the surrogate file's)
@@ -175,6 +183,7 @@ class TrainConfig:
     preset: str = ""  # "cpu" | "paper"; "" = cpu on a CPU backend, paper otherwise
     updates_per_iter: int = 16  # gradient updates per iteration (one step of every env)
     batch_size: int = 0  # 0 = the preset's
+    buffer_size: int = 0  # replay capacity in transitions; 0 = the preset's (1M)
     learning_starts: int = 2_000  # env steps of uniform random actions before learning
     critic_hidden: tuple[int, ...] = ()  # () = the preset's
     actor_hidden: tuple[int, ...] = ()
@@ -200,6 +209,9 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{field}={getattr(self, field)!r}: {msg}")
 
         need(self.backend in ("surrogate", "real"), "backend", "expected 'surrogate' or 'real'")
+        need(self.game_mode in ("lockstep", "realtime"), "game_mode", "expected 'lockstep' or 'realtime'")
+        need(self.backend == "surrogate" or self.num_envs == 1 or self.num_envs == TrainConfig.num_envs, "num_envs",
+             "the real game drives one car: leave --num-envs out with --backend real")
         need(self.model in ("", *MODELS), "model", f"expected one of {sorted(MODELS)}")
         need(self.preset in ("", "cpu", "paper"), "preset", "expected 'cpu' or 'paper'")
         need(self.num_envs >= 1, "num_envs", "must be >= 1")
@@ -207,6 +219,7 @@ class TrainConfig:
         need(self.total_env_steps >= 1, "total_env_steps", "must be >= 1")
         need(self.updates_per_iter >= 0, "updates_per_iter", "must be >= 0")
         need(self.batch_size == 0 or self.batch_size >= 2, "batch_size", "must be >= 2 (or 0 for the preset's)")
+        need(self.buffer_size >= 0, "buffer_size", "must be >= 1 (or 0 for the preset's)")
         need(self.learning_starts >= 0, "learning_starts", "must be >= 0")
         need(all(w > 0 for w in self.critic_hidden + self.actor_hidden), "critic_hidden", "widths must be > 0")
         need(self.episode_steps >= 1, "episode_steps", "must be >= 1")
@@ -217,7 +230,7 @@ class TrainConfig:
         need(self.eval_max_steps >= 0, "eval_max_steps", "must be >= 0")
         need(self.checkpoint_every_env_steps >= 1, "checkpoint_every_env_steps", "must be >= 1")
         need(self.chunk_iterations >= 1, "chunk_iterations", "must be >= 1")
-        if self.surrogate and self.track:
+        if self.surrogate and self.track and self.backend == "surrogate":
             raise ValueError(
                 f"TrainConfig: give --track or --surrogate, not both (the surrogate file {self.surrogate} holds its own track)"
             )
@@ -245,7 +258,10 @@ def _reward_from_dict(d: dict[str, Any]) -> RewardWeights:
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """Fill the "auto" fields (preset, model, track, run dir) so the saved config says what ran."""
     if cfg.backend == "real":
-        raise SystemExit("--backend real: not yet: the bridge backend lands with finetune_real.py")
+        preset = cfg.preset or ("cpu" if jax.default_backend() == "cpu" else "paper")
+        name = Path(cfg.track).stem if cfg.track else "real"
+        run_dir = cfg.run_dir or f"runs/crossq-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return dataclasses.replace(cfg, preset=preset, model=cfg.model or "dynamic", num_envs=1, run_dir=run_dir)
     preset = cfg.preset or ("cpu" if jax.default_backend() == "cpu" else "paper")
     model, track = cfg.model, cfg.track
     if cfg.surrogate:
@@ -269,6 +285,8 @@ def crossq_config(cfg: TrainConfig) -> CrossQConfig:
     overrides: dict[str, Any] = {"learning_starts": cfg.learning_starts, "action_overshoot": cfg.action_overshoot}
     if cfg.batch_size:
         overrides["batch_size"] = cfg.batch_size
+    if cfg.buffer_size:
+        overrides["buffer_size"] = cfg.buffer_size
     if cfg.critic_hidden:
         overrides["critic_hidden"] = cfg.critic_hidden
     if cfg.actor_hidden:
@@ -298,7 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the CrossQ driver on the surrogate racing env; the last line printed is "
         "first_clean_lap_min=... best_lap_s=... limit_s=... gap_pct=...",
     )
-    p.add_argument("--backend", choices=["surrogate", "real"], default=d.backend)
+    p.add_argument("--backend", choices=["surrogate", "real"], default=d.backend,
+                   help="surrogate: thousands of simulated cars; real: the game through the bridge")
+    p.add_argument("--game-mode", choices=["lockstep", "realtime"], default=d.game_mode, help="--backend real")
+    p.add_argument("--address", default=d.address, help="--backend real: the plugin's lockstep (or hello/track) address")
+    p.add_argument("--telemetry-address", default=d.telemetry_address, help="--backend real, realtime: the plugin's PUB")
+    p.add_argument("--action-address", default=d.action_address, help="--backend real, realtime: the plugin's PULL")
+    p.add_argument("--game-seed", type=int, default=d.game_seed,
+                   help="--backend real: reset every episode with this seed (-1: random; CarRacing: 0 keeps its track)")
     p.add_argument("--track", default=d.track, help=f"bundled track name or TUM-format CSV (default {DEFAULT_TRACK})")
     p.add_argument("--surrogate", default=d.surrogate, help="fitted surrogate JSON (car and track); excludes --track")
     p.add_argument("--model", choices=sorted(MODELS), default=None, help="car model (default dynamic)")
@@ -311,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=["cpu", "paper"], default=None, help="CrossQ preset (default cpu on CPU)")
     p.add_argument("--updates-per-iter", type=int, default=d.updates_per_iter)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="0: the preset's")
+    p.add_argument("--buffer-size", type=int, default=d.buffer_size, help="replay capacity; 0: the preset's (1M)")
     p.add_argument("--learning-starts", type=int, default=d.learning_starts)
     p.add_argument("--critic-hidden", type=_widths, default=None, help="e.g. 256,256 (default: the preset's)")
     p.add_argument("--actor-hidden", type=_widths, default=None)
@@ -421,16 +447,18 @@ def lap_slice(traj: dict[str, np.ndarray], i: int) -> slice:
 
 
 class LapEvaluator:
-    """``eval_fn`` for ``train``: drives the deterministic policy from the start line and scores
-    its laps against the reference; keeps the run's best clean lap (in the run dir, so a resumed
-    run keeps it) and the wall time of the first clean lap."""
+    """``eval_fn`` for the training driver: ``drive(agent)`` returns a trajectory of the
+    deterministic policy from the start line (arrays over steps, as ``surrogate.rollout``'s), scored
+    here against the reference lap time; keeps the run's best clean lap (in the run dir, so a
+    resumed run keeps it) and the wall time of the first clean lap."""
 
-    def __init__(self, setup: RacingSetup, run_dir: Path, t_start: float, seed: int) -> None:
-        self.setup = setup
+    def __init__(self, drive: Callable[[AgentState], dict], limit_s: float, dt: float, run_dir: Path,
+                 t_start: float) -> None:
+        self.drive = drive
+        self.limit_s = limit_s
+        self.dt = dt
         self.run_dir = run_dir
         self.t_start = t_start
-        self.key = jax.random.PRNGKey(seed)
-        self.drive = make_lap_drive(setup.eval_env, setup.eval_steps)
         self.best: dict[str, Any] | None = None
         self.first_clean_lap_min = float("nan")
         self.last_traj: dict[str, np.ndarray] | None = None
@@ -440,12 +468,18 @@ class LapEvaluator:
                 self.best = {k: f[k] for k in f.files}
             self.first_clean_lap_min = float(self.best["first_clean_lap_min"])
 
+    @classmethod
+    def on_surrogate(cls, setup: "RacingSetup", run_dir: Path, t_start: float, seed: int) -> "LapEvaluator":
+        drive, key = make_lap_drive(setup.eval_env, setup.eval_steps), jax.random.PRNGKey(seed)
+        return cls(lambda agent: drive(agent, setup.eval_params, key), setup.limit_s, setup.eval_env.config.dt,
+                   run_dir, t_start)
+
     @property
     def best_lap_s(self) -> float:
         return float(self.best["lap_s"]) if self.best is not None else float("nan")
 
     def __call__(self, agent: AgentState) -> dict[str, float]:
-        traj = {k: np.asarray(v) for k, v in self.drive(agent, self.setup.eval_params, self.key).items()}
+        traj = {k: np.asarray(v) for k, v in self.drive(agent).items()}
         wall_min = (time.monotonic() - self.t_start) / 60.0
         self.last_traj = traj
         m = lap_metrics(traj)
@@ -467,7 +501,7 @@ class LapEvaluator:
                     **{k: traj[k][seg] for k in ("x", "y", "speed", "action", "ref_deviation")},
                 }
                 np.savez(self.run_dir / BEST_LAP_FILE, **self.best)
-        limit = self.setup.limit_s
+        limit = self.limit_s
         return {
             "lap_s": lap_s,
             "best_lap_s": self.best_lap_s,
@@ -478,7 +512,7 @@ class LapEvaluator:
             "ref_deviation_m": m["ref_deviation_m"],
             "action_change": m["action_change"],
             "return": float(np.sum(traj["reward"][first_episode])),
-            "distance_m": float(np.sum(traj["speed"][first_episode]) * self.setup.eval_env.config.dt),
+            "distance_m": float(np.sum(traj["speed"][first_episode]) * self.dt),
             "wall_min": wall_min,
         }
 
@@ -525,22 +559,21 @@ def plot_learning_curve(metrics_path: Path, png_path: Path, limit_s: float) -> P
     return png_path
 
 
-def plot_best_lap(setup: RacingSetup, evaluator: LapEvaluator, png_path: Path) -> Path:
+def plot_best_lap(track: Any, track_name: str, limit_s: float, evaluator: LapEvaluator, png_path: Path) -> Path:
     """The best clean lap on the track map; before any, the last evaluation's first episode."""
     from racerl_jax.plots import plot_lap
 
-    track = select_track(setup.eval_params.tracks, 0)
     if evaluator.best is not None:
         b = evaluator.best
-        title = (f"CrossQ on {setup.track_name}: best clean lap {float(b['lap_s']):.2f} s "
-                 f"(limit {setup.limit_s:.2f} s) at {int(b['env_steps'])} env steps")
+        title = (f"CrossQ on {track_name}: best clean lap {float(b['lap_s']):.2f} s "
+                 f"(limit {limit_s:.2f} s) at {int(b['env_steps'])} env steps")
         return plot_lap(track, b["x"], b["y"], b["speed"], png_path, title=title)
     t = evaluator.last_traj
     if t is None:
         raise ValueError("plot_best_lap: no evaluation has run yet")
     done_at = np.flatnonzero(t["done"])
     seg = slice(0, int(done_at[0]) + 1 if done_at.size else len(t["x"]))
-    title = f"CrossQ on {setup.track_name}: no clean lap yet (last evaluation's first attempt)"
+    title = f"CrossQ on {track_name}: no clean lap yet (last evaluation's first attempt)"
     return plot_lap(track, t["x"][seg], t["y"][seg], t["speed"][seg], png_path, title=title)
 
 
@@ -573,39 +606,107 @@ def run(cfg: TrainConfig, t_start: float | None = None) -> dict[str, Any]:
     """The whole command; returns the summary (also written to summary.json). ``t_start``
     (time.monotonic()) is when the command started, so the budget and the time to the first
     clean lap include imports and compilation."""
-    from racerl_jax.logs import METRICS_FILE, RunLogger
     from racerl_jax.train_loop import train
 
     t_start = time.monotonic() if t_start is None else t_start
     cfg = resolve(cfg)
     run_dir = Path(cfg.run_dir)
     prepare_run_dir(cfg, run_dir)
+    if cfg.backend == "real":
+        return _run_real(cfg, run_dir, t_start)
     setup = build_setup(cfg)
-    agent_cfg = crossq_config(cfg)
     print(f"track {setup.track_name}, {cfg.model} model: minimum-lap-time reference {setup.limit_s:.2f} s; "
           f"preset {cfg.preset}, {cfg.num_envs} envs, {cfg.updates_per_iter} updates/iteration, "
           f"budget {cfg.budget_minutes:g} min, run dir {run_dir}", flush=True)
-    evaluator = LapEvaluator(setup, run_dir, t_start, cfg.seed)
-    remaining = cfg.budget_minutes * 60.0 - (time.monotonic() - t_start) - FINAL_RESERVE_S
+    evaluator = LapEvaluator.on_surrogate(setup, run_dir, t_start, cfg.seed)
     result = train(
         setup.env,
         setup.params,
-        agent_cfg,
+        crossq_config(cfg),
         total_env_steps=cfg.total_env_steps,
         num_envs=cfg.num_envs,
         updates_per_iter=cfg.updates_per_iter,
         seed=cfg.seed,
         chunk_iterations=cfg.chunk_iterations,
-        max_wall_seconds=max(remaining, 1.0),
-        run_dir=run_dir,
-        eval_fn=evaluator,
-        eval_every_env_steps=cfg.eval_every_env_steps,
-        checkpoint_every_env_steps=cfg.checkpoint_every_env_steps,
-        resume=cfg.resume,
-        extra_config={"command": cfg.run_settings()},
-        progress_metric="eval_lap_s",
-        progress=cfg.progress,
+        **_driver_options(cfg, run_dir, t_start, evaluator),
     )
+    track = select_track(setup.eval_params.tracks, 0)
+    return _finish(cfg, run_dir, t_start, result, evaluator, track, setup.track_name, setup.limit_s)
+
+
+def _driver_options(cfg: TrainConfig, run_dir: Path, t_start: float, evaluator: LapEvaluator) -> dict[str, Any]:
+    remaining = cfg.budget_minutes * 60.0 - (time.monotonic() - t_start) - FINAL_RESERVE_S
+    return dict(max_wall_seconds=max(remaining, 1.0), run_dir=run_dir, eval_fn=evaluator,
+                eval_every_env_steps=cfg.eval_every_env_steps, checkpoint_every_env_steps=cfg.checkpoint_every_env_steps,
+                resume=cfg.resume, extra_config={"command": cfg.run_settings()}, progress_metric="eval_lap_s",
+                progress=cfg.progress)
+
+
+def _run_real(cfg: TrainConfig, run_dir: Path, t_start: float) -> dict[str, Any]:
+    """CrossQ on the game through the bridge (one car): the host loop, with evaluation laps of
+    the deterministic policy driven on the game itself."""
+    from racerl_jax.real_env import RealEnvConfig, RealGameEnv
+    from racerl_jax.train_loop import HostLoop, train_host
+
+    car = load_surrogate(cfg.surrogate).car if cfg.surrogate else CarParams()
+    env_cfg = EnvConfig(model=cfg.model or "dynamic", start="line", max_episode_steps=cfg.episode_steps)
+    env = RealGameEnv(RealEnvConfig(
+        mode=cfg.game_mode, address=cfg.address, telemetry_address=cfg.telemetry_address,
+        action_address=cfg.action_address, track_file=cfg.track or None,
+        reset_seed=cfg.game_seed if cfg.game_seed >= 0 else None, env=env_cfg, reward=cfg.reward, car=car,
+    ))
+    try:
+        limit = float(env.reference.lap_time_s)
+        name = env.track_data.name
+        agent_cfg = crossq_config(cfg)
+        print(f"game {env.hello.get('game')!r} ({cfg.game_mode}), track {name}: minimum-lap-time reference "
+              f"{limit:.2f} s; preset {cfg.preset}, budget {cfg.budget_minutes:g} min, run dir {run_dir}", flush=True)
+        loop = HostLoop(env, agent_cfg, seed=cfg.seed)
+        eval_steps = cfg.eval_max_steps or int(math.ceil(cfg.eval_laps * limit / 0.6 / env_cfg.dt))
+        evaluator = LapEvaluator(make_game_lap_drive(env, loop, eval_steps, cfg.seed), limit, env_cfg.dt, run_dir,
+                                 t_start)
+        result = train_host(loop, total_env_steps=cfg.total_env_steps, seed=cfg.seed,
+                            chunk_env_steps=cfg.chunk_iterations, **_driver_options(cfg, run_dir, t_start, evaluator))
+        return _finish(cfg, run_dir, t_start, result, evaluator, env.track, name, limit)
+    finally:
+        env.close()
+
+
+def make_game_lap_drive(env: Any, loop: Any, steps: int, seed: int) -> Callable[[AgentState], dict]:
+    """``drive(agent)`` for ``LapEvaluator`` on a non-JAX env (the game): the deterministic policy
+    from a reset for up to ``steps`` steps or the end of the episode, as a trajectory of arrays.
+    The host loop's interrupted training episode is restarted afterwards."""
+    low, high = env.action_space.low, env.action_space.high
+    key = jax.random.PRNGKey(seed)
+
+    def drive(agent: AgentState) -> dict[str, np.ndarray]:
+        rows: dict[str, list] = {k: [] for k in ("x", "y", "speed", "action", "reward", "lap_completed", "lap_time",
+                                                 "lap_clean", "off_track", "ref_deviation", "done")}
+        obs, _ = env.reset()
+        for _ in range(steps):
+            a = np.asarray(crossq.act(agent, jnp.asarray(obs)[None], key, deterministic=True))[0]
+            obs, r, term, trunc, info = env.step(scale_action(a, low, high, agent.config.action_overshoot, xp=np))
+            frame = env.last_frame
+            done = term or trunc
+            for k, v in (("x", frame["x"]), ("y", frame["y"]), ("speed", info.get("speed", frame["speed"])),
+                         ("action", info["applied_action"]), ("reward", r), ("lap_completed", bool(info.get("lap_completed"))),
+                         ("lap_time", info.get("lap_time") or np.nan), ("lap_clean", bool(info.get("lap_clean"))),
+                         ("off_track", bool(info.get("off_track"))), ("ref_deviation", info.get("ref_deviation", np.nan)),
+                         ("done", done)):
+                rows[k].append(v)
+            if done:
+                break
+        loop.restart()
+        return {k: np.asarray(v) for k, v in rows.items()}
+
+    return drive
+
+
+def _finish(cfg: TrainConfig, run_dir: Path, t_start: float, result: Any, evaluator: LapEvaluator, track: Any,
+            track_name: str, limit: float) -> dict[str, Any]:
+    """Final evaluation, plots, summary.json and the summary line."""
+    from racerl_jax.logs import METRICS_FILE, RunLogger
+
     agent = result.carry.agent
     env_steps, updates = int(agent.env_steps), int(agent.updates)
     final = evaluator(agent)
@@ -613,10 +714,10 @@ def run(cfg: TrainConfig, t_start: float | None = None) -> dict[str, Any]:
     logger.log(env_steps, {"env_steps": env_steps, "updates": updates,
                            "wall_s": time.monotonic() - t_start, **{f"eval_{k}": v for k, v in final.items()}})
     logger.close()
-    curve = plot_learning_curve(run_dir / METRICS_FILE, run_dir / CURVE_PNG, setup.limit_s)
-    lap_png = plot_best_lap(setup, evaluator, run_dir / BEST_LAP_PNG)
+    curve = plot_learning_curve(run_dir / METRICS_FILE, run_dir / CURVE_PNG, limit)
+    lap_png = plot_best_lap(track, track_name, limit, evaluator, run_dir / BEST_LAP_PNG)
 
-    best, limit = evaluator.best_lap_s, setup.limit_s
+    best = evaluator.best_lap_s
     summary = {
         "first_clean_lap_min": evaluator.first_clean_lap_min,
         "best_lap_s": best,

@@ -15,7 +15,7 @@ LAST_LINE = re.compile(r"^first_clean_lap_min=(\S+) best_lap_s=(\S+) limit_s=(\S
 
 TINY = [
     "--track", "oval", "--model", "kinematic", "--num-envs", "4", "--critic-hidden", "16,16", "--actor-hidden", "16,16",
-    "--batch-size", "16", "--learning-starts", "100", "--updates-per-iter", "2", "--chunk-iterations", "25",
+    "--batch-size", "16", "--buffer-size", "5000", "--learning-starts", "100", "--updates-per-iter", "2", "--chunk-iterations", "25",
     "--eval-every-env-steps", "200", "--eval-max-steps", "150", "--checkpoint-every-env-steps", "200",
     "--no-progress",
 ]  # fmt: skip
@@ -28,14 +28,14 @@ def test_every_command_line_option_sets_its_config_field():
     cfg = tr.parse_args([
         "--backend", "surrogate", "--track", "technical", "--model", "kinematic", "--num-envs", "7",
         "--budget-minutes", "2.5", "--run-dir", "r", "--resume", "--seed", "3", "--preset", "paper",
-        "--updates-per-iter", "5", "--batch-size", "64", "--learning-starts", "10", "--critic-hidden", "32,16",
+        "--updates-per-iter", "5", "--batch-size", "64", "--buffer-size", "5000", "--learning-starts", "10", "--critic-hidden", "32,16",
         "--actor-hidden", "8", "--episode-steps", "300", "--car-spread", "0.1", "--action-overshoot", "0.2",
         "--eval-every-env-steps", "99", "--eval-laps", "3", "--eval-max-steps", "77", "--checkpoint-every-env-steps", "1234",
         "--chunk-iterations", "9", "--total-env-steps", "5000", "--no-progress",
     ])  # fmt: skip
     expected = dict(
         backend="surrogate", track="technical", model="kinematic", num_envs=7, budget_minutes=2.5, run_dir="r",
-        resume=True, seed=3, preset="paper", updates_per_iter=5, batch_size=64, learning_starts=10,
+        resume=True, seed=3, preset="paper", updates_per_iter=5, batch_size=64, buffer_size=5000, learning_starts=10,
         critic_hidden=(32, 16), actor_hidden=(8,), episode_steps=300, car_spread=0.1, action_overshoot=0.2,
         eval_every_env_steps=99, eval_laps=3, eval_max_steps=77, checkpoint_every_env_steps=1234, chunk_iterations=9,
         total_env_steps=5000, progress=False,
@@ -44,7 +44,7 @@ def test_every_command_line_option_sets_its_config_field():
     assert tr.parse_args([]) == tr.TrainConfig()  # no options: the dataclass defaults
     agent = tr.crossq_config(cfg)
     assert (agent.preset, agent.batch_size, agent.critic_hidden, agent.actor_hidden, agent.learning_starts,
-            agent.action_overshoot) == ("paper", 64, (32, 16), (8,), 10, 0.2)
+            agent.action_overshoot, agent.buffer_size) == ("paper", 64, (32, 16), (8,), 10, 0.2, 5000)
 
 
 def test_defaults_resolve_to_cpu_preset_default_track_and_dynamic_model():
@@ -63,8 +63,8 @@ def test_saved_config_with_an_unknown_field_or_reward_weight_is_refused_naming_i
 
 
 def test_bad_options_are_refused_with_the_reason():
-    with pytest.raises(SystemExit, match="not yet: the bridge backend lands with finetune_real.py"):
-        tr.resolve(tr.parse_args(["--backend", "real"]))
+    with pytest.raises(SystemExit, match="the real game drives one car"):
+        tr.parse_args(["--backend", "real", "--num-envs", "8"])
     with pytest.raises(SystemExit, match="--track or --surrogate, not both"):
         tr.parse_args(["--track", "oval", "--surrogate", "fit.json"])
     with pytest.raises(SystemExit, match="num_envs"):
@@ -188,3 +188,55 @@ def test_tiny_run_writes_everything_and_resume_continues_the_counters(tmp_path, 
         tr.main([*TINY, "--run-dir", str(run_dir)])
     with pytest.raises(SystemExit, match="num_envs 4 -> 8"):
         tr.main([*TINY, "--run-dir", str(run_dir), "--resume", "--num-envs", "8"])
+
+
+# ----------------------------------------------------------------------------- --backend real
+
+
+def test_backend_real_trains_on_the_game_through_the_bridge_and_resumes(tmp_path, capsys):
+    import threading
+
+    import zmq
+
+    from bridge.games.kinematic import KinematicCarGame
+    from bridge.sdk import LockstepServer
+
+    class SeedSpy(KinematicCarGame):
+        seeds: list = []
+
+        def reset(self, seed):
+            self.seeds.append(seed)
+            return super().reset(seed)
+
+    ctx = zmq.Context()
+    server = LockstepServer(SeedSpy(), "tcp://127.0.0.1:*", context=ctx)
+    stop = threading.Event()
+    thread = threading.Thread(target=server.serve, kwargs={"stop": stop}, daemon=True)
+    thread.start()
+    run_dir = tmp_path / "real"
+    args = ["--backend", "real", "--address", server.address, "--critic-hidden", "16,16", "--actor-hidden",
+            "16,16", "--batch-size", "16", "--buffer-size", "2000", "--learning-starts", "50", "--chunk-iterations", "50",
+            "--eval-every-env-steps", "100", "--eval-max-steps", "60", "--checkpoint-every-env-steps", "100",
+            "--episode-steps", "150", "--game-seed", "7", "--no-progress", "--run-dir", str(run_dir)]  # fmt: skip
+    try:
+        summary = tr.main([*args, "--total-env-steps", "200"])
+        assert LAST_LINE.match(_last_line(capsys))
+        assert summary["env_steps"] == 200 and summary["updates"] == 200 - 50 + 1  # one update per game step
+        config = json.loads((run_dir / "config.json").read_text())
+        assert config["host_loop"] is True and config["command"]["backend"] == "real"
+        for name in ("metrics.jsonl", "learning_curve.png", "best_lap.png", "summary.json"):
+            assert (run_dir / name).is_file(), name
+        rows = read_metrics(run_dir / "metrics.jsonl")
+        evals = [r for r in rows if "eval_limit_s" in r]
+        assert [r["env_steps"] for r in evals] == [100, 200, 200]  # two periodic and the final one
+        # the evaluations drove the game's car (the untrained policy barely moves it: no laps yet)
+        assert all(np.isfinite(r["eval_return"]) and r["eval_return"] != 0.0 and r["eval_laps"] == 0 for r in evals)
+        assert np.isfinite(summary["limit_s"]) and summary["limit_s"] > 0.0
+        assert len(SeedSpy.seeds) >= 4 and set(SeedSpy.seeds) == {7}  # training and evaluation episodes alike
+
+        summary2 = tr.main([*args, "--total-env-steps", "300", "--resume"])
+        assert summary2["env_steps"] == 300 and summary2["updates"] == 300 - 50 + 1
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        ctx.destroy(linger=0)
