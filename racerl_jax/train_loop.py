@@ -255,7 +255,8 @@ def make_evaluate(
 # ----------------------------------------------------------------------------- host loop
 
 
-@jax.jit
+# Donated: without it every step would copy the whole buffer (hundreds of MB at the default size).
+@partial(jax.jit, donate_argnums=0)
 def _host_insert(buffer: ReplayBuffer, batch: Transition) -> ReplayBuffer:
     return replay.add_batch(buffer, batch)
 
