@@ -21,7 +21,7 @@ import numpy as np
 from scipy import interpolate, optimize, sparse
 from scipy.sparse.linalg import splu
 
-from surrogate.track_io import TrackData, resample
+from surrogate.track_io import TrackData, chord_param, resample
 
 # TUM's smoothing factor, m^2 summed over the centre line's points once densified to one a metre
 # (track_io.resample does the densifying).
@@ -261,14 +261,8 @@ def lap_time(v: np.ndarray, ds: float | np.ndarray, closed: bool = True) -> floa
 # ---------------------------------------------------------------------------------------------
 
 
-def _chord_param(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Cumulative chord length of the closed polyline, n+1 values ending at the closing point."""
-    seg = np.hypot(np.diff(x, append=x[0]), np.diff(y, append=y[0]))
-    return np.concatenate([[0.0], np.cumsum(seg)])
-
-
 def _periodic_splines(x: np.ndarray, y: np.ndarray):
-    s = _chord_param(x, y)
+    s = chord_param(x, y)
     sx = interpolate.CubicSpline(s, np.append(x, x[0]), bc_type="periodic")
     sy = interpolate.CubicSpline(s, np.append(y, y[0]), bc_type="periodic")
     return s[:-1], sx, sy
@@ -300,7 +294,7 @@ def line_geometry(data: TrackData, offsets: np.ndarray) -> tuple[np.ndarray, np.
     nx, ny = _left_normals(data.x, data.y)
     x = data.x + offsets * nx
     y = data.y + offsets * ny
-    ds = np.diff(_chord_param(x, y))
+    ds = np.diff(chord_param(x, y))
     if np.any(ds <= 1e-9):
         i = int(np.argmax(ds <= 1e-9))
         raise ValueError(f"line_geometry: line points {i} and {(i + 1) % data.n} coincide; the offsets fold the line")
@@ -409,7 +403,7 @@ class _CurvatureQP:
         self.n, self.lo, self.hi, self.kappa_bound = n, lo, hi, kappa_bound
         self.x0, self.y0 = data.x, data.y
         self.nx, self.ny = _left_normals(data.x, data.y)
-        h = np.diff(_chord_param(data.x, data.y))
+        h = np.diff(chord_param(data.x, data.y))
         self.cyc, self.rhs, dp, dm = _periodic_spline_ops(h)
         self.cyc_lu = splu(self.cyc)
         zero = sparse.csc_matrix((n, n))
@@ -512,7 +506,7 @@ def prepare_track(data: TrackData, step: float = 3.0) -> TrackData:
     """
     if not step > 0.0:
         raise ValueError(f"step = {step}; give the resampling step in metres (> 0), e.g. 3.0")
-    s = _chord_param(data.x, data.y)
+    s = chord_param(data.x, data.y)
     smooth = resample(data, step=step, smoothing=SMOOTHING_M2, densify="linear")  # as TUM does
     pos, lateral = _project(smooth, data)
     period = s[-1]
@@ -534,8 +528,8 @@ def _project(points: TrackData, line: TrackData) -> tuple[np.ndarray, np.ndarray
     The search starts from the proportional arc length and looks only nearby, so a point never
     snaps to another part of the track that passes close by.
     """
-    s_line = _chord_param(line.x, line.y)
-    s_pts = _chord_param(points.x, points.y)
+    s_line = chord_param(line.x, line.y)
+    s_pts = chord_param(points.x, points.y)
     m = line.n
     guess = np.round(s_pts[:-1] / s_pts[-1] * m).astype(int)
     reach = int(math.ceil(24.0 / max(float(np.mean(np.diff(s_line))), 1e-9))) + 2
@@ -573,7 +567,7 @@ def reference_line(
 
     s, _ = _project(data, track)
     period = float(np.sum(np.hypot(np.diff(track.x, append=track.x[0]), np.diff(track.y, append=track.y[0]))))
-    s_knots = _chord_param(track.x, track.y)[:-1]
+    s_knots = chord_param(track.x, track.y)[:-1]
 
     def at(v: np.ndarray) -> np.ndarray:
         return np.interp(s, s_knots, v, period=period)

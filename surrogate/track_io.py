@@ -163,6 +163,12 @@ def _first_self_intersection(x: np.ndarray, y: np.ndarray) -> tuple[int, int] | 
 DENSIFY_STEP_M = 1.0
 
 
+def chord_param(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Cumulative chord length of the closed polyline, n+1 values ending at the closing point."""
+    seg = np.hypot(np.diff(x, append=x[0]), np.diff(y, append=y[0]))
+    return np.concatenate([[0.0], np.cumsum(seg)])
+
+
 def resample(data: TrackData, n_points: int | None = None, step: float | None = None, smoothing: float = 10.0,
              densify_step: float | None = DENSIFY_STEP_M, densify: str = "cubic") -> TrackData:
     """Smooth the centre line with a periodic spline and resample it at equal arc-length steps.
@@ -178,8 +184,7 @@ def resample(data: TrackData, n_points: int | None = None, step: float | None = 
     if densify_step is not None:
         if not densify_step > 0.0:
             raise ValueError(f"resample: densify_step = {densify_step}; give a step in metres (> 0) or None")
-        seg = np.hypot(np.diff(data.x, append=data.x[0]), np.diff(data.y, append=data.y[0]))
-        chord = np.concatenate([[0.0], np.cumsum(seg)])
+        chord = chord_param(data.x, data.y)
         t = np.linspace(0.0, chord[-1], max(int(math.ceil(chord[-1] / densify_step)), MIN_POINTS), endpoint=False)
         lin = lambda v: np.interp(t, chord, np.append(v, v[0]))  # noqa: E731
         if densify == "cubic":
