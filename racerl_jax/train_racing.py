@@ -29,7 +29,7 @@ from racerl_jax.train_loop import scale_action
 from surrogate.car import MODELS, CarParams, CarParamsError, car_params_from_dict, car_params_to_dict
 from surrogate.env import EnvConfig, EnvParams, RacingEnv, make_params
 from surrogate.reward import RewardWeights
-from surrogate.rollout import lap_metrics
+from surrogate.rollout import lap_metrics, trajectory_row
 from surrogate.track import select_track
 from surrogate.track_io import DEFAULT_TRACK, TrackData, TrackFileError, load_track, validate_track
 
@@ -424,12 +424,7 @@ def make_lap_drive(env: RacingEnv, steps: int):
             action = scale_action(crossq.act(agent, obs[None], k, deterministic=True)[0], low, high,
                                   agent.config.action_overshoot)
             obs2, state2, r, term, trunc, info = env.step(k, state, action, params)
-            out = dict(
-                x=state.car.x, y=state.car.y, speed=info["speed"], action=action, reward=r,
-                lap_completed=info["lap_completed"], lap_time=info["lap_time"], lap_clean=info["lap_clean"],
-                off_track=info["off_track"], ref_deviation=info["ref_deviation"], done=term | trunc,
-            )
-            return (obs2, state2), out
+            return (obs2, state2), trajectory_row(env, state, action, r, term, trunc, info)
 
         _, traj = jax.lax.scan(body, (obs, state), jax.random.split(k1, steps))
         return traj

@@ -38,6 +38,17 @@ def batch_rollout(env: RacingEnv, params: EnvParams, action_fn: Callable, num_en
     return run
 
 
+def trajectory_row(env: RacingEnv, state: EnvState, action: jax.Array, reward: jax.Array, terminated: jax.Array,
+                   truncated: jax.Array, info: dict) -> dict[str, jax.Array]:
+    """What a trajectory keeps of one step (``lap_metrics`` and the lap plots read it): the pose
+    the step started from, the applied action and the step's outcome."""
+    return dict(
+        x=state.car.x, y=state.car.y, speed=info["speed"], action=jnp.clip(action, env.action_low, env.action_high),
+        reward=reward, lap_completed=info["lap_completed"], lap_time=info["lap_time"], lap_clean=info["lap_clean"],
+        off_track=info["off_track"], ref_deviation=info["ref_deviation"], done=terminated | truncated,
+    )
+
+
 def rollout(env: RacingEnv, params: EnvParams, policy: Policy, key: jax.Array, steps: int) -> dict[str, np.ndarray]:
     """Drive one car for ``steps`` control periods (auto-resetting) and return its trajectory,
     arrays over time: x, y, speed, action, lap_completed, lap_time, lap_clean, off_track,
@@ -53,12 +64,7 @@ def rollout(env: RacingEnv, params: EnvParams, policy: Policy, key: jax.Array, s
             ka, ke = jax.random.split(k)
             action = policy(obs, state, ka)
             obs2, state2, r, term, trunc, info = env.step(ke, state, action, params)
-            out = dict(
-                x=state.car.x, y=state.car.y, speed=info["speed"], action=jnp.clip(action, env.action_low, env.action_high),
-                reward=r, lap_completed=info["lap_completed"], lap_time=info["lap_time"], lap_clean=info["lap_clean"],
-                off_track=info["off_track"], ref_deviation=info["ref_deviation"], done=term | trunc,
-            )
-            return (obs2, state2), out
+            return (obs2, state2), trajectory_row(env, state, action, r, term, trunc, info)
 
         _, traj = jax.lax.scan(body, (obs, state), jax.random.split(k1, steps))
         return traj
