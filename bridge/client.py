@@ -306,10 +306,6 @@ class RealtimeClient:
                 self.stats.errors["send_blocked"] = self.stats.errors.get("send_blocked", 0) + 1
             return seq
 
-    @property
-    def held(self) -> dict | None:
-        return None if self._held is None else dict(self._held)
-
     def hold(self, action: Mapping[str, float]) -> None:
         """Send ``action`` now and again every period until :meth:`release_hold` (or close)."""
         held = {k: float(action[k]) for k in P.CONTROLS}
