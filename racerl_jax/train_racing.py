@@ -257,27 +257,24 @@ def _reward_from_dict(d: dict[str, Any]) -> RewardWeights:
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """Fill the "auto" fields (preset, model, track, run dir) so the saved config says what ran."""
-    if cfg.backend == "real":
-        preset = cfg.preset or ("cpu" if jax.default_backend() == "cpu" else "paper")
-        name = Path(cfg.track).stem if cfg.track else "real"
-        run_dir = cfg.run_dir or f"runs/crossq-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        return dataclasses.replace(cfg, preset=preset, model=cfg.model or "dynamic", num_envs=1, run_dir=run_dir)
     preset = cfg.preset or ("cpu" if jax.default_backend() == "cpu" else "paper")
-    model, track = cfg.model, cfg.track
-    if cfg.surrogate:
+    model, track, num_envs = cfg.model, cfg.track, cfg.num_envs
+    if cfg.backend == "real":  # the game's track unless --track; one car
+        model, num_envs = model or "dynamic", 1
+        name = Path(track).stem if track else "real"
+    elif cfg.surrogate:
         fitted = load_surrogate(cfg.surrogate)
         if model and model != fitted.model:
             raise ValueError(
                 f"--model {model} differs from the model {fitted.model!r} of the surrogate file {cfg.surrogate}; "
                 "drop --model (the file's model is used)"
             )
-        model = fitted.model
+        model, name = fitted.model, Path(cfg.surrogate).stem
     else:
-        model = model or "dynamic"
-        track = track or DEFAULT_TRACK
-    name = Path(cfg.surrogate).stem if cfg.surrogate else Path(track).stem
+        model, track = model or "dynamic", track or DEFAULT_TRACK
+        name = Path(track).stem
     run_dir = cfg.run_dir or f"runs/crossq-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return dataclasses.replace(cfg, preset=preset, model=model, track=track, run_dir=run_dir)
+    return dataclasses.replace(cfg, preset=preset, model=model, track=track, num_envs=num_envs, run_dir=run_dir)
 
 
 def crossq_config(cfg: TrainConfig) -> CrossQConfig:
