@@ -101,11 +101,13 @@ def profile_components(env: RacingEnv, params, n: int, steps: int) -> dict[str, 
         return acc
 
     def step_only(key):
-        def body(s, k):
+        # The observation stays in the carry: returned only from the step, XLA would drop it.
+        def body(carry, k):
+            s, acc = carry
             obs, s, *_ = batch_step(env, k, s, action, params)
-            return s, None
-        s, _ = jax.lax.scan(body, st, jax.random.split(key, steps))
-        return s.car.x
+            return (s, acc + obs), None
+        (s, acc), _ = jax.lax.scan(body, (st, jnp.zeros((n, env.observation_size))), jax.random.split(key, steps))
+        return acc
 
     parts = {"car_step": car_only, "projection": proj_only, "observation": obs_only, "reset": reset_only,
              "full_step": step_only}
