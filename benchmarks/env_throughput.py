@@ -16,7 +16,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from surrogate.env import EnvConfig, RacingEnv, batch_reset, batch_step, make_params
+from surrogate.env import EnvConfig, RacingEnv, batch_reset, make_params
 from surrogate.rollout import batch_rollout
 from surrogate.track import project_tables
 
@@ -56,7 +56,7 @@ def full_env(env: RacingEnv, params, n: int, steps: int):
 def _driving_states(env: RacingEnv, params, n: int):
     """A batch of mid-episode states (cars moving, spread over the track) to time components on."""
     obs, st = jax.jit(lambda k: batch_reset(env, k, params, n))(jax.random.PRNGKey(7))
-    step = jax.jit(lambda k, s: batch_step(env, k, s, jnp.tile(jnp.array([[0.05, 0.6, 0.0]]), (n, 1)), params))
+    step = jax.jit(lambda k, s: env.batch_step(k, s, jnp.tile(jnp.array([[0.05, 0.6, 0.0]]), (n, 1)), params))
     for i in range(20):
         obs, st, *_ = step(jax.random.PRNGKey(100 + i), st)
     return st
@@ -104,7 +104,7 @@ def profile_components(env: RacingEnv, params, n: int, steps: int) -> dict[str, 
         # The observation stays in the carry: returned only from the step, XLA would drop it.
         def body(carry, k):
             s, acc = carry
-            obs, s, *_ = batch_step(env, k, s, action, params)
+            obs, s, *_ = env.batch_step(k, s, action, params)
             return (s, acc + obs), None
         (s, acc), _ = jax.lax.scan(body, (st, jnp.zeros((n, env.observation_size))), jax.random.split(key, steps))
         return acc

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from surrogate.env import EnvConfig, EnvParams, RacingEnv, batch_reset, batch_step, make_params
+from surrogate.env import EnvConfig, EnvParams, RacingEnv, batch_reset, make_params
 
 # Per-car info keys passed through to Gymnasium, and the mask that says where each is valid.
 _INFO_KEYS = {"lap_time": "lap_completed", "lap_clean": "lap_completed", "off_track": None, "speed": None,
@@ -68,7 +68,7 @@ class SurrogateVectorEnv(VectorEnv):
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
         self._jax = _JittedEnv("SurrogateVectorEnv", self.env, self.params,
                                lambda key, p: batch_reset(self.env, key, p, num_envs),
-                               lambda key, s, a, p: batch_step(self.env, key, s, a, p))
+                               self.env.batch_step)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         return self._jax.reset(seed), {}

@@ -25,6 +25,7 @@ from flax import struct
 from racerl_jax import crossq, replay
 from racerl_jax.crossq import AgentState, CrossQConfig
 from racerl_jax.replay import ReplayBuffer, Transition
+from racerl_jax.envs import batched_step
 
 # ----------------------------------------------------------------------------- shared pieces
 
@@ -159,7 +160,7 @@ def make_train_iteration(
 def _train_chunk(env: Any, config: CrossQConfig, num_envs: int, updates: int, num_iterations: int,
                  carry: TrainCarry, env_params: Any) -> tuple[TrainCarry, dict[str, jax.Array]]:
     low, high = np.asarray(env.action_low, np.float32), np.asarray(env.action_high, np.float32)
-    v_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    v_step = batched_step(env)
 
     def iteration(carry: TrainCarry, _: None) -> tuple[TrainCarry, dict]:
         agent = carry.agent
@@ -168,7 +169,7 @@ def _train_chunk(env: Any, config: CrossQConfig, num_envs: int, updates: int, nu
         random_action = jax.random.uniform(k_rand, policy_action.shape, jnp.float32, -1.0, 1.0)
         action = jnp.where(agent.env_steps < config.learning_starts, random_action, policy_action)
         obs, env_state, reward, terminated, truncated, info = v_step(
-            jax.random.split(k_step, num_envs), carry.env_state, scale_action(action, low, high, config.action_overshoot),
+            k_step, carry.env_state, scale_action(action, low, high, config.action_overshoot),
             env_params
         )
         buffer = replay.add_batch(
@@ -238,8 +239,8 @@ def make_evaluate(
         def body(carry: tuple, k: jax.Array) -> tuple[tuple, None]:
             obs, state, ret, alive = carry
             action = crossq.act(agent, obs, k, deterministic=True)
-            obs, state, reward, term, trunc, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
-                jax.random.split(k, num_envs), state, scale_action(action, low, high, agent.config.action_overshoot),
+            obs, state, reward, term, trunc, _ = batched_step(env)(
+                k, state, scale_action(action, low, high, agent.config.action_overshoot),
                 env_params,
             )
             ret = ret + jnp.where(alive, reward, 0.0)

@@ -48,6 +48,8 @@ class EnvConfig:
     projection_window: int = 16  # track segments searched per step
     n_track_points: int = 2048
     obs: ObsConfig = ObsConfig()
+    # Batched steps reset up to this fraction of the cars in a compact pass (see batch_step).
+    reset_slot_frac: float = 0.125
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -56,6 +58,8 @@ class EnvConfig:
             raise ValueError(f"EnvConfig.start = {self.start!r}; expected 'random' or 'line'")
         if not (0.0 < self.dt <= 0.2):
             raise ValueError(f"EnvConfig.dt = {self.dt} s; expected a control period in (0, 0.2]")
+        if not (0.0 < self.reset_slot_frac <= 1.0):
+            raise ValueError(f"EnvConfig.reset_slot_frac = {self.reset_slot_frac}; expected a fraction in (0, 1]")
         if self.substeps < 1:
             raise ValueError(f"EnvConfig.substeps = {self.substeps}; expected an integer >= 1")
 
@@ -188,9 +192,7 @@ class RacingEnv:
                               self.config.obs, here)
 
     def reset(self, key: jax.Array, params: EnvParams) -> tuple[jax.Array, EnvState]:
-        tables = self.tables(params)
-        state, here = self._reset_state(key, params, tables)
-        return self._observe(tables, state, here), state
+        return self._fresh(key, params, self.tables(params))
 
     def _reset_state(self, key: jax.Array, params: EnvParams, tables: TrackTables):
         """A new episode's state, and the track fields at its position (for its observation)."""
@@ -217,7 +219,7 @@ class RacingEnv:
         y = row[POINT_FIELDS.index("y")] + jnp.cos(h) * lateral
         car = init_car_state(x, y, h, v0)
         # Without randomisation the draw is a no-op (nominal * (1 + 0 * u)); skipping it saves a
-        # PRNG call per car and step (the auto-reset computes a reset every step).
+        # PRNG call per reset.
         nominal = lambda: CarParams(**{  # noqa: E731
             name: jnp.clip(jnp.asarray(getattr(params.car, name), jnp.float32), *PARAM_RANGES[name]) for name in PARAM_NAMES
         })
@@ -228,10 +230,11 @@ class RacingEnv:
         state = EnvState(car=car, car_params=car_params, track_id=track_id, episode=start_episode(pos))
         return state, here
 
-    def step(self, key, state: EnvState, action, params: EnvParams):
+    def _advance(self, tables: TrackTables, state: EnvState, action, params: EnvParams):
+        """One control step of one car without the auto-reset: (obs, state, reward, terminated,
+        truncated, info) of the episode going on."""
         cfg = self.config
         action = jnp.clip(jnp.asarray(action, jnp.float32), ACTION_LOW, ACTION_HIGH)
-        tables = self.tables(params)
         tid = state.track_id
         car = self._car_step(state.car_params, state.car, action, cfg.dt, cfg.substeps)
         pos, here = project_tables(tables, tid, car.x, car.y, car.yaw, state.pos.idx, cfg.projection_window)
@@ -241,13 +244,57 @@ class RacingEnv:
             here.field("w_right"), here.field("ref_offset"), speed(car), action, cfg.dt)
         next_state = EnvState(car=car, car_params=state.car_params, track_id=tid, episode=episode)
         obs = self._observe(tables, next_state, here)
-        done = terminated | truncated
-        reset_state, reset_here = self._reset_state(key, params, tables)
-        reset_obs = self._observe(tables, reset_state, reset_here)
-        new_state = jax.tree_util.tree_map(lambda a, b: jnp.where(done, a, b), reset_state, next_state)
-        new_obs = jnp.where(done, reset_obs, obs)
         info = {"final_obs": obs, **{k: ep_info[k] for k in INFO_KEYS}}
+        return obs, next_state, r, terminated, truncated, info
+
+    def _fresh(self, key, params: EnvParams, tables: TrackTables):
+        state, here = self._reset_state(key, params, tables)
+        return self._observe(tables, state, here), state
+
+    def step(self, key, state: EnvState, action, params: EnvParams):
+        tables = self.tables(params)
+        obs, next_state, r, terminated, truncated, info = self._advance(tables, state, action, params)
+        done = terminated | truncated
+        reset_obs, reset_state = self._fresh(key, params, tables)
+        new_state = jax.tree_util.tree_map(lambda a, b: jnp.where(done, a, b), reset_state, next_state)
+        return jnp.where(done, reset_obs, obs), new_state, r, terminated, truncated, info
+
+    def batch_step(self, key, state: EnvState, action, params: EnvParams):
+        """``step`` for a batch of cars (``action`` of shape (N, 3)) from one key.
+
+        Vmapping ``step`` computes a reset for every car on every step, a third of the step's
+        time, though only a few cars finish at once. Here only the finished cars are reset: up to
+        ``reset_slots(N)`` of them are gathered, reset together and scattered back; a step where
+        more finish resets every car, as ``step`` does. Either way each finished car gets a fresh
+        episode drawn from the same distribution (from different keys than ``step`` would use)."""
+        tables = self.tables(params)
+        n = action.shape[0]
+        obs, next_state, r, terminated, truncated, info = jax.vmap(self._advance, in_axes=(None, 0, 0, None))(
+            tables, state, action, params)
+        done = terminated | truncated
+        fresh = jax.vmap(self._fresh, in_axes=(0, None, None))
+        k = self.reset_slots(n)
+
+        def reset_some():
+            (idx,) = jnp.nonzero(done, size=k, fill_value=n)  # slots past the finished cars point past the end
+            new_obs, new = fresh(jax.random.split(key, k), params, tables)
+            put = lambda a, b: a.at[idx].set(b, mode="drop")  # noqa: E731
+            return put(obs, new_obs), jax.tree_util.tree_map(put, next_state, new)
+
+        def reset_all():
+            new_obs, new = fresh(jax.random.split(key, n), params, tables)
+            pick = lambda a, b: jnp.where(done.reshape((n,) + (1,) * (a.ndim - 1)), a, b)  # noqa: E731
+            return pick(new_obs, obs), jax.tree_util.tree_map(pick, new, next_state)
+
+        if k >= n:
+            new_obs, new_state = reset_all()
+        else:
+            new_obs, new_state = jax.lax.cond(jnp.sum(done) <= k, reset_some, reset_all)
         return new_obs, new_state, r, terminated, truncated, info
+
+    def reset_slots(self, num_envs: int) -> int:
+        """How many finished cars ``batch_step`` resets in its compact pass."""
+        return max(1, int(np.ceil(self.config.reset_slot_frac * num_envs)))
 
 
 def reference_for(data: TrackData, car: CarParams, cfg: EnvConfig):
@@ -295,9 +342,3 @@ def make_params(
 def batch_reset(env: RacingEnv, key, params: EnvParams, num_envs: int):
     """Reset ``num_envs`` cars at once (vmapped)."""
     return jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key, num_envs), params)
-
-
-def batch_step(env: RacingEnv, key, state: EnvState, action, params: EnvParams):
-    """Step a batch of cars (vmapped); ``action`` has shape (N, 3)."""
-    n = action.shape[0]
-    return jax.vmap(env.step, in_axes=(0, 0, 0, None))(jax.random.split(key, n), state, action, params)

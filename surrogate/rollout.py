@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from surrogate.env import EnvParams, EnvState, RacingEnv, batch_reset, batch_step
+from surrogate.env import EnvParams, EnvState, RacingEnv, batch_reset
 
 # policy(obs, state, key) -> action; the baseline reads the state, a learned agent the obs.
 Policy = Callable[[jax.Array, EnvState, jax.Array], jax.Array]
@@ -30,7 +30,7 @@ def batch_rollout(env: RacingEnv, params: EnvParams, action_fn: Callable, num_en
         def body(carry, k):
             obs, state = carry
             ka, ks = jax.random.split(k)
-            obs2, state2, r, term, trunc, info = batch_step(env, ks, state, action_fn(obs, state, ka), params)
+            obs2, state2, r, term, trunc, info = env.batch_step(ks, state, action_fn(obs, state, ka), params)
             return (obs2, state2), record(obs2, state2, r, term, trunc, info)
 
         return jax.lax.scan(body, (obs, state), jax.random.split(k1, steps))

@@ -48,6 +48,36 @@ def test_random_actions_on_many_cars_stay_finite_and_auto_reset(oval):
     assert np.all(steps[~done] > 0)
 
 
+@pytest.mark.parametrize("ending", [[1, 6, 11], [0, 2, 3, 5, 8, 9, 12, 13, 15]], ids=["few", "more_than_slots"])
+def test_batch_step_resets_exactly_the_finished_cars(oval, ending):
+    """Few finished cars go through the compact reset, more than its slots through the full one;
+    either way the others step on exactly as ``step`` moves them and each finished car starts its
+    own fresh episode."""
+    params, _ = oval
+    env = RacingEnv(dataclasses.replace(CFG, reset_slot_frac=0.25))
+    n = 16
+    assert env.reset_slots(n) == 4
+    _, st = batch_reset(env, jax.random.PRNGKey(0), params, n)
+    ends = np.isin(np.arange(n), ending)
+    st = st.replace(episode=st.episode.replace(steps=jnp.where(ends, CFG.max_episode_steps - 1, 5)))
+    action = jnp.tile(jnp.array([[0.02, 0.5, 0.0]]), (n, 1))
+    obs, new, r, te, tr, info = jax.jit(env.batch_step)(jax.random.PRNGKey(1), st, action, params)
+    obs_ref, new_ref, r_ref, *_ = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))(
+        jax.random.split(jax.random.PRNGKey(1), n), st, action, params)
+
+    np.testing.assert_array_equal(np.asarray(te | tr), ends)
+    np.testing.assert_allclose(np.asarray(r), np.asarray(r_ref), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(obs)[~ends], np.asarray(obs_ref)[~ends], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(new.car.x)[~ends], np.asarray(new_ref.car.x)[~ends], rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(new.steps), np.where(ends, 0, 6))
+    assert np.all(np.asarray(new.episode.progress)[ends] == 0.0)
+    # The fresh episodes' observations belong to their states, and each car got its own start.
+    np.testing.assert_allclose(np.asarray(obs)[ends], np.asarray(jax.vmap(env.observe, in_axes=(None, 0))(params, new))[ends],
+                               rtol=1e-5, atol=1e-5)
+    assert len(np.unique(np.round(np.asarray(new.pos.s)[ends], 2))) == len(ending)
+    np.testing.assert_array_equal(np.asarray(info["final_obs"])[~ends], np.asarray(obs)[~ends])
+
+
 def test_leaving_the_track_terminates_with_the_penalty(oval):
     params, _ = oval
     env = RacingEnv(dataclasses.replace(CFG, start="line"))

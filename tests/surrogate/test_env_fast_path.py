@@ -9,7 +9,7 @@ import pytest
 
 from surrogate.car import CarParams, sample_car_params
 from surrogate.fastmath import fast_atan, fast_sincos
-from surrogate.env import ACTION_HIGH, ACTION_LOW, EnvConfig, RacingEnv, batch_reset, batch_step, make_params
+from surrogate.env import ACTION_HIGH, ACTION_LOW, EnvConfig, RacingEnv, batch_reset, make_params
 from surrogate.observation import Telemetry, observe, observe_tables
 from surrogate.track import make_tables, project, project_tables, select_track
 
@@ -84,7 +84,7 @@ def test_env_step_observes_and_projects_like_the_real_game_backend(two_tracks):
             ka, ks = jax.random.split(k)
             u = jax.random.uniform(ka, (n, 3))
             a = jnp.stack([0.6 * (2 * u[:, 0] - 1), 0.3 + 0.7 * u[:, 1], 0.2 * u[:, 2]], axis=1)
-            obs2, st2, r, te, tr, info = batch_step(env, ks, st, a, params)
+            obs2, st2, r, te, tr, info = env.batch_step(ks, st, a, params)
 
             def check(s_old, car, action):
                 track = select_track(params.tracks, s_old.track_id)
