@@ -22,12 +22,13 @@ import numpy as np
 
 from bridge.sdk import DEFAULT_LOCKSTEP_ADDRESS, DEFAULT_PUB_ADDRESS, DEFAULT_PULL_ADDRESS
 from racerl_jax import crossq
-from racerl_jax.checkpoint import CONFIG_FILE
+from racerl_jax.checkpoint import CONFIG_FILE, Checkpointer, read_config
 from racerl_jax.crossq import AgentState, CrossQConfig
 from racerl_jax.config_io import dataclass_from_dict
 from racerl_jax.train_loop import scale_action
 from surrogate.car import MODELS, CarParams, CarParamsError, car_params_from_dict, car_params_to_dict
 from surrogate.env import EnvConfig, EnvParams, RacingEnv, make_params
+from surrogate.observation import ObsConfig
 from surrogate.reward import RewardWeights
 from surrogate.rollout import lap_metrics, trajectory_row
 from surrogate.track import select_track
@@ -35,6 +36,9 @@ from surrogate.track_io import DEFAULT_TRACK, TrackData, TrackFileError, load_tr
 
 BEST_LAP_FILE = "best_lap.npz"
 BEST_LAP_PNG = "best_lap.png"
+# The agent that drove the best clean lap: training can get worse after it, and the last
+# checkpoint is not what a user wants to race with or fine-tune on the game.
+BEST_AGENT_DIR = "best_agent"
 CURVE_PNG = "learning_curve.png"
 
 # ----------------------------------------------------------------------------- fitted surrogate file
@@ -190,6 +194,10 @@ class TrainConfig:
     episode_steps: int = 1_000  # training episode limit (random starts cover the rest of the track)
     car_spread: float = 0.0  # domain randomisation of the car parameters (fraction)
     action_overshoot: float = 0.0  # see CrossQConfig (0.1 made a 20-min oval run fail to learn once)
+    # Float32 matrix products at full precision. GPUs default to TF32 (10-bit mantissa) for them:
+    # on an H100 three of four runs with TF32 critics collapsed within two minutes, the same
+    # settings at full precision learned as on the CPU (README). No effect on a CPU.
+    matmul_precision: str = "highest"
     reward: RewardWeights = DEFAULT_REWARD
     eval_every_env_steps: int = 10_000
     eval_laps: int = 2  # laps an evaluation drives (the second is a flying lap)
@@ -214,6 +222,7 @@ class TrainConfig:
              "the real game drives one car: leave --num-envs out with --backend real")
         need(self.model in ("", *MODELS), "model", f"expected one of {sorted(MODELS)}")
         need(self.preset in ("", "cpu", "paper"), "preset", "expected 'cpu' or 'paper'")
+        need(self.matmul_precision in MATMUL_PRECISIONS, "matmul_precision", f"expected one of {MATMUL_PRECISIONS}")
         need(self.num_envs >= 1, "num_envs", "must be >= 1")
         need(self.budget_minutes > 0, "budget_minutes", "must be > 0")
         need(self.total_env_steps >= 1, "total_env_steps", "must be >= 1")
@@ -249,6 +258,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         return dataclass_from_dict(cls, d)
+
+
+MATMUL_PRECISIONS = ("default", "high", "highest")
 
 
 def _reward_from_dict(d: dict[str, Any]) -> RewardWeights:
@@ -341,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--car-spread", type=float, default=d.car_spread)
     p.add_argument("--action-overshoot", type=float, default=d.action_overshoot,
                    help="policy range beyond the controls' limits, as a fraction (then clipped)")
+    p.add_argument("--matmul-precision", choices=MATMUL_PRECISIONS, default=d.matmul_precision,
+                   help="float32 matrix products on a GPU: highest (full float32), high or default (TF32)")
     p.add_argument("--eval-every-env-steps", type=int, default=d.eval_every_env_steps)
     p.add_argument("--eval-laps", type=int, default=d.eval_laps)
     p.add_argument("--eval-max-steps", type=int, default=d.eval_max_steps, help="0: enough for --eval-laps")
@@ -441,8 +455,9 @@ def lap_slice(traj: dict[str, np.ndarray], i: int) -> slice:
 class LapEvaluator:
     """``eval_fn`` for the training driver: ``drive(agent)`` returns a trajectory of the
     deterministic policy from the start line (arrays over steps, as ``surrogate.rollout``'s), scored
-    here against the reference lap time; keeps the run's best clean lap (in the run dir, so a
-    resumed run keeps it) and the wall time of the first clean lap."""
+    here against the reference lap time; keeps the run's best clean lap and the agent that drove
+    it (in the run dir, so a resumed run keeps them; ``load_best_agent`` reads the agent back) and
+    the wall time of the first clean lap."""
 
     def __init__(self, drive: Callable[[AgentState], dict], limit_s: float, dt: float, run_dir: Path,
                  t_start: float) -> None:
@@ -493,6 +508,8 @@ class LapEvaluator:
                     **{k: traj[k][seg] for k in ("x", "y", "speed", "action", "ref_deviation")},
                 }
                 np.savez(self.run_dir / BEST_LAP_FILE, **self.best)
+                with Checkpointer(self.run_dir / BEST_AGENT_DIR, max_to_keep=1) as ckpt:
+                    ckpt.save(int(agent.env_steps), agent)
         limit = self.limit_s
         return {
             "lap_s": lap_s,
@@ -507,6 +524,18 @@ class LapEvaluator:
             "distance_m": float(np.sum(traj["speed"][first_episode]) * self.dt),
             "wall_min": wall_min,
         }
+
+
+def load_best_agent(run_dir: str | Path) -> AgentState:
+    """The agent that drove the run's best clean evaluation lap, restored into the networks that
+    the run's config.json describes."""
+    run_dir = Path(run_dir)
+    config = CrossQConfig.from_dict(read_config(run_dir)["crossq"])
+    if not (run_dir / BEST_AGENT_DIR).is_dir():
+        raise FileNotFoundError(f"{run_dir / BEST_AGENT_DIR} not found: the run has not driven a clean evaluation lap yet")
+    template = crossq.init_agent(jax.random.PRNGKey(0), ObsConfig().size, RacingEnv.action_size, config)
+    with Checkpointer(run_dir / BEST_AGENT_DIR, max_to_keep=1) as ckpt:
+        return ckpt.restore(template)
 
 
 # ----------------------------------------------------------------------------- plots
@@ -598,14 +627,20 @@ def run(cfg: TrainConfig, t_start: float | None = None) -> dict[str, Any]:
     """The whole command; returns the summary (also written to summary.json). ``t_start``
     (time.monotonic()) is when the command started, so the budget and the time to the first
     clean lap include imports and compilation."""
-    from racerl_jax.train_loop import train
-
     t_start = time.monotonic() if t_start is None else t_start
     cfg = resolve(cfg)
     run_dir = Path(cfg.run_dir)
     prepare_run_dir(cfg, run_dir)
-    if cfg.backend == "real":
-        return _run_real(cfg, run_dir, t_start)
+    precision = None if cfg.matmul_precision == "default" else cfg.matmul_precision
+    with jax.default_matmul_precision(precision):
+        if cfg.backend == "real":
+            return _run_real(cfg, run_dir, t_start)
+        return _run_surrogate(cfg, run_dir, t_start)
+
+
+def _run_surrogate(cfg: TrainConfig, run_dir: Path, t_start: float) -> dict[str, Any]:
+    from racerl_jax.train_loop import train
+
     setup = build_setup(cfg)
     print(f"track {setup.track_name}, {cfg.model} model: minimum-lap-time reference {setup.limit_s:.2f} s; "
           f"preset {cfg.preset}, {cfg.num_envs} envs, {cfg.updates_per_iter} updates/iteration, "
@@ -727,7 +762,8 @@ def _finish(cfg: TrainConfig, run_dir: Path, t_start: float, result: Any, evalua
           f"{summary['wall_min']:.1f} min; final evaluation: lap {final['lap_s']:.2f} s, "
           f"clean-lap rate {final['clean_lap_rate']:.2f}, deviation from the reference line {final['ref_deviation_m']:.2f} m, "
           f"action change {final['action_change']:.4f}")
-    print(f"plots: {curve} {lap_png}; checkpoints: {run_dir / 'checkpoints'}")
+    best_agent = f"; best agent: {run_dir / BEST_AGENT_DIR}" if (run_dir / BEST_AGENT_DIR).is_dir() else ""
+    print(f"plots: {curve} {lap_png}; checkpoints: {run_dir / 'checkpoints'}{best_agent}")
     print(summary_line(summary), flush=True)
     return summary
 

@@ -31,14 +31,14 @@ def test_every_command_line_option_sets_its_config_field():
         "--updates-per-iter", "5", "--batch-size", "64", "--buffer-size", "5000", "--learning-starts", "10", "--critic-hidden", "32,16",
         "--actor-hidden", "8", "--episode-steps", "300", "--car-spread", "0.1", "--action-overshoot", "0.2",
         "--eval-every-env-steps", "99", "--eval-laps", "3", "--eval-max-steps", "77", "--checkpoint-every-env-steps", "1234",
-        "--chunk-iterations", "9", "--total-env-steps", "5000", "--no-progress",
+        "--chunk-iterations", "9", "--total-env-steps", "5000", "--matmul-precision", "default", "--no-progress",
     ])  # fmt: skip
     expected = dict(
         backend="surrogate", track="technical", model="kinematic", num_envs=7, budget_minutes=2.5, run_dir="r",
         resume=True, seed=3, preset="paper", updates_per_iter=5, batch_size=64, buffer_size=5000, learning_starts=10,
         critic_hidden=(32, 16), actor_hidden=(8,), episode_steps=300, car_spread=0.1, action_overshoot=0.2,
         eval_every_env_steps=99, eval_laps=3, eval_max_steps=77, checkpoint_every_env_steps=1234, chunk_iterations=9,
-        total_env_steps=5000, progress=False,
+        total_env_steps=5000, matmul_precision="default", progress=False,
     )  # fmt: skip
     assert {k: getattr(cfg, k) for k in expected} == expected
     assert tr.parse_args([]) == tr.TrainConfig()  # no options: the dataclass defaults
@@ -142,6 +142,45 @@ def test_lap_slice_starts_after_the_previous_crossing_or_reset():
     traj = {"lap_completed": lap, "done": done}
     assert tr.lap_slice(traj, 4) == slice(0, 5)  # first lap: from the start
     assert tr.lap_slice(traj, 9) == slice(7, 10)  # after the reset at step 6, not the lap at 4
+
+
+def _lap_trajectory(lap_s: float, dt: float = 0.05) -> dict:
+    """A trajectory of one clean lap of ``lap_s`` seconds, in ``surrogate.rollout``'s format."""
+    n = int(round(lap_s / dt))
+    lap = np.zeros(n, bool)
+    lap[-1] = True
+    return dict(x=np.linspace(0.0, 1.0, n), y=np.zeros(n), speed=np.full(n, 30.0), action=np.zeros((n, 3)),
+                reward=np.ones(n), lap_completed=lap, lap_time=np.where(lap, lap_s, np.nan), lap_clean=lap,
+                off_track=np.zeros(n, bool), ref_deviation=np.zeros(n), done=np.zeros(n, bool))
+
+
+def test_the_agent_that_drove_the_best_lap_is_kept_and_loads_back(tmp_path):
+    import jax
+
+    from racerl_jax import crossq
+    from racerl_jax.checkpoint import write_config
+
+    config = crossq.CrossQConfig.cpu(critic_hidden=(8, 8), actor_hidden=(8, 8))
+    write_config(tmp_path, {"crossq": config.to_dict()})
+    agents = [crossq.init_agent(jax.random.PRNGKey(i), tr.ObsConfig().size, 3, config).replace(env_steps=np.int32(100 * (i + 1)))
+              for i in range(3)]  # fmt: skip
+    laps = iter([40.0, 38.0, 39.0])  # the second agent drives the best lap
+    evaluator = tr.LapEvaluator(lambda agent: _lap_trajectory(next(laps)), 35.0, 0.05, tmp_path, 0.0)
+    with pytest.raises(FileNotFoundError, match="not driven a clean evaluation lap"):
+        tr.load_best_agent(tmp_path)
+    for agent in agents:
+        evaluator(agent)
+    assert evaluator.best_lap_s == pytest.approx(38.0, abs=0.05)
+    best = tr.load_best_agent(tmp_path)
+    assert int(best.env_steps) == 200
+    for got, want, other in zip(jax.tree.leaves(best.actor_params), jax.tree.leaves(agents[1].actor_params),
+                                jax.tree.leaves(agents[2].actor_params)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(agents[1].actor_params),
+                                                        jax.tree.leaves(agents[2].actor_params)))
+    obs = np.zeros((1, tr.ObsConfig().size), np.float32)
+    np.testing.assert_array_equal(np.asarray(crossq.act(best, obs, jax.random.PRNGKey(0), deterministic=True)),
+                                  np.asarray(crossq.act(agents[1], obs, jax.random.PRNGKey(0), deterministic=True)))
 
 
 # ----------------------------------------------------------------------------- end to end
