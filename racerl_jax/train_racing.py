@@ -32,7 +32,7 @@ from surrogate.observation import ObsConfig
 from surrogate.reward import RewardWeights
 from surrogate.rollout import lap_metrics, trajectory_row
 from surrogate.track import select_track
-from surrogate.track_io import DEFAULT_TRACK, TrackData, TrackFileError, load_track, validate_track
+from surrogate.track_io import DEFAULT_TRACK, TrackData, TrackFileError, validate_track
 
 BEST_LAP_FILE = "best_lap.npz"
 BEST_LAP_PNG = "best_lap.png"

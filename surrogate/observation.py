@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from surrogate.fastmath import fast_sincos
-from surrogate.track import Track, TrackPos, TrackTables, interp, lookahead, lookahead_tables, sample_points
+from surrogate.track import Track, TrackPos, TrackTables, lookahead_tables, sample_points, single_tables
 
 # Scales that bring every feature to order one; fixed constants, not fitted, so that a policy
 # trained on one car or track sees the same units on another.
@@ -61,17 +61,13 @@ def observe(track: Track, pos: TrackPos, tel: Telemetry, prev_action: jax.Array,
     the left and right edges; then per lookahead point: curvature, reference-line point in the car
     frame (dx, dy), local half-width, and optionally the reference speed.
     """
-    la = lookahead(track, pos, tel.x, tel.y, tel.yaw, cfg.lookahead_m)
-    return _assemble(
-        pos, tel, prev_action, interp(track, track.w_left, pos.s), interp(track, track.w_right, pos.s),
-        interp(track, track.ref_offset, pos.s), la, cfg,
-    )
+    return observe_tables(single_tables(track), 0, pos, tel, prev_action, cfg)
 
 
 def observe_tables(
     tables: TrackTables, track_id, pos: TrackPos, tel: Telemetry, prev_action: jax.Array, cfg: ObsConfig, here=None
 ) -> jax.Array:
-    """``observe`` on track ``track_id`` of packed tables (the batched env's fast path; same values).
+    """``observe`` on track ``track_id`` of packed tables (what the batched env calls).
 
     ``here``: the ``PointSample`` at pos.s if the caller has it already (``project_tables`` returns it)."""
     if here is None:

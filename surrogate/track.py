@@ -220,8 +220,7 @@ def project(track: Track, x, y, yaw, idx_hint, window: int = 16) -> TrackPos:
     """Project a pose using only the segments near ``idx_hint`` (the previous step's ``idx``):
     idx_hint - window//4 ... idx_hint + window, wrapping. O(window); ``window`` is static, and
     must cover the distance a car moves in a step (window * ds metres forward)."""
-    offsets = jnp.arange(-(window // 4), window + 1, dtype=jnp.int32)
-    return _project_onto(track, x, y, yaw, jnp.asarray(idx_hint, jnp.int32) + offsets)
+    return project_tables(single_tables(track, window), 0, x, y, yaw, idx_hint, window)[0]
 
 
 def project_global(track: Track, x, y, yaw) -> TrackPos:
@@ -243,38 +242,10 @@ def on_track(track: Track, pos: TrackPos, margin=0.0):
     return (pos.lateral >= -wr + margin) & (pos.lateral <= wl - margin)
 
 
-def _to_car_frame(px, py, x, y, yaw):
-    sn, c = fast_sincos(yaw)
-    rx, ry = px - x, py - y
-    return c * rx + sn * ry, -sn * rx + c * ry
-
-
-def _lookahead_features(cx, cy, h, off, curvature, ref_speed, w_left, w_right, x, y, yaw):
-    """Lookahead features from the track fields interpolated at the lookahead points."""
-    centre_dx, centre_dy = _to_car_frame(cx, cy, x, y, yaw)
-    sin_h, cos_h = fast_sincos(h)
-    ref_dx, ref_dy = _to_car_frame(cx - sin_h * off, cy + cos_h * off, x, y, yaw)
-    return {
-        "curvature": curvature,
-        "centre_dx": centre_dx,
-        "centre_dy": centre_dy,
-        "ref_dx": ref_dx,
-        "ref_dy": ref_dy,
-        "ref_speed": ref_speed,
-        "w_left": w_left,
-        "w_right": w_right,
-    }
-
-
 def lookahead(track: Track, pos: TrackPos, x, y, yaw, distances: tuple[float, ...]) -> dict[str, jax.Array]:
     """Track features at arc lengths pos.s + d for each d in ``distances`` (static tuple), points
     in the car frame (x forward, y left). Each value has shape (len(distances),)."""
-    s = pos.s + jnp.asarray(distances, jnp.float32)
-    return _lookahead_features(
-        interp(track, track.x, s), interp(track, track.y, s), _interp_heading(track, s),
-        interp(track, track.ref_offset, s), interp(track, track.curvature, s), interp(track, track.ref_speed, s),
-        interp(track, track.w_left, s), interp(track, track.w_right, s), x, y, yaw,
-    )
+    return lookahead_tables(single_tables(track), 0, pos, x, y, yaw, distances)
 
 
 def reference_xy(track: Track):
@@ -288,15 +259,15 @@ def reference_xy(track: Track):
 # --------------------------------------------------------------------------------------------
 # Packed tables: the same geometry, laid out for batched env steps
 # --------------------------------------------------------------------------------------------
-# Per car, the functions above gather each field separately at two indices per point: some 150
-# scalar gathers per car and step, most of the step's time once vmapped over thousands of cars.
 # ``TrackTables`` packs the per-point fields row-wise so one row gather serves every field at a
 # point (and its successor), and keeps a wrap-padded copy of the centre line so the projection
-# window is one contiguous slice. It is built from the stacked tracks inside the step (cheap: it
-# does not depend on the cars, so XLA hoists it out of rollout loops). The arithmetic after the
-# lookups is the same as above, so results match those functions to the last bit or two.
+# window is one contiguous slice: gathering each field separately at two indices per point was
+# some 150 scalar gathers per car and step, most of the step's time once vmapped over thousands
+# of cars. The batched env builds the tables from the stacked tracks inside the step (cheap: they
+# do not depend on the cars, so XLA hoists them out of rollout loops); ``project``, ``lookahead``
+# and ``observe`` on one track build them for that track, so every backend runs the same lookups.
 
-POINT_FIELDS = ("x", "y", "heading", "curvature", "w_left", "w_right", "ref_offset", "ref_speed")
+POINT_FIELDS = ("x", "y", "heading", "curvature", "w_left", "w_right", "ref_offset", "ref_speed", "ref_x", "ref_y")
 _F = {name: i for i, name in enumerate(POINT_FIELDS)}
 _NF = len(POINT_FIELDS)
 _SEG_FIELDS = 5  # x, y, left normal x, left normal y, s
@@ -326,13 +297,21 @@ def make_tables(tracks: Track, window: int = 16) -> TrackTables:
     if tracks.x.ndim != 2:
         raise ValueError(f"make_tables: expected stacked tracks (x of shape (T, M)), got x of shape {tracks.x.shape}")
     m = tracks.x.shape[1]
-    here = jnp.stack([getattr(tracks, f) for f in POINT_FIELDS], axis=-1)
+    ref_x, ref_y = reference_xy(tracks)
+    fields = {"ref_x": ref_x, "ref_y": ref_y}
+    here = jnp.stack([fields[f] if f in fields else getattr(tracks, f) for f in POINT_FIELDS], axis=-1)
     points = jnp.concatenate([here, jnp.roll(here, -1, axis=1)], axis=-1)
     seg = jnp.stack([tracks.x, tracks.y, -jnp.sin(tracks.heading), jnp.cos(tracks.heading), tracks.s], axis=-1)
     pad = max(_window_rows(window), 4)
     reps = -(-(m + pad) // m)
     segments = jnp.concatenate([seg] * reps, axis=1)[:, : m + pad]
     return TrackTables(points=points, segments=segments, length=tracks.length, ds=tracks.ds)
+
+
+def single_tables(track: Track, window: int = 16) -> TrackTables:
+    """``make_tables`` for one (unstacked) track, as track 0: the per-track functions above run
+    on the same lookups as the batched env."""
+    return make_tables(jax.tree_util.tree_map(lambda a: a[None], track), window)
 
 
 def _locate_in(length, ds, m: int, s):
@@ -422,9 +401,31 @@ def arc_delta_tables(tables: TrackTables, track_id, s_old, s_new):
 
 
 def lookahead_tables(tables: TrackTables, track_id, pos: TrackPos, x, y, yaw, distances: tuple[float, ...]):
-    """``lookahead`` on track ``track_id``: one row gather per lookahead point."""
-    p = sample_points(tables, track_id, pos.s + jnp.asarray(distances, jnp.float32))
-    return _lookahead_features(
-        p.field("x"), p.field("y"), p.heading(), p.field("ref_offset"), p.field("curvature"),
-        p.field("ref_speed"), p.field("w_left"), p.field("w_right"), x, y, yaw,
-    )
+    """``lookahead`` on track ``track_id``: one row gather per lookahead point.
+
+    Each point is computed on its own scalar and the results stacked at the end: computed on a
+    vector of the points, the batched step works on (N, points) arrays, which XLA:CPU ran 3x
+    slower than the same arithmetic on (N,) arrays. The reference line's points are interpolated
+    between its precomputed vertices (``ref_x``, ``ref_y``) rather than offset from the centre
+    line along an interpolated heading: the same curve to within ds^2 * curvature, and no
+    trigonometry per point."""
+    sin_yaw, cos_yaw = fast_sincos(yaw)
+
+    def car_frame(px, py):
+        rx, ry = px - x, py - y
+        return cos_yaw * rx + sin_yaw * ry, -sin_yaw * rx + cos_yaw * ry
+
+    feats = []
+    for d in distances:
+        p = sample_points(tables, track_id, pos.s + jnp.float32(d))
+        centre_dx, centre_dy = car_frame(p.field("x"), p.field("y"))
+        ref_dx, ref_dy = car_frame(p.field("ref_x"), p.field("ref_y"))
+        feats.append({"curvature": p.field("curvature"), "centre_dx": centre_dx, "centre_dy": centre_dy,
+                      "ref_dx": ref_dx, "ref_dy": ref_dy, "ref_speed": p.field("ref_speed"),
+                      "w_left": p.field("w_left"), "w_right": p.field("w_right")})
+    if not feats:
+        return {k: jnp.zeros((0,), jnp.float32) for k in LOOKAHEAD_KEYS}
+    return {k: jnp.stack([f[k] for f in feats]) for k in LOOKAHEAD_KEYS}
+
+
+LOOKAHEAD_KEYS = ("curvature", "centre_dx", "centre_dy", "ref_dx", "ref_dy", "ref_speed", "w_left", "w_right")
