@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -193,6 +194,10 @@ class TrainConfig:
     actor_hidden: tuple[int, ...] = ()
     episode_steps: int = 1_000  # training episode limit (random starts cover the rest of the track)
     car_spread: float = 0.0  # domain randomisation of the car parameters (fraction)
+    # Training episodes that start from rest (the rest start anywhere at up to half the reference
+    # speed): evaluation laps and the game start from rest, and a policy that has rarely been
+    # there can sit on the line.
+    standing_starts: float = 0.25
     action_overshoot: float = 0.0  # see CrossQConfig (0.1 made a 20-min oval run fail to learn once)
     # Float32 matrix products at full precision. GPUs default to TF32 (10-bit mantissa) for them:
     # on an H100 three of four runs with TF32 critics collapsed within two minutes, the same
@@ -233,6 +238,7 @@ class TrainConfig:
         need(all(w > 0 for w in self.critic_hidden + self.actor_hidden), "critic_hidden", "widths must be > 0")
         need(self.episode_steps >= 1, "episode_steps", "must be >= 1")
         need(0.0 <= self.car_spread < 1.0, "car_spread", "must be in [0, 1)")
+        need(0.0 <= self.standing_starts <= 1.0, "standing_starts", "must be a fraction in [0, 1]")
         need(0.0 <= self.action_overshoot < 1.0, "action_overshoot", "must be in [0, 1)")
         need(self.eval_every_env_steps >= 1, "eval_every_env_steps", "must be >= 1")
         need(self.eval_laps >= 1, "eval_laps", "must be >= 1")
@@ -351,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actor-hidden", type=_widths, default=None)
     p.add_argument("--episode-steps", type=int, default=d.episode_steps)
     p.add_argument("--car-spread", type=float, default=d.car_spread)
+    p.add_argument("--standing-starts", type=float, default=d.standing_starts,
+                   help="fraction of training episodes that start from rest")
     p.add_argument("--action-overshoot", type=float, default=d.action_overshoot,
                    help="policy range beyond the controls' limits, as a fraction (then clipped)")
     p.add_argument("--matmul-precision", choices=MATMUL_PRECISIONS, default=d.matmul_precision,
@@ -401,7 +409,8 @@ def build_setup(cfg: TrainConfig) -> RacingSetup:
         car, track = CarParams(), cfg.track or DEFAULT_TRACK
     model = cfg.model or "dynamic"
     env_cfg = EnvConfig(model=model, start="random", max_episode_steps=cfg.episode_steps)
-    params, refs = make_params([track], car=car, config=env_cfg, car_spread=cfg.car_spread, reward_weights=cfg.reward)
+    params, refs = make_params([track], car=car, config=env_cfg, car_spread=cfg.car_spread, reward_weights=cfg.reward,
+                               standing_start_prob=cfg.standing_starts)
     limit = float(refs[0].lap_time_s)
     eval_steps = cfg.eval_max_steps or int(math.ceil(cfg.eval_laps * limit / 0.6 / env_cfg.dt))
     eval_cfg = dataclasses.replace(env_cfg, start="line", max_episode_steps=eval_steps)
@@ -413,37 +422,29 @@ def build_setup(cfg: TrainConfig) -> RacingSetup:
 # ----------------------------------------------------------------------------- evaluation
 
 
-_DRIVE_CACHE: dict[tuple, Any] = {}
-
-
-def make_lap_drive(env: RacingEnv, steps: int):
+def make_lap_drive(env: RacingEnv, steps: int) -> Callable[[AgentState, EnvParams, jax.Array], dict[str, jax.Array]]:
     """Jitted ``drive(agent, params, key) -> trajectory`` (arrays over ``steps``): the
     deterministic policy (batch norm in eval mode) driving one car from the start line,
     auto-resetting there after a crash. The agent and env params are arguments, so evaluations
     (and later runs in the same process with the same env config) do not recompile."""
-    cache_key = (env.config, steps)
-    if cache_key in _DRIVE_CACHE:
-        return _DRIVE_CACHE[cache_key]
+    return functools.partial(_drive_lap, env, steps)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _drive_lap(env: RacingEnv, steps: int, agent: AgentState, params: EnvParams, key: jax.Array) -> dict[str, jax.Array]:
     low, high = np.asarray(env.action_low, np.float32), np.asarray(env.action_high, np.float32)
+    k0, k1 = jax.random.split(key)
+    obs, state = env.reset(k0, params)
 
-    def drive(agent: AgentState, params: EnvParams, key: jax.Array) -> dict[str, jax.Array]:
-        k0, k1 = jax.random.split(key)
-        obs, state = env.reset(k0, params)
+    def body(carry, k):
+        obs, state = carry
+        action = scale_action(crossq.act(agent, obs[None], k, deterministic=True)[0], low, high,
+                              agent.config.action_overshoot)
+        obs2, state2, r, term, trunc, info = env.step(k, state, action, params)
+        return (obs2, state2), trajectory_row(env, state, action, r, term, trunc, info)
 
-        def body(carry, k):
-            obs, state = carry
-            action = scale_action(crossq.act(agent, obs[None], k, deterministic=True)[0], low, high,
-                                  agent.config.action_overshoot)
-            obs2, state2, r, term, trunc, info = env.step(k, state, action, params)
-            return (obs2, state2), trajectory_row(env, state, action, r, term, trunc, info)
-
-        _, traj = jax.lax.scan(body, (obs, state), jax.random.split(k1, steps))
-        return traj
-
-    if len(_DRIVE_CACHE) >= 8:
-        _DRIVE_CACHE.pop(next(iter(_DRIVE_CACHE)))
-    _DRIVE_CACHE[cache_key] = jax.jit(drive)
-    return _DRIVE_CACHE[cache_key]
+    _, traj = jax.lax.scan(body, (obs, state), jax.random.split(k1, steps))
+    return traj
 
 
 def lap_slice(traj: dict[str, np.ndarray], i: int) -> slice:
@@ -712,8 +713,8 @@ def make_game_lap_drive(env: Any, loop: Any, steps: int, seed: int) -> Callable[
         obs, _ = env.reset()
         for _ in range(steps):
             a = np.asarray(crossq.act(agent, jnp.asarray(obs)[None], key, deterministic=True))[0]
+            frame = env.last_frame  # the pose the step starts from, as surrogate.rollout.trajectory_row keeps
             obs, r, term, trunc, info = env.step(scale_action(a, low, high, agent.config.action_overshoot, xp=np))
-            frame = env.last_frame
             done = term or trunc
             for k, v in (("x", frame["x"]), ("y", frame["y"]), ("speed", info.get("speed", frame["speed"])),
                          ("action", info["applied_action"]), ("reward", r), ("lap_completed", bool(info.get("lap_completed"))),

@@ -72,6 +72,7 @@ class EnvParams:
     car: CarParams  # nominal car
     car_spread: jax.Array  # domain randomisation: each car parameter scaled by U(1-spread, 1+spread) at reset
     start_speed_frac: jax.Array  # random starts get U(0, frac) * reference speed
+    standing_start_prob: jax.Array  # ... or, with this probability, start from rest
     start_lateral_frac: jax.Array  # random starts get U(-frac, frac) * half-width of lateral offset
     reward: RewardWeights
 
@@ -177,6 +178,14 @@ class RacingEnv:
         self.observation_size = config.obs.size
         self._car_step = MODELS[config.model]
 
+    # Equal by config: jitted functions that take the env as a static argument (the training loop,
+    # the lap evaluation) then compile once per config, not once per instance.
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.config == self.config
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.config))
+
     def telemetry(self, car: CarState) -> Telemetry:
         return Telemetry(car.x, car.y, car.yaw, speed(car), car.ax, car.ay, car.yaw_rate)
 
@@ -213,7 +222,9 @@ class RacingEnv:
             field = lambda name: row[POINT_FIELDS.index(name)]  # noqa: E731
             half = 0.5 * (field("w_left") + field("w_right"))
             lateral = jax.random.uniform(k_lat, (), minval=-1.0, maxval=1.0) * params.start_lateral_frac * half
-            v0 = jax.random.uniform(k_speed, ()) * params.start_speed_frac * field("ref_speed")
+            u_speed, u_stand = jax.random.uniform(k_speed, (2,))
+            v0 = jnp.where(u_stand < params.standing_start_prob, 0.0,
+                           u_speed * params.start_speed_frac * field("ref_speed"))
         h = row[POINT_FIELDS.index("heading")]
         x = row[POINT_FIELDS.index("x")] - jnp.sin(h) * lateral
         y = row[POINT_FIELDS.index("y")] + jnp.cos(h) * lateral
@@ -321,6 +332,7 @@ def make_params(
     car_spread: float = 0.0,
     start_speed_frac: float = 0.5,
     start_lateral_frac: float = 0.3,
+    standing_start_prob: float = 0.0,
     reward_weights: RewardWeights | None = None,
 ) -> tuple[EnvParams, list[laptime.Reference]]:
     """Env parameters for track names/files/data (bundled default if none) and a car; also the
@@ -333,6 +345,7 @@ def make_params(
         car=car,
         car_spread=jnp.float32(car_spread),
         start_speed_frac=jnp.float32(start_speed_frac),
+        standing_start_prob=jnp.float32(standing_start_prob),
         start_lateral_frac=jnp.float32(start_lateral_frac),
         reward=reward_weights if reward_weights is not None else RewardWeights(),
     )

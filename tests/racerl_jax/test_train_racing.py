@@ -29,14 +29,14 @@ def test_every_command_line_option_sets_its_config_field():
         "--backend", "surrogate", "--track", "technical", "--model", "kinematic", "--num-envs", "7",
         "--budget-minutes", "2.5", "--run-dir", "r", "--resume", "--seed", "3", "--preset", "paper",
         "--updates-per-iter", "5", "--batch-size", "64", "--buffer-size", "5000", "--learning-starts", "10", "--critic-hidden", "32,16",
-        "--actor-hidden", "8", "--episode-steps", "300", "--car-spread", "0.1", "--action-overshoot", "0.2",
+        "--actor-hidden", "8", "--episode-steps", "300", "--car-spread", "0.1", "--standing-starts", "0.5", "--action-overshoot", "0.2",
         "--eval-every-env-steps", "99", "--eval-laps", "3", "--eval-max-steps", "77", "--checkpoint-every-env-steps", "1234",
         "--chunk-iterations", "9", "--total-env-steps", "5000", "--matmul-precision", "default", "--no-progress",
     ])  # fmt: skip
     expected = dict(
         backend="surrogate", track="technical", model="kinematic", num_envs=7, budget_minutes=2.5, run_dir="r",
         resume=True, seed=3, preset="paper", updates_per_iter=5, batch_size=64, buffer_size=5000, learning_starts=10,
-        critic_hidden=(32, 16), actor_hidden=(8,), episode_steps=300, car_spread=0.1, action_overshoot=0.2,
+        critic_hidden=(32, 16), actor_hidden=(8,), episode_steps=300, car_spread=0.1, standing_starts=0.5, action_overshoot=0.2,
         eval_every_env_steps=99, eval_laps=3, eval_max_steps=77, checkpoint_every_env_steps=1234, chunk_iterations=9,
         total_env_steps=5000, matmul_precision="default", progress=False,
     )  # fmt: skip

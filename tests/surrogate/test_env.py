@@ -78,6 +78,18 @@ def test_batch_step_resets_exactly_the_finished_cars(oval, ending):
     np.testing.assert_array_equal(np.asarray(info["final_obs"])[~ends], np.asarray(obs)[~ends])
 
 
+def test_standing_start_probability_sets_the_share_of_episodes_from_rest(oval):
+    params, _ = oval
+    env = RacingEnv(CFG)
+    reset = jax.jit(lambda p: batch_reset(env, jax.random.PRNGKey(4), p, 2000)[1].car)
+    speeds = {prob: np.hypot(np.asarray(car.vx), np.asarray(car.vy))
+              for prob in (0.0, 0.25, 1.0) for car in [reset(params.replace(standing_start_prob=jnp.float32(prob)))]}
+    assert np.all(speeds[1.0] == 0.0)
+    assert np.mean(speeds[0.0] == 0.0) < 0.01
+    assert 0.2 < np.mean(speeds[0.25] == 0.0) < 0.3
+    assert speeds[0.25].max() > 5.0  # the others still start moving
+
+
 def test_leaving_the_track_terminates_with_the_penalty(oval):
     params, _ = oval
     env = RacingEnv(dataclasses.replace(CFG, start="line"))
