@@ -188,6 +188,7 @@ class TrainConfig:
     preset: str = ""  # "cpu" | "paper"; "" = cpu on a CPU backend, paper otherwise
     updates_per_iter: int = 16  # gradient updates per iteration (one step of every env)
     batch_size: int = 0  # 0 = the preset's
+    learning_rate: float = 0.0  # actor and critics; 0 = the preset's (the paper's 1e-3)
     buffer_size: int = 0  # replay capacity in transitions; 0 = the preset's (1M)
     learning_starts: int = 2_000  # env steps of uniform random actions before learning
     critic_hidden: tuple[int, ...] = ()  # () = the preset's
@@ -233,6 +234,7 @@ class TrainConfig:
         need(self.total_env_steps >= 1, "total_env_steps", "must be >= 1")
         need(self.updates_per_iter >= 0, "updates_per_iter", "must be >= 0")
         need(self.batch_size == 0 or self.batch_size >= 2, "batch_size", "must be >= 2 (or 0 for the preset's)")
+        need(self.learning_rate >= 0, "learning_rate", "must be > 0 (or 0 for the preset's)")
         need(self.buffer_size >= 0, "buffer_size", "must be >= 1 (or 0 for the preset's)")
         need(self.learning_starts >= 0, "learning_starts", "must be >= 0")
         need(all(w > 0 for w in self.critic_hidden + self.actor_hidden), "critic_hidden", "widths must be > 0")
@@ -300,6 +302,8 @@ def crossq_config(cfg: TrainConfig) -> CrossQConfig:
     overrides: dict[str, Any] = {"learning_starts": cfg.learning_starts, "action_overshoot": cfg.action_overshoot}
     if cfg.batch_size:
         overrides["batch_size"] = cfg.batch_size
+    if cfg.learning_rate:
+        overrides["learning_rate"] = cfg.learning_rate
     if cfg.buffer_size:
         overrides["buffer_size"] = cfg.buffer_size
     if cfg.critic_hidden:
@@ -351,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=["cpu", "paper"], default=None, help="CrossQ preset (default cpu on CPU)")
     p.add_argument("--updates-per-iter", type=int, default=d.updates_per_iter)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="0: the preset's")
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="actor and critics; 0: the preset's")
     p.add_argument("--buffer-size", type=int, default=d.buffer_size, help="replay capacity; 0: the preset's (1M)")
     p.add_argument("--learning-starts", type=int, default=d.learning_starts)
     p.add_argument("--critic-hidden", type=_widths, default=None, help="e.g. 256,256 (default: the preset's)")

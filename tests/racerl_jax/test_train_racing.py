@@ -28,14 +28,14 @@ def test_every_command_line_option_sets_its_config_field():
     cfg = tr.parse_args([
         "--backend", "surrogate", "--track", "technical", "--model", "kinematic", "--num-envs", "7",
         "--budget-minutes", "2.5", "--run-dir", "r", "--resume", "--seed", "3", "--preset", "paper",
-        "--updates-per-iter", "5", "--batch-size", "64", "--buffer-size", "5000", "--learning-starts", "10", "--critic-hidden", "32,16",
+        "--updates-per-iter", "5", "--batch-size", "64", "--learning-rate", "3e-4", "--buffer-size", "5000", "--learning-starts", "10", "--critic-hidden", "32,16",
         "--actor-hidden", "8", "--episode-steps", "300", "--car-spread", "0.1", "--standing-starts", "0.5", "--action-overshoot", "0.2",
         "--eval-every-env-steps", "99", "--eval-laps", "3", "--eval-max-steps", "77", "--checkpoint-every-env-steps", "1234",
         "--chunk-iterations", "9", "--total-env-steps", "5000", "--matmul-precision", "default", "--no-progress",
     ])  # fmt: skip
     expected = dict(
         backend="surrogate", track="technical", model="kinematic", num_envs=7, budget_minutes=2.5, run_dir="r",
-        resume=True, seed=3, preset="paper", updates_per_iter=5, batch_size=64, buffer_size=5000, learning_starts=10,
+        resume=True, seed=3, preset="paper", updates_per_iter=5, batch_size=64, learning_rate=3e-4, buffer_size=5000, learning_starts=10,
         critic_hidden=(32, 16), actor_hidden=(8,), episode_steps=300, car_spread=0.1, standing_starts=0.5, action_overshoot=0.2,
         eval_every_env_steps=99, eval_laps=3, eval_max_steps=77, checkpoint_every_env_steps=1234, chunk_iterations=9,
         total_env_steps=5000, matmul_precision="default", progress=False,
@@ -44,7 +44,7 @@ def test_every_command_line_option_sets_its_config_field():
     assert tr.parse_args([]) == tr.TrainConfig()  # no options: the dataclass defaults
     agent = tr.crossq_config(cfg)
     assert (agent.preset, agent.batch_size, agent.critic_hidden, agent.actor_hidden, agent.learning_starts,
-            agent.action_overshoot, agent.buffer_size) == ("paper", 64, (32, 16), (8,), 10, 0.2, 5000)
+            agent.action_overshoot, agent.buffer_size, agent.learning_rate) == ("paper", 64, (32, 16), (8,), 10, 0.2, 5000, 3e-4)
 
 
 def test_defaults_resolve_to_cpu_preset_default_track_and_dynamic_model():
