@@ -85,12 +85,14 @@ def test_elastic_control_period_reports_lateness(rt_client):
     rt_client.reset()
     on_time = [rt_client.step(GO) for _ in range(5)]
     assert all(s.frame is not None for s in on_time)
-    assert max(s.late_s for s in on_time) < 0.005
-    time.sleep(0.03)  # the trainer overran its 10 ms period by ~20 ms
+    # On time: lateness is scheduling jitter, under a period even while the other test worker
+    # loads both cores (5 ms was exceeded once in CI).
+    assert max(s.late_s for s in on_time) < 0.01
+    time.sleep(0.06)  # the trainer overran its 10 ms period by ~50 ms
     late = rt_client.step(GO)
-    assert late.late_s > 0.015
+    assert late.late_s > 0.035
     assert rt_client.stats.late_steps >= 1
-    assert rt_client.step(GO).late_s < 0.005  # elastic: the schedule restarted, no catch-up burst
+    assert rt_client.step(GO).late_s < 0.01  # elastic: the schedule restarted, no catch-up burst
 
 
 def test_realtime_over_curve_on_all_interfaces(ctx):
