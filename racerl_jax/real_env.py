@@ -43,9 +43,9 @@ from bridge.sdk import DEFAULT_LOCKSTEP_ADDRESS, DEFAULT_PUB_ADDRESS, DEFAULT_PU
 from racerl_jax.gym_envs import gym_spaces
 from surrogate.car import CarParams, validate_car_params
 from surrogate.env import ACTION_HIGH, ACTION_LOW, EnvConfig, Episode, RacingEnv, advance_episode, build_track, start_episode
-from surrogate.observation import Telemetry, observe
+from surrogate.observation import Telemetry, observe, observe_tables
 from surrogate.reward import RewardWeights
-from surrogate.track import Track, TrackPos, arc_delta, interp, on_track, project, project_global
+from surrogate.track import Track, TrackPos, arc_delta, on_track, project_global, project_tables, sample_points, single_tables
 from surrogate.track_io import TrackData, TrackFileError, load_track, validate_track
 
 log = logging.getLogger(__name__)
@@ -115,14 +115,17 @@ def transition(cfg: EnvConfig, track: Track, weights: RewardWeights, ep: Episode
     projection that lost the car (more than a window's travel between frames) falls back to the
     global search."""
     action = jnp.clip(jnp.asarray(action, jnp.float32), ACTION_LOW, ACTION_HIGH)
-    near = project(track, tel.x, tel.y, tel.yaw, ep.pos.idx, cfg.projection_window)
-    half = 0.5 * (interp(track, track.w_left, near.s) + interp(track, track.w_right, near.s))
+    # The track packed once for this step's lookups, as the batched env does.
+    tables = single_tables(track, cfg.projection_window)
+    near, here = project_tables(tables, 0, tel.x, tel.y, tel.yaw, ep.pos.idx, cfg.projection_window)
+    half = 0.5 * (here.field("w_left") + here.field("w_right"))
     lost = jnp.abs(near.lateral) > 2.0 * half + 5.0
     pos = jax.lax.cond(lost, lambda: project_global(track, tel.x, tel.y, tel.yaw), lambda: near)
+    here = sample_points(tables, 0, pos.s)
     new, r, terminated, truncated, info = advance_episode(
-        cfg, weights, ep, pos, arc_delta(track, ep.pos.s, pos.s), track.length, interp(track, track.w_left, pos.s),
-        interp(track, track.w_right, pos.s), interp(track, track.ref_offset, pos.s), tel.speed, action, dt)
-    obs = observe(track, pos, tel, action, cfg.obs)
+        cfg, weights, ep, pos, arc_delta(track, ep.pos.s, pos.s), track.length, here.field("w_left"),
+        here.field("w_right"), here.field("ref_offset"), tel.speed, action, dt)
+    obs = observe_tables(tables, 0, pos, tel, action, cfg.obs, here)
     return obs, new, r, terminated, truncated, {**info, "projection_lost": lost}
 
 

@@ -232,6 +232,8 @@ def make_evaluate(
             raise ValueError("make_evaluate: env_params has no max_steps; pass max_steps (the episode step limit)")
         max_steps = int(env_params.max_steps)
 
+    step = batched_step(env)
+
     def evaluate(agent: AgentState, key: jax.Array) -> jax.Array:
         k_reset, k_steps = jax.random.split(key)
         obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_reset, num_envs), env_params)
@@ -239,7 +241,7 @@ def make_evaluate(
         def body(carry: tuple, k: jax.Array) -> tuple[tuple, None]:
             obs, state, ret, alive = carry
             action = crossq.act(agent, obs, k, deterministic=True)
-            obs, state, reward, term, trunc, _ = batched_step(env)(
+            obs, state, reward, term, trunc, _ = step(
                 k, state, scale_action(action, low, high, agent.config.action_overshoot),
                 env_params,
             )
