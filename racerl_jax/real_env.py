@@ -42,7 +42,7 @@ from bridge.safety import SafetyConfig, SafetyLayer
 from bridge.sdk import DEFAULT_LOCKSTEP_ADDRESS, DEFAULT_PUB_ADDRESS, DEFAULT_PULL_ADDRESS, CurveKeys
 from racerl_jax.gym_envs import gym_spaces
 from surrogate.car import CarParams, validate_car_params
-from surrogate.env import ACTION_HIGH, ACTION_LOW, EnvConfig, Episode, RacingEnv, advance_episode, build_track, start_episode
+from surrogate.env import ACTION_HIGH, ACTION_LOW, EnvConfig, game_controls, Episode, RacingEnv, advance_episode, build_track, start_episode
 from surrogate.observation import Telemetry, observe, observe_tables
 from surrogate.reward import RewardWeights
 from surrogate.track import Track, TrackPos, arc_delta, on_track, project_global, project_tables, sample_points, single_tables
@@ -380,8 +380,11 @@ class RealGameEnv(gym.Env):
         if self._episode is None:
             raise RuntimeError("RealGameEnv.step called before reset(), or after the episode ended; call reset()")
         a = np.asarray(action, np.float64)
-        if a.shape != (3,):
-            raise ValueError(f"action has shape {a.shape}; expected (3,): [steer, throttle, brake]")
+        if a.shape != self.action_space.shape:
+            names = "[steer, throttle, brake]" if self.env_config.pedals == "separate" else "[steer, pedal]"
+            raise ValueError(f"action has shape {a.shape}; expected {self.action_space.shape}: {names} "
+                             f"(RealEnvConfig.env.pedals={self.env_config.pedals!r})")
+        a = game_controls(a, self.env_config.pedals, xp=np).astype(np.float64)  # NaN stays NaN for the guards
         extra: dict[str, Any] = {}
         if self._rt is None:
             if not np.all(np.isfinite(a)):

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from surrogate.env import EnvParams, EnvState, RacingEnv, batch_reset
+from surrogate.env import EnvParams, EnvState, RacingEnv, batch_reset, game_controls
 
 # policy(obs, state, key) -> action; the baseline reads the state, a learned agent the obs.
 Policy = Callable[[jax.Array, EnvState, jax.Array], jax.Array]
@@ -43,7 +43,7 @@ def trajectory_row(env: RacingEnv, state: EnvState, action: jax.Array, reward: j
     """What a trajectory keeps of one step (``lap_metrics`` and the lap plots read it): the pose
     the step started from, the applied action and the step's outcome."""
     return dict(
-        x=state.car.x, y=state.car.y, speed=info["speed"], action=jnp.clip(action, env.action_low, env.action_high),
+        x=state.car.x, y=state.car.y, speed=info["speed"], action=game_controls(action, env.config.pedals),
         reward=reward, lap_completed=info["lap_completed"], lap_time=info["lap_time"], lap_clean=info["lap_clean"],
         off_track=info["off_track"], ref_deviation=info["ref_deviation"], done=terminated | truncated,
     )

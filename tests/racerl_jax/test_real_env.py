@@ -119,6 +119,23 @@ def test_lockstep_episode_drives_round_the_circle_then_ends_off_track(lockstep):
         env.close()
 
 
+def test_combined_pedal_env_sends_the_game_throttle_or_brake_from_one_axis(lockstep):
+    env = make_env(lockstep.address, env=EnvConfig(dt=0.04, n_track_points=512, max_episode_steps=400, pedals="combined"))
+    try:
+        assert env.action_space.shape == (2,)
+        env.reset(seed=0)
+        _, _, _, _, info = env.step(np.array([0.2, 0.7], np.float32))
+        f = env.last_frame
+        assert (f["steer"], f["throttle"], f["brake"]) == pytest.approx((0.2, 0.7, 0.0), abs=1e-6)
+        _, _, _, _, info = env.step(np.array([-0.1, -0.4], np.float32))
+        np.testing.assert_allclose(info["applied_action"], [-0.1, 0.0, 0.4], atol=1e-6)
+        assert env.last_frame["brake"] == pytest.approx(0.4, abs=1e-6)
+        with pytest.raises(ValueError, match=r"expected \(2,\): \[steer, pedal\]"):
+            env.step(GO)
+    finally:
+        env.close()
+
+
 class NoMotionGame(KinematicCarGame):
     """Sends only the required fields: the env must derive accelerations and yaw rate."""
 

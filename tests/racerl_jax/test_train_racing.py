@@ -32,6 +32,7 @@ def test_every_command_line_option_sets_its_config_field():
         "--actor-hidden", "8", "--episode-steps", "300", "--car-spread", "0.1", "--standing-starts", "0.5", "--action-overshoot", "0.2",
         "--eval-every-env-steps", "99", "--eval-laps", "3", "--eval-max-steps", "77", "--checkpoint-every-env-steps", "1234",
         "--chunk-iterations", "9", "--total-env-steps", "5000", "--matmul-precision", "default", "--no-progress",
+        "--reward", "action_change=0.05, deviation=0", "--pedals", "combined",
     ])  # fmt: skip
     expected = dict(
         backend="surrogate", track="technical", model="kinematic", num_envs=7, budget_minutes=2.5, run_dir="r",
@@ -39,6 +40,7 @@ def test_every_command_line_option_sets_its_config_field():
         critic_hidden=(32, 16), actor_hidden=(8,), episode_steps=300, car_spread=0.1, standing_starts=0.5, action_overshoot=0.2,
         eval_every_env_steps=99, eval_laps=3, eval_max_steps=77, checkpoint_every_env_steps=1234, chunk_iterations=9,
         total_env_steps=5000, matmul_precision="default", progress=False,
+        reward=dataclasses.replace(tr.DEFAULT_REWARD, action_change=0.05, deviation=0.0), pedals="combined",
     )  # fmt: skip
     assert {k: getattr(cfg, k) for k in expected} == expected
     assert tr.parse_args([]) == tr.TrainConfig()  # no options: the dataclass defaults
@@ -52,6 +54,9 @@ def test_defaults_resolve_to_cpu_preset_default_track_and_dynamic_model():
     assert (cfg.preset, cfg.track, cfg.model) == ("cpu", DEFAULT_TRACK, "dynamic")
     assert cfg.run_dir.startswith(f"runs/crossq-{DEFAULT_TRACK}-")
     assert tr.TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    # A run saved before the setting existed drove the game's two pedals.
+    old_run = {k: v for k, v in dataclasses.replace(cfg, pedals="combined").to_dict().items() if k != "pedals"}
+    assert tr.TrainConfig.from_dict(old_run).pedals == "separate"
 
 
 def test_saved_config_with_an_unknown_field_or_reward_weight_is_refused_naming_it():
@@ -71,6 +76,18 @@ def test_bad_options_are_refused_with_the_reason():
         tr.parse_args(["--num-envs", "0"])
     with pytest.raises(SystemExit):
         tr.parse_args(["--critic-hidden", "a,b"])
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("smoothness=0.1", r"name from progress, deviation, action_change"),
+    ("action_change", r"expected name=value"),
+    ("action_change=fast", r"'fast' is not a number"),
+    ("off_track=-5", r"finite and >= 0"),
+])  # fmt: skip
+def test_bad_reward_weights_are_refused_naming_the_item(text, reason, capsys):
+    with pytest.raises(SystemExit):
+        tr.parse_args(["--reward", text])
+    assert re.search(reason, capsys.readouterr().err)
 
 
 # ----------------------------------------------------------------------------- surrogate file
@@ -161,8 +178,9 @@ def test_the_agent_that_drove_the_best_lap_is_kept_and_loads_back(tmp_path):
     from racerl_jax.checkpoint import write_config
 
     config = crossq.CrossQConfig.cpu(critic_hidden=(8, 8), actor_hidden=(8, 8))
-    write_config(tmp_path, {"crossq": config.to_dict()})
-    agents = [crossq.init_agent(jax.random.PRNGKey(i), tr.ObsConfig().size, 3, config).replace(env_steps=np.int32(100 * (i + 1)))
+    # One pedal axis: the template must take the action size from the run's settings.
+    write_config(tmp_path, {"crossq": config.to_dict(), "command": tr.TrainConfig(pedals="combined").run_settings()})
+    agents = [crossq.init_agent(jax.random.PRNGKey(i), tr.ObsConfig().size, 2, config).replace(env_steps=np.int32(100 * (i + 1)))
               for i in range(3)]  # fmt: skip
     laps = iter([40.0, 38.0, 39.0])  # the second agent drives the best lap
     evaluator = tr.LapEvaluator(lambda agent: _lap_trajectory(next(laps)), 35.0, 0.05, tmp_path, 0.0)

@@ -242,3 +242,25 @@ def test_make_params_rejects_unphysical_car():
     bad = CarParams(**{**car_params_to_dict(CarParams()), "mass": -5.0})
     with pytest.raises(ValueError, match="mass"):
         make_params(["oval"], car=bad, config=CFG)
+
+
+def test_combined_pedal_drives_as_the_same_throttle_or_brake_on_separate_pedals(oval):
+    """One pedal axis: its positive half is the throttle, its negative half the brake; the car, the
+    reward and the observation's previous controls see the game's three controls."""
+    params, _ = oval
+    sep, comb = RacingEnv(CFG), RacingEnv(dataclasses.replace(CFG, pedals="combined"))
+    assert (comb.action_size, list(comb.action_low), list(comb.action_high)) == (2, [-1, -1], [1, 1])
+    assert sep.action_size == 3
+    pedal = jnp.array([[0.3, 0.8], [-0.2, 0.8], [0.1, -0.6], [0.0, 0.0], [0.5, 1.7]])
+    controls = jnp.array([[0.3, 0.8, 0.0], [-0.2, 0.8, 0.0], [0.1, 0.0, 0.6], [0.0, 0.0, 0.0], [0.5, 1.0, 0.0]])
+    _, st = batch_reset(sep, jax.random.PRNGKey(3), params, 5)
+    key = jax.random.PRNGKey(4)
+    for _ in range(3):  # the throttle builds speed, then the brake takes it off
+        o_c, st_c, r_c, *_ = comb.batch_step(key, st, pedal, params)
+        o_s, st_s, r_s, *_ = sep.batch_step(key, st, controls, params)
+        np.testing.assert_array_equal(np.asarray(o_c), np.asarray(o_s))
+        np.testing.assert_array_equal(np.asarray(r_c), np.asarray(r_s))
+        st = st_s
+    np.testing.assert_array_equal(np.asarray(st_c.episode.prev_action), np.asarray(controls))
+    with pytest.raises(ValueError, match=r"pedals = 'two'; expected one of \('separate', 'combined'\)"):
+        EnvConfig(pedals="two")
