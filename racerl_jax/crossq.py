@@ -165,21 +165,55 @@ class BatchRenorm(nn.Module):
             x_hat = (x - ra_mean.value) * jax.lax.rsqrt(ra_var.value + self.epsilon)
             return x_hat * scale + bias
 
-        axes = tuple(range(x.ndim - 1))
-        mean = jnp.mean(x, axes)
-        var = jnp.mean(jnp.square(x - mean), axes)
+        # r and d are constants to the gradient (the paper's stop-gradient); the gradient still flows
+        # through the batch mean and variance, inside renorm_train.
+        mean, var = jax.lax.stop_gradient(_batch_moments(x))
         std = jnp.sqrt(var + self.epsilon)
         ra_std = jnp.sqrt(ra_var.value + self.epsilon)
         r_lim, d_lim = self.limits(steps.value)
-        r = jax.lax.stop_gradient(jnp.clip(std / ra_std, 1.0 / r_lim, r_lim))
-        d = jax.lax.stop_gradient(jnp.clip((mean - ra_mean.value) / ra_std, -d_lim, d_lim))
-        x_hat = (x - mean) / std * r + d
+        r = jnp.clip(std / ra_std, 1.0 / r_lim, r_lim)
+        d = jnp.clip((mean - ra_mean.value) / ra_std, -d_lim, d_lim)
         if not self.is_initializing():
             m = self.momentum
-            ra_mean.value = m * ra_mean.value + (1 - m) * jax.lax.stop_gradient(mean)
-            ra_var.value = m * ra_var.value + (1 - m) * jax.lax.stop_gradient(var)
+            ra_mean.value = m * ra_mean.value + (1 - m) * mean
+            ra_var.value = m * ra_var.value + (1 - m) * var
             steps.value = steps.value + 1
-        return x_hat * scale + bias
+        return renorm_train(x, r, d, scale, bias, self.epsilon)
+
+
+def _batch_moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axes)
+    return mean, jnp.mean(jnp.square(x - mean), axes)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def renorm_train(x: jax.Array, r: jax.Array, d: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
+    """Train-mode batch renormalisation, ``((x - mu_B) / sigma_B * r + d) * scale + bias``, with its
+    gradient in closed form (none for r and d). Autodiff's gradient through the batch statistics
+    is the same function, but XLA:CPU ran it 10-15% slower per CrossQ update (cpu preset)."""
+    return _renorm_forward(x, r, d, scale, bias, eps)[0]
+
+
+def _renorm_forward(x, r, d, scale, bias, eps):
+    mean, var = _batch_moments(x)
+    inv_std = jax.lax.rsqrt(var + eps)
+    x_norm = (x - mean) * inv_std
+    return (x_norm * r + d) * scale + bias, (x_norm, inv_std, r, d, scale)
+
+
+def _renorm_backward(eps, res, g):
+    x_norm, inv_std, r, d, scale = res
+    axes = tuple(range(x_norm.ndim - 1))
+    n = x_norm.size // x_norm.shape[-1]
+    g_sum = jnp.sum(g, axes)
+    gx_sum = jnp.sum(g * x_norm, axes)
+    # d/dx of the normalised batch: the direct path minus the paths through its mean and variance.
+    dx = (scale * r * inv_std) * (g - g_sum / n - x_norm * (gx_sum / n))
+    return dx, jnp.zeros_like(r), jnp.zeros_like(d), gx_sum * r + g_sum * d, g_sum
+
+
+renorm_train.defvjp(_renorm_forward, _renorm_backward)
 
 
 def _renorm(config: CrossQConfig) -> BatchRenorm:
