@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from surrogate.env import EnvParams, EnvState, RacingEnv, batch_reset, game_controls

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from racerl_jax import crossq, replay, train_loop
+from racerl_jax import crossq, train_loop
 from racerl_jax.crossq import CrossQConfig
 from racerl_jax.envs import Pendulum, PendulumState
 
