@@ -204,7 +204,7 @@ class TrainConfig:
     standing_starts: float = 0.25
     action_overshoot: float = 0.0  # see CrossQConfig (0.1 made a 20-min oval run fail to learn once)
     # How the policy works the pedals (surrogate.env.PEDALS). One pedal axis stops the brake dragging
-    # under the throttle and lapped clean sooner (1.6 min), but its best oval lap in 20 minutes was
+    # under the throttle and lapped clean sooner (1.73 min), but its best oval lap in 20 minutes was
     # 3.7% off the limit against 2.9% with the game's two pedals (one seed each).
     pedals: str = "separate"
     # Float32 matrix products at full precision. GPUs default to TF32 (10-bit mantissa) for them:
