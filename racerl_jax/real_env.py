@@ -42,7 +42,7 @@ from bridge.safety import SafetyConfig, SafetyLayer
 from bridge.sdk import DEFAULT_LOCKSTEP_ADDRESS, DEFAULT_PUB_ADDRESS, DEFAULT_PULL_ADDRESS, CurveKeys
 from racerl_jax.gym_envs import gym_spaces
 from surrogate.car import CarParams, validate_car_params
-from surrogate.env import ACTION_HIGH, ACTION_LOW, EnvConfig, game_controls, Episode, RacingEnv, advance_episode, build_track, start_episode
+from surrogate.env import ACTION_HIGH, ACTION_LOW, EnvConfig, Episode, RacingEnv, advance_episode, build_track, game_controls, start_episode
 from surrogate.observation import Telemetry, observe, observe_tables
 from surrogate.reward import RewardWeights
 from surrogate.track import Track, TrackPos, arc_delta, on_track, project_global, project_tables, sample_points, single_tables
@@ -389,7 +389,6 @@ class RealGameEnv(gym.Env):
         if self._rt is None:
             if not np.all(np.isfinite(a)):
                 a, extra["safety"] = np.zeros(3), ("nan_action",)
-            a = np.clip(a, ACTION_LOW, ACTION_HIGH)
             extra["applied_action"] = a.astype(np.float32)
             try:
                 reply = self._lockstep.step(dict(zip(P.CONTROLS, map(float, a))), self.ticks)

@@ -50,6 +50,8 @@ def action_bounds(pedals: str) -> tuple[np.ndarray, np.ndarray]:
     if pedals == "separate":
         return ACTION_LOW, ACTION_HIGH
     return np.array([-1.0, -1.0], np.float32), np.array([1.0, 1.0], np.float32)
+
+
 # Per-step facts the env reports beside the observation (both backends).
 INFO_KEYS = ("lap_completed", "lap_time", "lap_clean", "off_track", "progress", "speed", "ref_deviation")
 
