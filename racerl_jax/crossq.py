@@ -284,17 +284,24 @@ def apply_actor(
 def apply_critics(
     config: CrossQConfig, params: Any, stats: Any, obs: jax.Array, action: jax.Array, train: bool
 ) -> tuple[jax.Array, Any]:
-    """The critic ensemble (params stacked on axis 0): returns (q of shape (n_critics, B), new stats)."""
+    """The critic ensemble (params stacked on axis 0): returns (q of shape (n_critics, B), new stats).
+
+    The critics are applied one by one rather than vmapped: as independent ops XLA:CPU runs them
+    on separate cores at once, where a vmapped ensemble is one batched matmul on one core
+    (measured +17% CrossQ updates/s on a 2-core CPU)."""
     module = _critic_module(config)
-
-    def one(p: Any, s: Any) -> tuple[jax.Array, Any]:
-        variables = {"params": p, "batch_stats": s}
-        if not train:
-            return module.apply(variables, obs, action, False), s
-        q, mutated = module.apply(variables, obs, action, True, mutable=["batch_stats"])
-        return q, mutated["batch_stats"]
-
-    return jax.vmap(one)(params, stats)
+    qs, new_stats = [], []
+    for i in range(config.n_critics):
+        variables = {"params": jax.tree.map(lambda x: x[i], params), "batch_stats": jax.tree.map(lambda x: x[i], stats)}
+        if train:
+            q, mutated = module.apply(variables, obs, action, True, mutable=["batch_stats"])
+            new_stats.append(mutated["batch_stats"])
+        else:
+            q = module.apply(variables, obs, action, False)
+        qs.append(q)
+    if not train:
+        return jnp.stack(qs), stats
+    return jnp.stack(qs), jax.tree.map(lambda *s: jnp.stack(s), *new_stats)
 
 
 def sample_tanh_gaussian(mean: jax.Array, log_std: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
