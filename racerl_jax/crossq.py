@@ -62,6 +62,16 @@ class CrossQConfig:
     # each end, then clipped: a tanh-Gaussian reaches its bounds only as |u| -> inf, against the
     # entropy bonus, so without a margin full throttle or full lock is never quite commanded.
     action_overshoot: float = 0.0
+    # Not in the paper: CAPS (Mysore et al., "Regularizing Action Policies for Smooth Control with
+    # Reinforcement Learning", ICRA 2021). The actor loss adds smooth_temporal * E||mu(s) - mu(s')||
+    # (consecutive states of the replay batch) and smooth_spatial * E||mu(s) - mu(s + noise)||, noise
+    # ~ N(0, smooth_spatial_std) in observation units; mu is the deterministic action, tanh(mean).
+    # Policies trained for return alone jitter from step to step (bang-bang steering), which a real
+    # car's actuators and a game's input filter do not forgive; a reward penalty on action changes
+    # reaches the policy only through the critic and, strong enough to help, slows learning.
+    smooth_temporal: float = 0.0
+    smooth_spatial: float = 0.0
+    smooth_spatial_std: float = 0.05
 
     def __post_init__(self) -> None:
         def need(cond: bool, field: str, msg: str) -> None:
@@ -92,6 +102,9 @@ class CrossQConfig:
         need(self.d_max >= 0, "d_max", "must be >= 0")
         need(self.log_std_min < self.log_std_max, "log_std_min", "must be < log_std_max")
         need(0.0 <= self.action_overshoot < 1.0, "action_overshoot", "must be in [0, 1)")
+        need(self.smooth_temporal >= 0, "smooth_temporal", "must be >= 0 (0 turns it off)")
+        need(self.smooth_spatial >= 0, "smooth_spatial", "must be >= 0 (0 turns it off)")
+        need(self.smooth_spatial_std > 0, "smooth_spatial_std", "must be > 0")
 
     @classmethod
     def paper(cls, **overrides: Any) -> "CrossQConfig":
@@ -400,15 +413,44 @@ def critic_loss(
 
 
 def actor_loss(
-    actor_params: Any, actor_stats: Any, agent: AgentState, obs: jax.Array, key: jax.Array, alpha: jax.Array
-) -> tuple[jax.Array, tuple[Any, jax.Array]]:
+    actor_params: Any, actor_stats: Any, agent: AgentState, obs: jax.Array, next_obs: jax.Array, key: jax.Array,
+    alpha: jax.Array,
+) -> tuple[jax.Array, tuple[Any, jax.Array, jax.Array]]:
+    """SAC's actor loss plus the CAPS smoothness terms when configured; aux: (new stats, log pi,
+    mean distance between the deterministic actions of neighbouring states, NaN when off)."""
     config = agent.config
-    (mean, log_std), new_stats = apply_actor(config, agent.action_size, actor_params, actor_stats, obs, train=True)
-    action, log_prob = sample_tanh_gaussian(mean, log_std, key)
+    b = obs.shape[0]
+    k_sample, k_noise = jax.random.split(key)
+    # The neighbouring states go through the actor in the same batch as obs, so its batch norm
+    # normalises all of them alike (as the critics' joint pass does).
+    inputs = [obs]
+    if config.smooth_temporal > 0:
+        inputs.append(next_obs)
+    if config.smooth_spatial > 0:
+        inputs.append(obs + config.smooth_spatial_std * jax.random.normal(k_noise, obs.shape, obs.dtype))
+    x = jnp.concatenate(inputs, axis=0) if len(inputs) > 1 else obs
+    (mean_all, log_std_all), new_stats = apply_actor(config, agent.action_size, actor_params, actor_stats, x, train=True)
+    mean, log_std = mean_all[:b], log_std_all[:b]
+    action, log_prob = sample_tanh_gaussian(mean, log_std, k_sample)
     # Critics in eval mode: the actor's batch must not move the critics' running statistics.
     q, _ = apply_critics(config, agent.critic_params, agent.critic_stats, obs, action, train=False)
     loss = jnp.mean(alpha * log_prob - jnp.min(q, axis=0))
-    return loss, (new_stats, log_prob)
+
+    det = jnp.tanh(mean_all)
+    change = jnp.full((), jnp.nan, jnp.float32)
+    block = 1  # next row block of x: next_obs if temporal, then noisy obs if spatial
+    if config.smooth_temporal > 0:
+        change = _distance(det[b:2 * b], det[:b])
+        loss = loss + config.smooth_temporal * change
+        block += 1
+    if config.smooth_spatial > 0:
+        loss = loss + config.smooth_spatial * _distance(det[block * b:(block + 1) * b], det[:b])
+    return loss, (new_stats, log_prob, change)
+
+
+def _distance(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Mean Euclidean distance between rows; the small floor keeps the gradient finite at zero."""
+    return jnp.mean(jnp.sqrt(jnp.sum(jnp.square(a - b), axis=-1) + 1e-8))
 
 
 def alpha_loss(log_alpha: jax.Array, log_prob: jax.Array, target_ent: float) -> jax.Array:
@@ -419,12 +461,12 @@ def alpha_loss(log_alpha: jax.Array, log_prob: jax.Array, target_ent: float) -> 
 # ----------------------------------------------------------------------------- update
 
 
-def _update_actor_and_alpha(agent: AgentState, obs: jax.Array, key: jax.Array) -> tuple[AgentState, dict]:
+def _update_actor_and_alpha(agent: AgentState, batch: Transition, key: jax.Array) -> tuple[AgentState, dict]:
     config = agent.config
     actor_tx, _, alpha_tx = _optimisers(config)
     alpha = jnp.exp(agent.log_alpha)
-    (loss, (stats, log_prob)), grads = jax.value_and_grad(actor_loss, has_aux=True)(
-        agent.actor_params, agent.actor_stats, agent, obs, key, alpha
+    (loss, (stats, log_prob, change)), grads = jax.value_and_grad(actor_loss, has_aux=True)(
+        agent.actor_params, agent.actor_stats, agent, batch.obs, batch.next_obs, key, alpha
     )
     upd, actor_opt = actor_tx.update(grads, agent.actor_opt, agent.actor_params)
     actor_params = optax.apply_updates(agent.actor_params, upd)
@@ -437,7 +479,7 @@ def _update_actor_and_alpha(agent: AgentState, obs: jax.Array, key: jax.Array) -
         log_alpha=optax.apply_updates(agent.log_alpha, a_upd),
         alpha_opt=alpha_opt,
     )
-    return agent, {"actor_loss": loss, "entropy": -jnp.mean(log_prob), "alpha_loss": a_loss}
+    return agent, {"actor_loss": loss, "entropy": -jnp.mean(log_prob), "alpha_loss": a_loss, "policy_change": change}
 
 
 def update(agent: AgentState, batch: Transition, config: CrossQConfig) -> tuple[AgentState, dict[str, jax.Array]]:
@@ -468,8 +510,8 @@ def update(agent: AgentState, batch: Transition, config: CrossQConfig) -> tuple[
     nan = jnp.full((), jnp.nan, jnp.float32)
     agent, actor_metrics = jax.lax.cond(
         agent.updates % config.policy_delay == 0,
-        lambda a: _update_actor_and_alpha(a, batch.obs, k_actor),
-        lambda a: (a, {"actor_loss": nan, "entropy": nan, "alpha_loss": nan}),
+        lambda a: _update_actor_and_alpha(a, batch, k_actor),
+        lambda a: (a, {"actor_loss": nan, "entropy": nan, "alpha_loss": nan, "policy_change": nan}),
         agent,
     )
     agent = agent.replace(updates=agent.updates + 1)

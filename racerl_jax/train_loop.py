@@ -58,7 +58,7 @@ def _run_updates(
 
 def _nan_metrics() -> dict[str, jax.Array]:
     nan = jnp.full((), jnp.nan, jnp.float32)
-    return {k: nan for k in ("critic_loss", "q_mean", "alpha", "actor_loss", "entropy", "alpha_loss")}
+    return {k: nan for k in ("critic_loss", "q_mean", "alpha", "actor_loss", "entropy", "alpha_loss", "policy_change")}
 
 
 def _maybe_update(

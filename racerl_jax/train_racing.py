@@ -207,6 +207,9 @@ class TrainConfig:
     # under the throttle and lapped clean sooner (1.73 min), but its best oval lap in 20 minutes was
     # 3.7% off the limit against 2.9% with the game's two pedals (one seed each).
     pedals: str = "separate"
+    # CAPS smoothness of the policy (CrossQConfig.smooth_temporal / smooth_spatial).
+    smooth_temporal: float = 0.0
+    smooth_spatial: float = 0.0
     # Float32 matrix products at full precision. GPUs default to TF32 (10-bit mantissa) for them:
     # on an H100 three of four runs with TF32 critics collapsed within two minutes, the same
     # settings at full precision learned as on the CPU (README). No effect on a CPU.
@@ -250,6 +253,8 @@ class TrainConfig:
         need(0.0 <= self.standing_starts <= 1.0, "standing_starts", "must be a fraction in [0, 1]")
         need(0.0 <= self.action_overshoot < 1.0, "action_overshoot", "must be in [0, 1)")
         need(self.pedals in PEDALS, "pedals", f"expected one of {PEDALS}")
+        need(self.smooth_temporal >= 0, "smooth_temporal", "must be >= 0 (0 turns it off)")
+        need(self.smooth_spatial >= 0, "smooth_spatial", "must be >= 0 (0 turns it off)")
         need(self.eval_every_env_steps >= 1, "eval_every_env_steps", "must be >= 1")
         need(self.eval_laps >= 1, "eval_laps", "must be >= 1")
         need(self.eval_max_steps >= 0, "eval_max_steps", "must be >= 0")
@@ -273,8 +278,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        # Runs saved before the pedals setting existed drove the game's two pedals.
-        return dataclass_from_dict(cls, {"pedals": "separate", **d})
+        # Runs saved before these settings existed drove the game's two pedals, unsmoothed.
+        return dataclass_from_dict(cls, {"pedals": "separate", "smooth_temporal": 0.0, "smooth_spatial": 0.0, **d})
 
 
 MATMUL_PRECISIONS = ("default", "high", "highest")
@@ -308,7 +313,12 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
 
 def crossq_config(cfg: TrainConfig) -> CrossQConfig:
     """The agent's config: the preset with this command's overrides."""
-    overrides: dict[str, Any] = {"learning_starts": cfg.learning_starts, "action_overshoot": cfg.action_overshoot}
+    overrides: dict[str, Any] = {
+        "learning_starts": cfg.learning_starts,
+        "action_overshoot": cfg.action_overshoot,
+        "smooth_temporal": cfg.smooth_temporal,
+        "smooth_spatial": cfg.smooth_spatial,
+    }
     if cfg.batch_size:
         overrides["batch_size"] = cfg.batch_size
     if cfg.learning_rate:
@@ -403,6 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
                    f"default {','.join(f'{k}={v:g}' for k, v in dataclasses.asdict(DEFAULT_REWARD).items())}")
     p.add_argument("--pedals", choices=PEDALS, default=d.pedals,
                    help="combined: one pedal axis, throttle above zero and brake below; separate: the game's two")
+    p.add_argument("--smooth-temporal", type=float, default=d.smooth_temporal,
+                   help="weight of the policy's action change between consecutive states in the actor loss (CAPS); 0: off")
+    p.add_argument("--smooth-spatial", type=float, default=d.smooth_spatial,
+                   help="weight of the policy's action change under small observation noise (CAPS); 0: off")
     p.add_argument("--matmul-precision", choices=MATMUL_PRECISIONS, default=d.matmul_precision,
                    help="float32 matrix products on a GPU: highest (full float32), high or default (TF32)")
     p.add_argument("--eval-every-env-steps", type=int, default=d.eval_every_env_steps)
@@ -655,7 +669,9 @@ def prepare_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
         return
     if not cfg.resume:
         raise SystemExit(f"{run_dir} already holds a run ({CONFIG_FILE}); pass --resume to continue it or give a new --run-dir")
-    old, new = json.loads(path.read_text()).get("command", {}), cfg.run_settings()
+    saved = json.loads(path.read_text()).get("command", {})
+    # Through from_dict, so settings added since the run was saved read as what that run did.
+    old, new = TrainConfig.from_dict(saved).run_settings() if saved else {}, cfg.run_settings()
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if diff:
         raise SystemExit(

@@ -171,6 +171,35 @@ def test_update_steps_critics_every_time_and_actor_every_policy_delay():
     assert int(agent.updates) == 6
 
 
+def _policy_change(agent, batch):
+    a = crossq.act(agent, batch.obs, jax.random.PRNGKey(0), deterministic=True)
+    b = crossq.act(agent, batch.next_obs, jax.random.PRNGKey(0), deterministic=True)
+    return float(jnp.mean(jnp.linalg.norm(a - b, axis=-1)))
+
+
+@pytest.mark.parametrize("field", ["smooth_temporal", "smooth_spatial"])
+def test_caps_smoothness_makes_the_policy_change_less_between_neighbouring_states(field):
+    batch = _batch(jax.random.PRNGKey(5), b=64, action_size=2)
+    extra = {}
+    if field == "smooth_spatial":  # neighbours: the states under noise of the configured size
+        extra = {"smooth_spatial_std": 0.5}
+        batch = batch.replace(next_obs=batch.obs + 0.5 * jax.random.normal(jax.random.PRNGKey(6), batch.obs.shape))
+    changes, reported = {}, {}
+    for weight in (0.0, 5.0):
+        # bn_momentum 0.9: the running statistics the acting policy uses catch up within 60 updates.
+        config = dataclasses.replace(TINY, batch_size=64, policy_delay=1, bn_momentum=0.9, **extra, **{field: weight})
+        agent = crossq.init_agent(jax.random.PRNGKey(0), 3, 2, config)
+        for _ in range(60):
+            agent, metrics = crossq.jit_update(agent, batch, config)
+        changes[weight] = _policy_change(agent, batch)
+        reported[weight] = float(metrics["policy_change"])
+    assert changes[5.0] < 0.5 * changes[0.0], changes
+    if field == "smooth_temporal":  # the actor's own measure of it, logged only when the term is on
+        assert np.isnan(reported[0.0]) and 0.0 <= reported[5.0] < changes[0.0]
+    else:
+        assert np.isnan(reported[0.0]) and np.isnan(reported[5.0])
+
+
 def test_update_rejects_a_config_the_agent_was_not_built_with():
     agent = crossq.init_agent(jax.random.PRNGKey(0), 3, 1, TINY)
     with pytest.raises(ValueError, match="differs from the one the agent was built with"):
@@ -233,6 +262,8 @@ def test_config_rejects_bad_values_naming_the_field():
         CrossQConfig(policy_delay=0)
     with pytest.raises(ValueError, match="CrossQConfig.critic_hidden"):
         CrossQConfig(critic_hidden=())
+    with pytest.raises(ValueError, match="CrossQConfig.smooth_temporal"):
+        CrossQConfig(smooth_temporal=-0.1)
     with pytest.raises(ValueError, match="unknown CrossQConfig field"):
         CrossQConfig.from_dict({"critic_width": 5})
 

@@ -32,6 +32,7 @@ def test_every_command_line_option_sets_its_config_field():
         "--eval-every-env-steps", "99", "--eval-laps", "3", "--eval-max-steps", "77", "--checkpoint-every-env-steps", "1234",
         "--chunk-iterations", "9", "--total-env-steps", "5000", "--matmul-precision", "default", "--no-progress",
         "--reward", "action_change=0.05, deviation=0", "--pedals", "combined",
+        "--smooth-temporal", "0.7", "--smooth-spatial", "0.2",
     ])  # fmt: skip
     expected = dict(
         backend="surrogate", track="technical", model="kinematic", num_envs=7, budget_minutes=2.5, run_dir="r",
@@ -40,12 +41,14 @@ def test_every_command_line_option_sets_its_config_field():
         eval_every_env_steps=99, eval_laps=3, eval_max_steps=77, checkpoint_every_env_steps=1234, chunk_iterations=9,
         total_env_steps=5000, matmul_precision="default", progress=False,
         reward=dataclasses.replace(tr.DEFAULT_REWARD, action_change=0.05, deviation=0.0), pedals="combined",
+        smooth_temporal=0.7, smooth_spatial=0.2,
     )  # fmt: skip
     assert {k: getattr(cfg, k) for k in expected} == expected
     assert tr.parse_args([]) == tr.TrainConfig()  # no options: the dataclass defaults
     agent = tr.crossq_config(cfg)
     assert (agent.preset, agent.batch_size, agent.critic_hidden, agent.actor_hidden, agent.learning_starts,
-            agent.action_overshoot, agent.buffer_size, agent.learning_rate) == ("paper", 64, (32, 16), (8,), 10, 0.2, 5000, 3e-4)
+            agent.action_overshoot, agent.buffer_size, agent.learning_rate, agent.smooth_temporal, agent.smooth_spatial,
+            ) == ("paper", 64, (32, 16), (8,), 10, 0.2, 5000, 3e-4, 0.7, 0.2)
 
 
 def test_defaults_resolve_to_cpu_preset_default_track_and_dynamic_model():
@@ -53,9 +56,21 @@ def test_defaults_resolve_to_cpu_preset_default_track_and_dynamic_model():
     assert (cfg.preset, cfg.track, cfg.model) == ("cpu", DEFAULT_TRACK, "dynamic")
     assert cfg.run_dir.startswith(f"runs/crossq-{DEFAULT_TRACK}-")
     assert tr.TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    # A run saved before the setting existed drove the game's two pedals.
-    old_run = {k: v for k, v in dataclasses.replace(cfg, pedals="combined").to_dict().items() if k != "pedals"}
-    assert tr.TrainConfig.from_dict(old_run).pedals == "separate"
+    # A run saved before these settings existed drove the game's two pedals, unsmoothed.
+    newer = ("pedals", "smooth_temporal", "smooth_spatial")
+    changed = dataclasses.replace(cfg, pedals="combined", smooth_temporal=1.0, smooth_spatial=1.0)
+    old_run = {k: v for k, v in changed.to_dict().items() if k not in newer}
+    old = tr.TrainConfig.from_dict(old_run)
+    assert (old.pedals, old.smooth_temporal, old.smooth_spatial) == ("separate", 0.0, 0.0)
+
+
+def test_resume_accepts_a_run_saved_before_newer_settings_and_refuses_a_changed_one(tmp_path):
+    cfg = tr.resolve(tr.TrainConfig(run_dir=str(tmp_path), resume=True))
+    saved = {k: v for k, v in cfg.run_settings().items() if k not in ("pedals", "smooth_temporal", "smooth_spatial")}
+    (tmp_path / "config.json").write_text(json.dumps({"command": saved}))
+    tr.prepare_run_dir(cfg, tmp_path)
+    with pytest.raises(SystemExit, match=r"smooth_temporal 0.0 -> 0.5"):
+        tr.prepare_run_dir(dataclasses.replace(cfg, smooth_temporal=0.5), tmp_path)
 
 
 def test_saved_config_with_an_unknown_field_or_reward_weight_is_refused_naming_it():
@@ -75,6 +90,8 @@ def test_bad_options_are_refused_with_the_reason():
         tr.parse_args(["--num-envs", "0"])
     with pytest.raises(SystemExit):
         tr.parse_args(["--critic-hidden", "a,b"])
+    with pytest.raises(SystemExit, match="smooth_temporal"):
+        tr.parse_args(["--smooth-temporal", "-1"])
 
 
 @pytest.mark.parametrize("text, reason", [
