@@ -20,12 +20,29 @@ def _edges(track: Track):
     return (close(x + nx * wl), close(y + ny * wl)), (close(x - nx * wr), close(y - ny * wr))
 
 
-def plot_lap(track: Track, x: np.ndarray, y: np.ndarray, speed: np.ndarray, path: str | Path, title: str = "") -> Path:
-    """Track map with its edges, the reference line, and the driven line coloured by speed."""
+CONTROL_NAMES = ("steer", "throttle", "brake")
+
+
+def plot_lap(track: Track, x: np.ndarray, y: np.ndarray, speed: np.ndarray, path: str | Path, title: str = "",
+             controls: np.ndarray | None = None, dt: float | None = None) -> Path:
+    """Track map with its edges, the reference line, and the driven line coloured by speed; with
+    ``controls`` ((T, 3) steer, throttle, brake as sent to the game, one row per control period
+    ``dt``) a panel below shows them over the lap, where jitter and pedal overlap are plain to see."""
     (lx, ly), (rx, ry) = _edges(track)
     # The figure takes the track's aspect ratio, so a long oval is not a thin strip in white space.
     aspect = (np.ptp(ly) + 1.0) / (np.ptp(lx) + 1.0)
-    fig, ax = plt.subplots(figsize=(9, float(np.clip(9 * aspect, 3.5, 9))), dpi=110)
+    map_h = float(np.clip(9 * aspect, 3.5, 9))
+    if controls is None:
+        fig, ax = plt.subplots(figsize=(9, map_h), dpi=110)
+    else:
+        if dt is None:
+            raise ValueError("plot_lap: give dt (the control period in s) with controls")
+        controls = np.asarray(controls)
+        if controls.ndim != 2 or controls.shape[1] != len(CONTROL_NAMES) or controls.shape[0] != len(x):
+            raise ValueError(f"plot_lap: controls must have shape ({len(x)}, 3) (steer, throttle, brake per step), "
+                             f"got {controls.shape}")
+        fig, (ax, ax_c) = plt.subplots(2, 1, figsize=(9, map_h + 2.8), dpi=110,
+                                       gridspec_kw={"height_ratios": [map_h, 2.4]})
     ax.plot(lx, ly, color="0.35", lw=0.8)
     ax.plot(rx, ry, color="0.35", lw=0.8)
     refx, refy = (np.asarray(a) for a in reference_xy(track))
@@ -38,6 +55,16 @@ def plot_lap(track: Track, x: np.ndarray, y: np.ndarray, speed: np.ndarray, path
     ax.set_ylabel("y (m)")
     ax.set_title(title, fontsize=10)
     ax.legend(loc="best", fontsize=8)
+    if controls is not None:
+        t = np.arange(len(controls)) * dt
+        for i, (name, color) in enumerate(zip(CONTROL_NAMES, ("tab:blue", "tab:green", "tab:red"))):
+            ax_c.plot(t, controls[:, i], lw=0.9, color=color, label=name)
+        ax_c.set_xlim(0.0, t[-1] if len(t) > 1 else 1.0)
+        ax_c.set_ylim(-1.05, 1.05)
+        ax_c.set_xlabel("time in lap (s)")
+        ax_c.set_ylabel("controls")
+        ax_c.grid(alpha=0.3)
+        ax_c.legend(loc="lower right", fontsize=8, ncol=3)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -640,21 +640,23 @@ def plot_learning_curve(metrics_path: Path, png_path: Path, limit_s: float) -> P
 
 
 def plot_best_lap(track: Any, track_name: str, limit_s: float, evaluator: LapEvaluator, png_path: Path) -> Path:
-    """The best clean lap on the track map; before any, the last evaluation's first episode."""
+    """The best clean lap on the track map and its controls over time; before any, the last
+    evaluation's first episode."""
     from racerl_jax.plots import plot_lap
 
     if evaluator.best is not None:
         b = evaluator.best
         title = (f"CrossQ on {track_name}: best clean lap {float(b['lap_s']):.2f} s "
                  f"(limit {limit_s:.2f} s) at {int(b['env_steps'])} env steps")
-        return plot_lap(track, b["x"], b["y"], b["speed"], png_path, title=title)
+        return plot_lap(track, b["x"], b["y"], b["speed"], png_path, title=title, controls=b["action"], dt=evaluator.dt)
     t = evaluator.last_traj
     if t is None:
         raise ValueError("plot_best_lap: no evaluation has run yet")
     done_at = np.flatnonzero(t["done"])
     seg = slice(0, int(done_at[0]) + 1 if done_at.size else len(t["x"]))
     title = f"CrossQ on {track_name}: no clean lap yet (last evaluation's first attempt)"
-    return plot_lap(track, t["x"][seg], t["y"][seg], t["speed"][seg], png_path, title=title)
+    return plot_lap(track, t["x"][seg], t["y"][seg], t["speed"][seg], png_path, title=title,
+                    controls=t["action"][seg], dt=evaluator.dt)
 
 
 # ----------------------------------------------------------------------------- the command
