@@ -146,7 +146,8 @@ def _track_from_doc(path: Path, t: Any) -> TrackData:
 # Reward for training (surrogate/reward.py's weights with the choices argued in the report):
 # progress pays for distance, a leaving-the-track penalty worth ~35 m of progress, a small pull
 # towards the reference line that guides early exploration and costs nothing at the optimum.
-DEFAULT_REWARD = RewardWeights(progress=0.1, deviation=0.002, action_change=0.02, off_track=5.0, stuck=0.0, time=0.0)
+DEFAULT_REWARD = RewardWeights(progress=0.1, deviation=0.002, action_change=0.02, off_track=5.0, stuck=0.0, time=0.0,
+                               pedal_overlap=0.0)
 
 # Fields the command line does not set (reward weights, network widths) are still in the saved
 # config; fields that only steer this invocation may differ on resume and are not saved with the

@@ -16,6 +16,9 @@ class RewardWeights:
     off_track: float = 5.0  # once, when the car leaves the track
     stuck: float = 0.0  # once, when the stuck check ends the episode
     time: float = 0.0  # per step, for a constant pressure to finish laps
+    # per step, times throttle * brake: driving on both pedals at once wastes the engine against
+    # the brakes, which a policy otherwise has no reason to avoid (it costs little lap time)
+    pedal_overlap: float = 0.0
 
 
 def reward(
@@ -29,7 +32,7 @@ def reward(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Reward of one control step and its terms (for logging).
 
-    ``progress_m``: arc length gained along the track this step (negative when driving backwards);
+    ``action``: the game's controls [steer, throttle, brake]; ``progress_m``: arc length gained along the track this step (negative when driving backwards);
     ``ref_deviation_m``: lateral distance from the reference line; ``off_track`` / ``stuck``: the
     events that ended the episode this step, if any.
     """
@@ -40,5 +43,6 @@ def reward(
         "off_track": -w.off_track * off_track.astype(jnp.float32),
         "stuck": -w.stuck * stuck.astype(jnp.float32),
         "time": -w.time * jnp.ones_like(progress_m),
+        "pedal_overlap": -w.pedal_overlap * action[..., 1] * action[..., 2],
     }
     return sum(terms.values()), terms

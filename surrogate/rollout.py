@@ -89,5 +89,7 @@ def lap_metrics(traj: dict[str, np.ndarray]) -> dict[str, float]:
         "last_lap_s": float(times[-1]) if times.size else float("nan"),
         "ref_deviation_m": float(np.sqrt(np.mean(np.square(traj["ref_deviation"])))),
         "action_change": float(d.mean()) if d.size else float("nan"),
+        # Share of steps on both pedals at once (each above 5%): wasted effort a real driver avoids.
+        "pedal_overlap": float(np.mean((act[:, 1] > 0.05) & (act[:, 2] > 0.05))) if act.size else float("nan"),
         "off_track_steps": float(traj["off_track"].sum()),
     }

@@ -9,7 +9,7 @@ from surrogate.car import CarParams, car_params_to_dict
 from surrogate.env import EnvConfig, RacingEnv, batch_reset, make_params
 from surrogate.observation import Telemetry, observe
 from surrogate.reward import RewardWeights, reward
-from surrogate.rollout import batch_rollout
+from surrogate.rollout import batch_rollout, lap_metrics
 from surrogate.track import project_global, select_track
 
 # The env's logic does not depend on the car model; the kinematic one compiles fastest.
@@ -231,6 +231,29 @@ def test_reward_terms_add_up_and_punish_jerky_actions():
     assert float(r_smooth) > float(r)
     r_off, _ = reward(w, jnp.float32(2.0), jnp.float32(1.0), a, a, jnp.bool_(True), jnp.bool_(False))
     assert float(r_off) == pytest.approx(float(r_smooth) - 5.0)
+
+
+def test_pedal_overlap_term_charges_throttle_times_brake_and_nothing_on_one_pedal():
+    w = RewardWeights(progress=0.0, deviation=0.0, action_change=0.0, off_track=0.0, stuck=0.0, pedal_overlap=2.0)
+    no = jnp.bool_(False)
+
+    def r(action):
+        a = jnp.array(action)
+        return float(reward(w, jnp.float32(1.0), jnp.float32(0.0), a, a, no, no)[0])
+
+    assert r([0.3, 0.8, 0.5]) == pytest.approx(-2.0 * 0.8 * 0.5)
+    assert r([0.3, 1.0, 0.0]) == 0.0 and r([0.3, 0.0, 1.0]) == 0.0
+
+
+def test_lap_metrics_count_steps_on_both_pedals():
+    n = 10
+    action = np.zeros((n, 3), np.float32)
+    action[:, 1] = 0.9
+    action[:4, 2] = 0.3  # brake under throttle on 4 of 10 steps
+    action[4, 2] = 0.01  # a brush below the 5% threshold does not count
+    traj = {"lap_completed": np.zeros(n, bool), "lap_time": np.full(n, np.nan), "lap_clean": np.zeros(n, bool),
+            "action": action, "done": np.zeros(n, bool), "ref_deviation": np.zeros(n), "off_track": np.zeros(n, bool)}
+    assert lap_metrics(traj)["pedal_overlap"] == pytest.approx(0.4)
 
 
 def test_env_config_rejects_unknown_model():
