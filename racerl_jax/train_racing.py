@@ -583,6 +583,7 @@ class LapEvaluator:
             "clean_lap_rate": m["clean_lap_rate"],
             "ref_deviation_m": m["ref_deviation_m"],
             "action_change": m["action_change"],
+            "pedal_overlap": m["pedal_overlap"],
             "return": float(np.sum(traj["reward"][first_episode])),
             "distance_m": float(np.sum(traj["speed"][first_episode]) * self.dt),
             "wall_min": wall_min,

@@ -247,7 +247,8 @@ def test_tiny_run_writes_everything_and_resume_continues_the_counters(tmp_path, 
     evals = [r for r in rows if "eval_limit_s" in r]
     assert [r["env_steps"] for r in evals] == [200, 400, 400]  # two periodic and the final one
     assert all(r["eval_limit_s"] == pytest.approx(limit, abs=0.01) for r in evals)
-    assert all(r["eval_ref_deviation_m"] is not None and r["eval_action_change"] is not None for r in evals)
+    assert all(r["eval_ref_deviation_m"] is not None and r["eval_action_change"] is not None
+               and 0.0 <= r["eval_pedal_overlap"] <= 1.0 for r in evals)
     assert summary["env_steps"] == 400 and summary["updates"] == 2 * (100 - 24)  # learning from step 100
 
     # Resuming: counters continue from the checkpoint (a fresh start would log from step 100).
