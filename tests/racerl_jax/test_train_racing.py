@@ -65,12 +65,14 @@ def test_defaults_resolve_to_cpu_preset_default_track_and_dynamic_model():
 
 
 def test_resume_accepts_a_run_saved_before_newer_settings_and_refuses_a_changed_one(tmp_path):
-    cfg = tr.resolve(tr.TrainConfig(run_dir=str(tmp_path), resume=True))
-    saved = {k: v for k, v in cfg.run_settings().items() if k not in ("pedals", "smooth_temporal", "smooth_spatial")}
+    # A run saved before the smoothing and pedal settings existed trained unsmoothed on two pedals:
+    # resuming it with those settings is accepted, with today's defaults refused, naming the change.
+    as_it_ran = tr.resolve(tr.TrainConfig(run_dir=str(tmp_path), resume=True, smooth_temporal=0.0))
+    saved = {k: v for k, v in as_it_ran.run_settings().items() if k not in ("pedals", "smooth_temporal", "smooth_spatial")}
     (tmp_path / "config.json").write_text(json.dumps({"command": saved}))
-    tr.prepare_run_dir(cfg, tmp_path)
+    tr.prepare_run_dir(as_it_ran, tmp_path)
     with pytest.raises(SystemExit, match=r"smooth_temporal 0.0 -> 0.5"):
-        tr.prepare_run_dir(dataclasses.replace(cfg, smooth_temporal=0.5), tmp_path)
+        tr.prepare_run_dir(dataclasses.replace(as_it_ran, smooth_temporal=0.5), tmp_path)
 
 
 def test_saved_config_with_an_unknown_field_or_reward_weight_is_refused_naming_it():
