@@ -158,7 +158,7 @@ _PER_INVOCATION = ("budget_minutes", "resume", "run_dir", "total_env_steps", "pr
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything ``train_crossq.py`` does. Defaults, measured on the shared 2-core CPU (cpu preset,
-    128-wide networks, ~350 updates/s alone, 100-250 when shared):
+    128-wide networks, ~400 updates/s alone, 100-250 when shared):
 
     - 32 envs and 16 updates per iteration (update-to-data 0.5): the updates are the bottleneck on
       a CPU, extra envs are almost free and their random starts spread the data over the track;
@@ -166,7 +166,7 @@ class TrainConfig:
       whole track is seen from the first minute, not only the part after the start line;
     - learning after 2,000 random steps (about 60 iterations), evaluation every 10,000 env steps
       (about every 20-40 s), checkpoints every 100,000;
-    - ``DEFAULT_REWARD`` above.
+    - ``DEFAULT_REWARD`` above, and CAPS smoothness of the policy (``smooth_temporal``, below).
     """
 
     backend: str = "surrogate"
