@@ -31,7 +31,7 @@ def test_every_command_line_option_sets_its_config_field():
         "--actor-hidden", "8", "--episode-steps", "300", "--car-spread", "0.1", "--standing-starts", "0.5", "--action-overshoot", "0.2",
         "--eval-every-env-steps", "99", "--eval-laps", "3", "--eval-max-steps", "77", "--checkpoint-every-env-steps", "1234",
         "--chunk-iterations", "9", "--total-env-steps", "5000", "--matmul-precision", "default", "--no-progress",
-        "--reward", "action_change=0.05, deviation=0", "--pedals", "combined",
+        "--reward", "action_change=0.05, deviation=0", "--pedals", "separate",
         "--smooth-temporal", "0.7", "--smooth-spatial", "0.2",
     ])  # fmt: skip
     expected = dict(
@@ -40,7 +40,7 @@ def test_every_command_line_option_sets_its_config_field():
         critic_hidden=(32, 16), actor_hidden=(8,), episode_steps=300, car_spread=0.1, standing_starts=0.5, action_overshoot=0.2,
         eval_every_env_steps=99, eval_laps=3, eval_max_steps=77, checkpoint_every_env_steps=1234, chunk_iterations=9,
         total_env_steps=5000, matmul_precision="default", progress=False,
-        reward=dataclasses.replace(tr.DEFAULT_REWARD, action_change=0.05, deviation=0.0), pedals="combined",
+        reward=dataclasses.replace(tr.DEFAULT_REWARD, action_change=0.05, deviation=0.0), pedals="separate",
         smooth_temporal=0.7, smooth_spatial=0.2,
     )  # fmt: skip
     assert {k: getattr(cfg, k) for k in expected} == expected
@@ -67,12 +67,12 @@ def test_defaults_resolve_to_cpu_preset_default_track_and_dynamic_model():
 def test_resume_accepts_a_run_saved_before_newer_settings_and_refuses_a_changed_one(tmp_path):
     # A run saved before the smoothing and pedal settings existed trained unsmoothed on two pedals:
     # resuming it with those settings is accepted, with today's defaults refused, naming the change.
-    as_it_ran = tr.resolve(tr.TrainConfig(run_dir=str(tmp_path), resume=True, smooth_temporal=0.0))
+    as_it_ran = tr.resolve(tr.TrainConfig(run_dir=str(tmp_path), resume=True, smooth_temporal=0.0, pedals="separate"))
     saved = {k: v for k, v in as_it_ran.run_settings().items() if k not in ("pedals", "smooth_temporal", "smooth_spatial")}
     (tmp_path / "config.json").write_text(json.dumps({"command": saved}))
     tr.prepare_run_dir(as_it_ran, tmp_path)
-    with pytest.raises(SystemExit, match=r"smooth_temporal 0.0 -> 0.5"):
-        tr.prepare_run_dir(dataclasses.replace(as_it_ran, smooth_temporal=0.5), tmp_path)
+    with pytest.raises(SystemExit, match=r"pedals 'separate' -> 'combined', smooth_temporal 0.0 -> 0.5"):
+        tr.prepare_run_dir(dataclasses.replace(as_it_ran, smooth_temporal=0.5, pedals="combined"), tmp_path)
 
 
 def test_saved_config_with_an_unknown_field_or_reward_weight_is_refused_naming_it():
