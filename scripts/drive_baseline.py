@@ -73,7 +73,7 @@ def main() -> None:
 
     run_dir = Path(cfg.run_dir or f"runs/baseline-{Path(cfg.track).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    plot = plot_lap(track, traj["x"], traj["y"], traj["speed"], run_dir / "lap.png",
+    plot = plot_lap(track, traj["x"], traj["y"], traj["speed"], run_dir / "lap.png", controls=traj["action"], dt=env_cfg.dt,
                     title=f"baseline on {Path(cfg.track).stem}: best clean lap {m['best_lap_s']:.2f} s, limit {ref.lap_time_s:.2f} s")
     summary = {"config": dataclasses.asdict(cfg), "lap_times_s": times.tolist(), "lap_clean": clean.tolist(),
                "limit_s": ref.lap_time_s, "centre_line_limit_s": ref.centre_lap_time_s, **m}

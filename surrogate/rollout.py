@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from surrogate.env import EnvParams, EnvState, RacingEnv, batch_reset, game_controls
+from surrogate.track import Track, reference_xy
 
 # policy(obs, state, key) -> action; the baseline reads the state, a learned agent the obs.
 Policy = Callable[[jax.Array, EnvState, jax.Array], jax.Array]
@@ -92,4 +93,47 @@ def lap_metrics(traj: dict[str, np.ndarray]) -> dict[str, float]:
         # Share of steps on both pedals at once (each above 5%): wasted effort a real driver avoids.
         "pedal_overlap": float(np.mean((act[:, 1] > 0.05) & (act[:, 2] > 0.05))) if act.size else float("nan"),
         "off_track_steps": float(traj["off_track"].sum()),
+    }
+
+
+def lap_trace(track: Track, x: np.ndarray, y: np.ndarray, dt: float) -> dict[str, np.ndarray]:
+    """Where a driven stretch (poses ``x``, ``y`` one control period ``dt`` apart, in driving order)
+    gains and loses time against the reference: per pose its distance along the centre line from
+    the first pose (``distance``, m, unwrapped across the start line), the reference speed there
+    (``ref_speed``, m/s) and ``delta`` (s), the driven time minus the time the reference lap (the
+    minimum-lap-time speed profile on the reference line) takes between the same two points; > 0
+    is time lost. ``ref_lap_s`` is the reference's time for a whole lap on this track's points."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.ndim != 1 or x.shape != y.shape or x.size < 2:
+        raise ValueError(f"lap_trace: x and y must be 1-D of the same length >= 2, got shapes {x.shape} and {y.shape}")
+    if not dt > 0:
+        raise ValueError(f"lap_trace: dt = {dt!r}; give the control period in seconds (> 0)")
+    cx, cy, h = (np.asarray(a, np.float64) for a in (track.x, track.y, track.heading))
+    s_pts, length = np.asarray(track.s, np.float64), float(track.length)
+    v_ref = np.maximum(np.asarray(track.ref_speed, np.float64), 0.1)
+    # Nearest centre point, then along its tangent: distance to within a fraction of the spacing.
+    near = np.empty(x.size, np.int64)
+    for a in range(0, x.size, 512):  # chunks keep the pose x point table small
+        d2 = (x[a:a + 512, None] - cx[None]) ** 2 + (y[a:a + 512, None] - cy[None]) ** 2
+        near[a:a + 512] = np.argmin(d2, axis=1)
+    along = (x - cx[near]) * np.cos(h[near]) + (y - cy[near]) * np.sin(h[near])
+    s = np.unwrap(np.mod(s_pts[near] + along, length), period=length)
+    # The reference's time point to point on its own line, at the mean of the two points' speeds.
+    rx, ry = (np.asarray(a, np.float64) for a in reference_xy(track))
+    seg = np.hypot(np.roll(rx, -1) - rx, np.roll(ry, -1) - ry)
+    t_seg = seg / (0.5 * (v_ref + np.roll(v_ref, -1)))
+    ref_lap = float(t_seg.sum())
+    t_knots = np.concatenate([[0.0], np.cumsum(t_seg)])
+    s_knots = np.append(s_pts, length)
+
+    def t_ref(dist: np.ndarray) -> np.ndarray:
+        laps, rem = np.divmod(dist, length)
+        return laps * ref_lap + np.interp(rem, s_knots, t_knots)
+
+    t_car = np.arange(x.size) * dt
+    return {
+        "distance": s - s[0],
+        "ref_speed": np.interp(np.mod(s, length), s_knots, np.append(v_ref, v_ref[0])),
+        "delta": t_car - (t_ref(s) - t_ref(s[:1])),
+        "ref_lap_s": np.float64(ref_lap),
     }
