@@ -461,7 +461,14 @@ def alpha_loss(log_alpha: jax.Array, log_prob: jax.Array, target_ent: float) -> 
 # ----------------------------------------------------------------------------- update
 
 
-def _update_actor_and_alpha(agent: AgentState, batch: Transition, key: jax.Array) -> tuple[AgentState, dict]:
+def _scaled(updates: Any, lr_scale: jax.Array | float) -> Any:
+    # Adam's step is proportional to its learning rate, so scaling the step scales the rate: a
+    # schedule without a schedule state in the optimiser (checkpoints keep their layout).
+    return jax.tree_util.tree_map(lambda u: u * lr_scale, updates)
+
+
+def _update_actor_and_alpha(agent: AgentState, batch: Transition, key: jax.Array,
+                            lr_scale: jax.Array | float = 1.0) -> tuple[AgentState, dict]:
     config = agent.config
     actor_tx, _, alpha_tx = _optimisers(config)
     alpha = jnp.exp(agent.log_alpha)
@@ -469,7 +476,7 @@ def _update_actor_and_alpha(agent: AgentState, batch: Transition, key: jax.Array
         agent.actor_params, agent.actor_stats, agent, batch.obs, batch.next_obs, key, alpha
     )
     upd, actor_opt = actor_tx.update(grads, agent.actor_opt, agent.actor_params)
-    actor_params = optax.apply_updates(agent.actor_params, upd)
+    actor_params = optax.apply_updates(agent.actor_params, _scaled(upd, lr_scale))
     a_loss, a_grad = jax.value_and_grad(alpha_loss)(agent.log_alpha, log_prob, target_entropy(config, agent.action_size))
     a_upd, alpha_opt = alpha_tx.update(a_grad, agent.alpha_opt, agent.log_alpha)
     agent = agent.replace(
@@ -482,9 +489,11 @@ def _update_actor_and_alpha(agent: AgentState, batch: Transition, key: jax.Array
     return agent, {"actor_loss": loss, "entropy": -jnp.mean(log_prob), "alpha_loss": a_loss, "policy_change": change}
 
 
-def update(agent: AgentState, batch: Transition, config: CrossQConfig) -> tuple[AgentState, dict[str, jax.Array]]:
+def update(agent: AgentState, batch: Transition, config: CrossQConfig,
+           lr_scale: jax.Array | float = 1.0) -> tuple[AgentState, dict[str, jax.Array]]:
     """One gradient step on the critics; the actor and entropy coefficient are stepped every
-    ``policy_delay`` critic steps. Actor metrics are NaN on steps that skip the actor."""
+    ``policy_delay`` critic steps. Actor metrics are NaN on steps that skip the actor.
+    ``lr_scale`` multiplies the actor's and critics' learning rate (a schedule's factor)."""
     if config != agent.config:
         raise ValueError(
             f"update: config (preset {config.preset!r}) differs from the one the agent was built with "
@@ -501,7 +510,7 @@ def update(agent: AgentState, batch: Transition, config: CrossQConfig) -> tuple[
     )
     upd, critic_opt = critic_tx.update(grads, agent.critic_opt, agent.critic_params)
     agent = agent.replace(
-        critic_params=optax.apply_updates(agent.critic_params, upd),
+        critic_params=optax.apply_updates(agent.critic_params, _scaled(upd, lr_scale)),
         critic_stats=c_stats,
         critic_opt=critic_opt,
         key=key,
@@ -510,7 +519,7 @@ def update(agent: AgentState, batch: Transition, config: CrossQConfig) -> tuple[
     nan = jnp.full((), jnp.nan, jnp.float32)
     agent, actor_metrics = jax.lax.cond(
         agent.updates % config.policy_delay == 0,
-        lambda a: _update_actor_and_alpha(a, batch, k_actor),
+        lambda a: _update_actor_and_alpha(a, batch, k_actor, lr_scale),
         lambda a: (a, {"actor_loss": nan, "entropy": nan, "alpha_loss": nan, "policy_change": nan}),
         agent,
     )

@@ -193,6 +193,9 @@ class TrainConfig:
     # 1e-3 had their critic loss jump a hundredfold and stopped lapping for 170k+ env steps; two
     # seeds at 3e-4 lapped steadily and by 300k env steps were faster than the 1e-3 runs at 700k.
     learning_rate: float = 3e-4
+    # The learning rate at the end of the budget (the wall clock's or --total-env-steps', whichever
+    # ends the run first) as a fraction of --learning-rate, reached linearly; 1 keeps it constant.
+    lr_final: float = 1.0
     buffer_size: int = 0  # replay capacity in transitions; 0 = the preset's (1M)
     learning_starts: int = 2_000  # env steps of uniform random actions before learning
     critic_hidden: tuple[int, ...] = ()  # () = the preset's
@@ -253,6 +256,7 @@ class TrainConfig:
         need(self.updates_per_iter >= 0, "updates_per_iter", "must be >= 0")
         need(self.batch_size == 0 or self.batch_size >= 2, "batch_size", "must be >= 2 (or 0 for the preset's)")
         need(self.learning_rate >= 0, "learning_rate", "must be > 0 (or 0 for the preset's)")
+        need(0.0 <= self.lr_final <= 1.0, "lr_final", "must be a fraction in [0, 1] (1: a constant learning rate)")
         need(self.buffer_size >= 0, "buffer_size", "must be >= 1 (or 0 for the preset's)")
         need(self.learning_starts >= 0, "learning_starts", "must be >= 0")
         need(all(w > 0 for w in self.critic_hidden + self.actor_hidden), "critic_hidden", "widths must be > 0")
@@ -405,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--updates-per-iter", type=int, default=d.updates_per_iter)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="0: the preset's")
     p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="actor and critics; 0: the preset's")
+    p.add_argument("--lr-final", type=float, default=d.lr_final,
+                   help="learning rate at the end of the budget, as a fraction of --learning-rate (linear decay; 1: constant)")
     p.add_argument("--buffer-size", type=int, default=d.buffer_size, help="replay capacity; 0: the preset's (1M)")
     p.add_argument("--learning-starts", type=int, default=d.learning_starts)
     p.add_argument("--critic-hidden", type=_widths, default=None, help="e.g. 256,256 (default: the preset's)")
@@ -738,7 +744,12 @@ def _driver_options(cfg: TrainConfig, run_dir: Path, t_start: float, evaluator: 
     return dict(max_wall_seconds=max(remaining, 1.0), run_dir=run_dir, eval_fn=evaluator,
                 eval_every_env_steps=cfg.eval_every_env_steps, checkpoint_every_env_steps=cfg.checkpoint_every_env_steps,
                 resume=cfg.resume, extra_config={"command": cfg.run_settings()}, progress_metric="eval_lap_s",
-                progress=cfg.progress)
+                progress=cfg.progress, lr_schedule=linear_decay(cfg.lr_final) if cfg.lr_final != 1.0 else None)
+
+
+def linear_decay(final: float) -> Callable[[float], float]:
+    """The learning-rate factor over the spent share f of the budget: 1 at the start, ``final`` at the end."""
+    return lambda f: 1.0 + (final - 1.0) * f
 
 
 def _run_real(cfg: TrainConfig, run_dir: Path, t_start: float) -> dict[str, Any]:

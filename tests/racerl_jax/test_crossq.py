@@ -171,6 +171,20 @@ def test_update_steps_critics_every_time_and_actor_every_policy_delay():
     assert int(agent.updates) == 6
 
 
+def test_lr_scale_scales_the_step_of_actor_and_critics_and_zero_freezes_them():
+    agent = crossq.init_agent(jax.random.PRNGKey(0), 3, 1, TINY)
+    batch = _batch(jax.random.PRNGKey(5))
+    moved = {}
+    for scale in (1.0, 0.5, 0.0):
+        new, _ = crossq.update(agent, batch, TINY, jnp.float32(scale))  # update 0 steps the actor too
+        moved[scale] = [jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), getattr(new, f), getattr(agent, f))
+                        for f in ("actor_params", "critic_params")]
+    for full, half, none in zip(jax.tree.leaves(moved[1.0]), jax.tree.leaves(moved[0.5]), jax.tree.leaves(moved[0.0])):
+        np.testing.assert_allclose(half, 0.5 * full, rtol=1e-4, atol=2e-7)  # float32 rounding of p + step
+        assert not np.any(none)
+    assert any(np.any(leaf) for leaf in jax.tree.leaves(moved[1.0][0]))  # the actor did move at 1
+
+
 def _policy_change(agent, batch):
     a = crossq.act(agent, batch.obs, jax.random.PRNGKey(0), deterministic=True)
     b = crossq.act(agent, batch.next_obs, jax.random.PRNGKey(0), deterministic=True)

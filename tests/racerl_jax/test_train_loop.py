@@ -99,6 +99,20 @@ def test_jitted_loop_collects_updates_and_counts_episodes(num_envs):
     _assert_transitions_follow_dynamics(carry.buffer)
 
 
+def test_lr_schedule_gets_the_spent_share_of_the_budget_and_is_logged():
+    env = Pendulum()
+    spent = []
+    result = train_loop.train(env, env.default_params(), TINY, total_env_steps=400, num_envs=4, chunk_iterations=25,
+                              progress=False, lr_schedule=lambda f: spent.append(f) or 1.0 - f)
+    assert spent == [0.0, 0.25, 0.5, 0.75]  # env steps before each chunk over the total
+    assert [h["lr_scale"] for h in result.history] == [1.0, 0.75, 0.5, 0.25]
+    # A wall-clock budget counts when it is the larger share (here spent before the first chunk).
+    spent.clear()
+    train_loop.train(env, env.default_params(), TINY, total_env_steps=10**6, num_envs=4, chunk_iterations=25,
+                     progress=False, max_wall_seconds=1e-9, lr_schedule=lambda f: spent.append(f) or 1.0)
+    assert spent == [1.0]
+
+
 def test_jitted_loop_rejects_a_buffer_smaller_than_one_env_step():
     env = Pendulum()
     small = CrossQConfig.cpu(buffer_size=10)

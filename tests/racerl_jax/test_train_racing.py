@@ -32,7 +32,7 @@ def test_every_command_line_option_sets_its_config_field():
         "--eval-every-env-steps", "99", "--eval-laps", "3", "--eval-max-steps", "77", "--checkpoint-every-env-steps", "1234",
         "--chunk-iterations", "9", "--total-env-steps", "5000", "--matmul-precision", "default", "--no-progress",
         "--reward", "action_change=0.05, deviation=0", "--pedals", "separate",
-        "--smooth-temporal", "0.7", "--smooth-spatial", "0.2",
+        "--smooth-temporal", "0.7", "--smooth-spatial", "0.2", "--lr-final", "0.1",
     ])  # fmt: skip
     expected = dict(
         backend="surrogate", track="technical", model="kinematic", num_envs=7, budget_minutes=2.5, run_dir="r",
@@ -41,7 +41,7 @@ def test_every_command_line_option_sets_its_config_field():
         eval_every_env_steps=99, eval_laps=3, eval_max_steps=77, checkpoint_every_env_steps=1234, chunk_iterations=9,
         total_env_steps=5000, matmul_precision="default", progress=False,
         reward=dataclasses.replace(tr.DEFAULT_REWARD, action_change=0.05, deviation=0.0), pedals="separate",
-        smooth_temporal=0.7, smooth_spatial=0.2,
+        smooth_temporal=0.7, smooth_spatial=0.2, lr_final=0.1,
     )  # fmt: skip
     assert {k: getattr(cfg, k) for k in expected} == expected
     assert tr.parse_args([]) == tr.TrainConfig()  # no options: the dataclass defaults
@@ -94,6 +94,8 @@ def test_bad_options_are_refused_with_the_reason():
         tr.parse_args(["--critic-hidden", "a,b"])
     with pytest.raises(SystemExit, match="smooth_temporal"):
         tr.parse_args(["--smooth-temporal", "-1"])
+    with pytest.raises(SystemExit, match=r"lr_final=1.5: must be a fraction in \[0, 1\]"):
+        tr.parse_args(["--lr-final", "1.5"])
 
 
 @pytest.mark.parametrize("text, reason", [
