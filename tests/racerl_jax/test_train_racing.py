@@ -1,6 +1,8 @@
 import dataclasses
 import json
 import re
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,14 +67,16 @@ def test_defaults_resolve_to_cpu_preset_default_track_and_dynamic_model():
 
 
 def test_resume_accepts_a_run_saved_before_newer_settings_and_refuses_a_changed_one(tmp_path):
-    # A run saved before the smoothing and pedal settings existed trained unsmoothed on two pedals:
+    # A run saved before the smoothing, pedal and decay settings existed trained unsmoothed on two pedals:
     # resuming it with those settings is accepted, with today's defaults refused, naming the change.
-    as_it_ran = tr.resolve(tr.TrainConfig(run_dir=str(tmp_path), resume=True, smooth_temporal=0.0, pedals="separate"))
-    saved = {k: v for k, v in as_it_ran.run_settings().items() if k not in ("pedals", "smooth_temporal", "smooth_spatial")}
+    as_it_ran = tr.resolve(tr.TrainConfig(run_dir=str(tmp_path), resume=True, smooth_temporal=0.0, pedals="separate",
+                                          lr_final=1.0))
+    newer = ("pedals", "smooth_temporal", "smooth_spatial", "lr_final")
+    saved = {k: v for k, v in as_it_ran.run_settings().items() if k not in newer}
     (tmp_path / "config.json").write_text(json.dumps({"command": saved}))
     tr.prepare_run_dir(as_it_ran, tmp_path)
-    with pytest.raises(SystemExit, match=r"pedals 'separate' -> 'combined', smooth_temporal 0.0 -> 0.5"):
-        tr.prepare_run_dir(dataclasses.replace(as_it_ran, smooth_temporal=0.5, pedals="combined"), tmp_path)
+    with pytest.raises(SystemExit, match=r"lr_final 1.0 -> 0.1, pedals 'separate' -> 'combined', smooth_temporal 0.0 -> 0.5"):
+        tr.prepare_run_dir(dataclasses.replace(as_it_ran, smooth_temporal=0.5, pedals="combined", lr_final=0.1), tmp_path)
 
 
 def test_saved_config_with_an_unknown_field_or_reward_weight_is_refused_naming_it():
@@ -318,3 +322,14 @@ def test_backend_real_trains_on_the_game_through_the_bridge_and_resumes(tmp_path
         stop.set()
         thread.join(timeout=5)
         ctx.destroy(linger=0)
+
+
+def test_learning_rate_decays_on_a_cosine_from_full_to_lr_final_over_the_budget():
+    f = tr.cosine_decay(0.1)
+    spent = np.linspace(0.0, 1.0, 11)
+    factors = np.array([f(x) for x in spent])
+    assert factors[0] == pytest.approx(1.0) and factors[-1] == pytest.approx(0.1) and factors[5] == pytest.approx(0.55)
+    assert np.all(np.diff(factors) < 0)
+    opts = lambda cfg: tr._driver_options(cfg, Path("unused"), time.monotonic(), None)  # noqa: E731
+    assert opts(tr.TrainConfig(lr_final=1.0))["lr_schedule"] is None  # constant: no schedule at all
+    assert opts(tr.TrainConfig())["lr_schedule"](1.0) == pytest.approx(tr.TrainConfig.lr_final)
