@@ -530,7 +530,7 @@ def drive(
             updates_before = int(carry.agent.updates)
             spent = env_steps / total_env_steps
             if max_wall_seconds is not None:
-                spent = max(spent, (t0 - start) / max_wall_seconds)
+                spent = max(spent, (t0 - start) / max_wall_seconds if max_wall_seconds > 0 else 1.0)
             lr_scale = 1.0 if lr_schedule is None else float(lr_schedule(min(spent, 1.0)))
             carry, stats = run(carry, iters, lr_scale)
             stats = {k: float(v) for k, v in stats.items()}
