@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from surrogate.env import EnvParams, EnvState, RacingEnv, batch_reset, game_controls
-from surrogate.track import Track, reference_xy
+from surrogate.track import Track, interp, project_global, reference_xy
 
 # policy(obs, state, key) -> action; the baseline reads the state, a learned agent the obs.
 Policy = Callable[[jax.Array, EnvState, jax.Array], jax.Array]
@@ -96,6 +96,9 @@ def lap_metrics(traj: dict[str, np.ndarray]) -> dict[str, float]:
     }
 
 
+_project_all = jax.jit(jax.vmap(project_global, in_axes=(None, 0, 0, 0)))
+
+
 def lap_trace(track: Track, x: np.ndarray, y: np.ndarray, dt: float) -> dict[str, np.ndarray]:
     """Where a driven stretch (poses ``x``, ``y`` one control period ``dt`` apart, in driving order)
     gains and loses time against the reference: per pose its distance along the centre line from
@@ -108,16 +111,10 @@ def lap_trace(track: Track, x: np.ndarray, y: np.ndarray, dt: float) -> dict[str
         raise ValueError(f"lap_trace: x and y must be 1-D of the same length >= 2, got shapes {x.shape} and {y.shape}")
     if not dt > 0:
         raise ValueError(f"lap_trace: dt = {dt!r}; give the control period in seconds (> 0)")
-    cx, cy, h = (np.asarray(a, np.float64) for a in (track.x, track.y, track.heading))
     s_pts, length = np.asarray(track.s, np.float64), float(track.length)
     v_ref = np.maximum(np.asarray(track.ref_speed, np.float64), 0.1)
-    # Nearest centre point, then along its tangent: distance to within a fraction of the spacing.
-    near = np.empty(x.size, np.int64)
-    for a in range(0, x.size, 512):  # chunks keep the pose x point table small
-        d2 = (x[a:a + 512, None] - cx[None]) ** 2 + (y[a:a + 512, None] - cy[None]) ** 2
-        near[a:a + 512] = np.argmin(d2, axis=1)
-    along = (x - cx[near]) * np.cos(h[near]) + (y - cy[near]) * np.sin(h[near])
-    s = np.unwrap(np.mod(s_pts[near] + along, length), period=length)
+    pos = _project_all(track, x, y, np.zeros_like(x))
+    s = np.unwrap(np.asarray(pos.s, np.float64), period=length)
     # The reference's time point to point on its own line, at the mean of the two points' speeds.
     rx, ry = (np.asarray(a, np.float64) for a in reference_xy(track))
     seg = np.hypot(np.roll(rx, -1) - rx, np.roll(ry, -1) - ry)
@@ -133,7 +130,7 @@ def lap_trace(track: Track, x: np.ndarray, y: np.ndarray, dt: float) -> dict[str
     t_car = np.arange(x.size) * dt
     return {
         "distance": s - s[0],
-        "ref_speed": np.interp(np.mod(s, length), s_knots, np.append(v_ref, v_ref[0])),
+        "ref_speed": np.asarray(interp(track, track.ref_speed, pos.s), np.float64),
         "delta": t_car - (t_ref(s) - t_ref(s[:1])),
         "ref_lap_s": np.float64(ref_lap),
     }
