@@ -2,17 +2,24 @@
 print its lap times beside the minimum-lap-time reference for the same car, and save a lap plot.
 
     python scripts/drive_baseline.py [--track flowing|technical|oval|PATH.csv] [--laps 2] [--model dynamic]
+    python scripts/drive_baseline.py --tune [--generations 60] [--population 512]   # tune it to the car first
+    python scripts/drive_baseline.py --tuning runs/baseline-oval-<time>/tuning.json  # drive a saved tuning
+
+``--tune`` fits the driver's speed profile, line and gains to the car and track (the cross-entropy
+method, ``surrogate.tuning``) and saves them as ``tuning.json`` in the run directory.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 from racerl_jax.plots import plot_lap
 from surrogate.baseline import BaselineParams, baseline_action, baseline_params_for
@@ -21,6 +28,7 @@ from surrogate.env import EnvConfig, RacingEnv, make_params
 from surrogate.rollout import lap_metrics, rollout
 from surrogate.track import select_track
 from surrogate.track_io import DEFAULT_TRACK
+from surrogate import tuning as tuning_lib
 
 
 @dataclasses.dataclass
@@ -31,6 +39,11 @@ class Config:
     speed_margin: float = BaselineParams.speed_margin
     run_dir: str = ""
     seed: int = 0
+    tune: bool = False
+    generations: int = 60
+    population: int = 512
+    knot_spacing: float = 50.0
+    tuning: str = ""
 
 
 def parse() -> Config:
@@ -42,7 +55,19 @@ def parse() -> Config:
     p.add_argument("--speed-margin", type=float, default=d.speed_margin, help="fraction of the reference speed to aim at")
     p.add_argument("--run-dir", default=d.run_dir, help="where to save the plot (default runs/baseline-<track>-<time>)")
     p.add_argument("--seed", type=int, default=d.seed)
-    return Config(**{k.replace("-", "_"): v for k, v in vars(p.parse_args()).items()})
+    p.add_argument("--tune", action="store_true", help="tune the speed profile, line and gains to the car first")
+    p.add_argument("--generations", type=int, default=d.generations, help="--tune: CEM generations")
+    p.add_argument("--population", type=int, default=d.population, help="--tune: candidates driven per generation")
+    p.add_argument("--knot-spacing", type=float, default=d.knot_spacing,
+                   help="--tune: metres between the knots of the speed and line profiles")
+    p.add_argument("--tuning", default=d.tuning, help="drive with a tuning.json saved by an earlier --tune")
+    cfg = Config(**{k.replace("-", "_"): v for k, v in vars(p.parse_args()).items()})
+    if cfg.tune and cfg.tuning:
+        p.error("--tune and --tuning exclude each other: tune anew, or drive a saved tuning")
+    if cfg.tune and (cfg.generations < 1 or cfg.population < 4 or not cfg.knot_spacing > 0):
+        p.error(f"--generations {cfg.generations} (>= 1), --population {cfg.population} (>= 4) and "
+                f"--knot-spacing {cfg.knot_spacing} (> 0 m) are needed for --tune")
+    return cfg
 
 
 def main() -> None:
@@ -56,9 +81,20 @@ def main() -> None:
     env = RacingEnv(env_cfg)
     track = select_track(params.tracks, 0)
     bp = dataclasses.replace(baseline_params_for(car), speed_margin=cfg.speed_margin)
+    run_dir = Path(cfg.run_dir or f"runs/baseline-{Path(cfg.track).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tuned = None
+    if cfg.tuning:
+        tuned = tuning_lib.load_tuning(cfg.tuning)
+        print(f"driving the tuning in {cfg.tuning} ({tuned.knots} knots)")
+    elif cfg.tune:
+        tuned = tune(cfg, env, params, track, baseline_params_for(car), ref.lap_time_s, run_dir)
 
-    def policy(obs, state, key):
-        return baseline_action(track, state.pos, env.telemetry(state.car), bp)
+    if tuned is not None:
+        policy = tuning_lib.tuned_policy(env, track, baseline_params_for(car), tuned)
+    else:
+        def policy(obs, state, key):
+            return baseline_action(track, state.pos, env.telemetry(state.car), bp)
 
     # Enough steps for the laps at a pessimistic 60% of the reference pace.
     steps = int(cfg.laps * ref.lap_time_s / 0.6 / env_cfg.dt)
@@ -71,10 +107,9 @@ def main() -> None:
     times = traj["lap_time"][traj["lap_completed"].astype(bool)]
     clean = traj["lap_clean"][traj["lap_completed"].astype(bool)]
 
-    run_dir = Path(cfg.run_dir or f"runs/baseline-{Path(cfg.track).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    name = "tuned baseline" if tuned is not None else "baseline"
     plot = plot_lap(track, traj["x"], traj["y"], traj["speed"], run_dir / "lap.png", controls=traj["action"], dt=env_cfg.dt,
-                    title=f"baseline on {Path(cfg.track).stem}: best clean lap {m['best_lap_s']:.2f} s, limit {ref.lap_time_s:.2f} s")
+                    title=f"{name} on {Path(cfg.track).stem}: best clean lap {m['best_lap_s']:.2f} s, limit {ref.lap_time_s:.2f} s")
     summary = {"config": dataclasses.asdict(cfg), "lap_times_s": times.tolist(), "lap_clean": clean.tolist(),
                "limit_s": ref.lap_time_s, "centre_line_limit_s": ref.centre_lap_time_s, **m}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -90,6 +125,27 @@ def main() -> None:
     print(f"baseline_best_lap_s={m['best_lap_s']:.2f} limit_s={ref.lap_time_s:.2f} gap_pct={gap:.1f} clean_laps={int(m['clean_laps'])}")
     if not np.isfinite(m["best_lap_s"]):
         raise SystemExit("the baseline did not complete a clean lap")
+
+
+def tune(cfg: Config, env: RacingEnv, params, track, base, limit_s: float, run_dir: Path) -> tuning_lib.DriverTuning:
+    knots = max(4, round(float(track.length) / cfg.knot_spacing))
+    print(f"tuning: {cfg.generations} generations of {cfg.population} drivers, {knots} knots "
+          f"({float(track.length) / knots:.0f} m apart) ...", flush=True)
+    bar = tqdm(total=cfg.generations, unit="gen", file=sys.stderr)
+
+    def report(g: int, best: float) -> None:
+        bar.update(1)
+        bar.set_postfix_str(f"best flying lap {best:.2f} s" if best < tuning_lib.FAIL_SCORE - tuning_lib.LAPS
+                            else "no clean lap yet")
+
+    tuned, history = tuning_lib.tune(env, params, track, base, limit_s, knots=knots, population=cfg.population,
+                                     generations=cfg.generations, seed=cfg.seed, on_generation=report)
+    bar.close()
+    path = tuning_lib.save_tuning(run_dir / tuning_lib.TUNING_FILE, tuned, {
+        "track": cfg.track, "model": cfg.model, "limit_s": limit_s, "best_score": history[-1],
+        "generations": cfg.generations, "population": cfg.population, "seed": cfg.seed})
+    print(f"tuning saved: {path}")
+    return tuned
 
 
 if __name__ == "__main__":

@@ -1,0 +1,39 @@
+"""scripts/drive_baseline.py: tune the baseline to the car, save the tuning, drive it again from the file."""
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_spec = importlib.util.spec_from_file_location("drive_baseline", os.path.join(ROOT, "scripts", "drive_baseline.py"))
+db = importlib.util.module_from_spec(_spec)
+sys.modules["drive_baseline"] = db  # dataclasses look their module up while the script loads
+_spec.loader.exec_module(db)
+
+
+def _run(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["drive_baseline.py", *args])
+    db.main()
+    return capsys.readouterr().out
+
+
+def test_tune_saves_a_tuning_that_drives_the_same_lap_again(tmp_path, monkeypatch, capsys):
+    first = tmp_path / "tuned"
+    out = _run(monkeypatch, capsys, "--tune", "--generations", "2", "--population", "16", "--knot-spacing", "200",
+               "--run-dir", str(first))
+    saved = json.loads((first / "tuning.json").read_text())
+    assert saved["track"] == "oval" and len(saved["speed_log"]) == 6  # 1218 m / 200 m
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("baseline_best_lap_s=") and (first / "lap.png").exists()
+
+    again = _run(monkeypatch, capsys, "--tuning", str(first / "tuning.json"), "--run-dir", str(tmp_path / "again"))
+    assert again.strip().splitlines()[-1] == last
+
+
+def test_tune_and_tuning_together_are_refused(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["drive_baseline.py", "--tune", "--tuning", "x.json"])
+    with pytest.raises(SystemExit):
+        db.parse()
+    assert "exclude each other" in capsys.readouterr().err
