@@ -80,7 +80,8 @@ def main() -> None:
     ref = refs[0]
     env = RacingEnv(env_cfg)
     track = select_track(params.tracks, 0)
-    bp = dataclasses.replace(baseline_params_for(car), speed_margin=cfg.speed_margin)
+    base = baseline_params_for(car)
+    bp = dataclasses.replace(base, speed_margin=cfg.speed_margin)
     run_dir = Path(cfg.run_dir or f"runs/baseline-{Path(cfg.track).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir.mkdir(parents=True, exist_ok=True)
     tuned = None
@@ -88,10 +89,10 @@ def main() -> None:
         tuned = tuning_lib.load_tuning(cfg.tuning)
         print(f"driving the tuning in {cfg.tuning} ({tuned.knots} knots)")
     elif cfg.tune:
-        tuned = tune(cfg, env, params, track, baseline_params_for(car), ref.lap_time_s, run_dir)
+        tuned = tune(cfg, env, params, track, base, ref.lap_time_s, run_dir)
 
     if tuned is not None:
-        policy = tuning_lib.tuned_policy(env, track, baseline_params_for(car), tuned)
+        policy = tuning_lib.tuned_policy(env, track, base, tuned)
     else:
         def policy(obs, state, key):
             return baseline_action(track, state.pos, env.telemetry(state.car), bp)
@@ -135,8 +136,7 @@ def tune(cfg: Config, env: RacingEnv, params, track, base, limit_s: float, run_d
 
     def report(g: int, best: float) -> None:
         bar.update(1)
-        bar.set_postfix_str(f"best flying lap {best:.2f} s" if best < tuning_lib.FAIL_SCORE - tuning_lib.LAPS
-                            else "no clean lap yet")
+        bar.set_postfix_str(f"best flying lap {best:.2f} s" if tuning_lib.is_lap_time(best) else "no clean lap yet")
 
     tuned, history = tuning_lib.tune(env, params, track, base, limit_s, knots=knots, population=cfg.population,
                                      generations=cfg.generations, seed=cfg.seed, on_generation=report)

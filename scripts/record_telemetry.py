@@ -45,7 +45,7 @@ from bridge.sdk import DEFAULT_LOCKSTEP_ADDRESS, DEFAULT_PUB_ADDRESS, DEFAULT_PU
 from racerl_jax.real_env import RealEnvConfig, RealGameEnv, telemetry_from
 from surrogate.baseline import BaselineParams, baseline_action, baseline_params_for
 from surrogate.car import CarParams, car_params_from_dict
-from surrogate.env import EnvConfig
+from surrogate.env import EnvConfig, env_action, game_controls
 from surrogate.track import project_global
 
 
@@ -157,10 +157,6 @@ class Noise:
         return self.x.copy()
 
 
-def split_pedal(steer: float, pedal: float) -> np.ndarray:
-    return np.array([np.clip(steer, -1, 1), np.clip(pedal, 0, 1), np.clip(-pedal, 0, 1)], np.float32)
-
-
 def run(cfg: Config) -> dict:
     """Record ``cfg.episodes`` episodes; returns the summary (also written to summary.json)."""
     car = CarParams()
@@ -207,9 +203,9 @@ def run(cfg: Config) -> dict:
                 if cfg.policy == "baseline":
                     a = np.asarray(drive(env.track, env.track_pos, env.last_telemetry, bp))
                     n = noise()
-                    act = split_pedal(a[0] + n[0], a[1] - a[2] + n[1])
+                    act = game_controls(env_action(a, "combined", xp=np) + n, "combined", xp=np)
                 else:
-                    act = split_pedal(rng.uniform(-1, 1), rng.uniform(-0.5, 1.0))
+                    act = game_controls(np.array([rng.uniform(-1, 1), rng.uniform(-0.5, 1.0)]), "combined", xp=np)
                 _, _, term, trunc, info = env.step(act)
                 steps_total += 1
                 bar.update(1)

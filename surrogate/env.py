@@ -45,6 +45,14 @@ def game_controls(action, pedals: str, xp=jnp):
     return xp.stack([a[..., 0], xp.maximum(a[..., 1], 0.0), xp.maximum(-a[..., 1], 0.0)], axis=-1)
 
 
+def env_action(controls, pedals: str, xp=jnp):
+    """An env action of this ``pedals`` setting from the game controls [steer, throttle, brake]
+    (the inverse of ``game_controls``); ``xp=np`` on the host."""
+    if pedals == "separate":
+        return controls
+    return xp.stack([controls[..., 0], controls[..., 1] - controls[..., 2]], axis=-1)
+
+
 def action_bounds(pedals: str) -> tuple[np.ndarray, np.ndarray]:
     """(low, high) of the env action for this ``pedals`` setting."""
     if pedals == "separate":

@@ -25,7 +25,7 @@ import numpy as np
 from flax import struct
 
 from surrogate.baseline import BaselineParams, baseline_action
-from surrogate.env import EnvParams, RacingEnv
+from surrogate.env import EnvParams, RacingEnv, env_action
 from surrogate.track import Track
 
 # BaselineParams fields the tuning scales (by exp of a log factor); the order of DriverTuning.gain_log.
@@ -127,13 +127,6 @@ def apply_tuning(track: Track, base: BaselineParams, tuning: DriverTuning, car_h
     return tuned_track, base.replace(speed_margin=1.0, edge_margin=-car_half_width, **gains)
 
 
-def env_action(controls: jax.Array, pedals: str) -> jax.Array:
-    """An env action from the game controls [steer, throttle, brake] (the inverse of ``env.game_controls``)."""
-    if pedals == "separate":
-        return controls
-    return jnp.stack([controls[..., 0], controls[..., 1] - controls[..., 2]], axis=-1)
-
-
 def tuned_policy(env: RacingEnv, track: Track, base: BaselineParams, tuning: DriverTuning) -> Callable:
     """``policy(obs, state, key) -> env action`` of the tuned driver (for ``surrogate.rollout``)."""
     tr, bp = apply_tuning(track, base, tuning, env.config.car_half_width)
@@ -142,6 +135,11 @@ def tuned_policy(env: RacingEnv, track: Track, base: BaselineParams, tuning: Dri
         return env_action(baseline_action(tr, state.pos, env.telemetry(state.car), bp), env.config.pedals)
 
     return policy
+
+
+def is_lap_time(score: float) -> bool:
+    """Whether a score is a flying lap time rather than a failed drive's FAIL_SCORE - laps driven."""
+    return score < FAIL_SCORE - LAPS
 
 
 def drive_steps(limit_s: float, dt: float) -> int:
@@ -158,7 +156,7 @@ def score(env: RacingEnv, params: EnvParams, track: Track, base: BaselineParams,
         raise ValueError("tuning scores laps from the start line: build the env with EnvConfig(start='line')")
     policy = tuned_policy(env, track, base, tuning)
     key = jax.random.PRNGKey(0)  # the start is deterministic; the key only feeds the (unused) resets
-    obs, state = env.reset(key, params)
+    _, state = env.reset(key, params)
     length = track.length
 
     def body(carry, _):
@@ -206,7 +204,7 @@ def tune(env: RacingEnv, params: EnvParams, track: Track, base: BaselineParams, 
         return score(env, params, track, base, DriverTuning.from_vector(v, knots), steps)[0]
 
     @jax.jit
-    def generation(c: _CEM, key) -> tuple[_CEM, jax.Array]:
+    def generation(c: _CEM, key) -> _CEM:
         pop = c.mean + c.std * jax.random.normal(key, (population, dim))
         pop = pop.at[0].set(c.best)
         scores = jax.vmap(score_vec)(pop)
@@ -216,13 +214,13 @@ def tune(env: RacingEnv, params: EnvParams, track: Track, base: BaselineParams, 
         # Smoothed refit: a plain refit collapses the spread within a few generations.
         return _CEM(mean=elite.mean(0), std=0.7 * c.std + 0.3 * elite.std(0) + 1e-3,
                     best=jnp.where(better, pop[order[0]], c.best),
-                    best_score=jnp.where(better, scores[order[0]], c.best_score)), scores
+                    best_score=jnp.where(better, scores[order[0]], c.best_score))
 
     start = starting_point(knots, base).to_vector()
     c = _CEM(mean=start, std=std0, best=start, best_score=jax.jit(score_vec)(start))
     history = []
     for g, key in enumerate(jax.random.split(jax.random.PRNGKey(seed), generations)):
-        c, _ = generation(c, key)
+        c = generation(c, key)
         history.append(float(c.best_score))
         if on_generation is not None:
             on_generation(g, history[-1])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from surrogate.car import CarParams, car_params_to_dict
-from surrogate.env import EnvConfig, RacingEnv, batch_reset, make_params
+from surrogate.env import EnvConfig, RacingEnv, batch_reset, env_action, game_controls, make_params
 from surrogate.observation import Telemetry, observe
 from surrogate.reward import RewardWeights, reward
 from surrogate.rollout import batch_rollout, lap_metrics
@@ -287,3 +287,13 @@ def test_combined_pedal_drives_as_the_same_throttle_or_brake_on_separate_pedals(
     np.testing.assert_array_equal(np.asarray(st_c.episode.prev_action), np.asarray(controls))
     with pytest.raises(ValueError, match=r"pedals = 'two'; expected one of \('separate', 'combined'\)"):
         EnvConfig(pedals="two")
+
+
+@pytest.mark.parametrize("xp", [jnp, np])
+def test_env_action_inverts_game_controls_for_either_pedal_setting(xp):
+    controls = xp.asarray([[0.3, 0.8, 0.0], [-1.0, 0.0, 0.6], [0.0, 0.0, 0.0]], xp.float32)
+    for pedals in ("separate", "combined"):
+        back = game_controls(env_action(controls, pedals, xp=xp), pedals, xp=xp)
+        np.testing.assert_allclose(np.asarray(back), np.asarray(controls), atol=1e-7)
+    np.testing.assert_allclose(np.asarray(env_action(controls, "combined", xp=xp)), [[0.3, 0.8], [-1.0, -0.6], [0.0, 0.0]],
+                               atol=1e-7)
