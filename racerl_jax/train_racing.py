@@ -200,6 +200,7 @@ class TrainConfig:
     # 35.19-36.74 s (mean 35.80); decaying to 0.1 on a cosine over the same steps, 35.00-35.59 s
     # (mean 35.26) and a best lap of 35.00 s against 35.19; linearly to 0, 35.16-36.66 s.
     lr_final: float = 0.1
+    gamma: float = 0.99  # discount per control step (the paper's)
     buffer_size: int = 0  # replay capacity in transitions; 0 = the preset's (1M)
     learning_starts: int = 2_000  # env steps of uniform random actions before learning
     critic_hidden: tuple[int, ...] = ()  # () = the preset's
@@ -261,6 +262,7 @@ class TrainConfig:
         need(self.batch_size == 0 or self.batch_size >= 2, "batch_size", "must be >= 2 (or 0 for the preset's)")
         need(self.learning_rate >= 0, "learning_rate", "must be > 0 (or 0 for the preset's)")
         need(0.0 <= self.lr_final <= 1.0, "lr_final", "must be a fraction in [0, 1] (1: a constant learning rate)")
+        need(0.0 < self.gamma < 1.0, "gamma", "must be in (0, 1): the discount per control step")
         need(self.buffer_size >= 0, "buffer_size", "must be >= 1 (or 0 for the preset's)")
         need(self.learning_starts >= 0, "learning_starts", "must be >= 0")
         need(all(w > 0 for w in self.critic_hidden + self.actor_hidden), "critic_hidden", "widths must be > 0")
@@ -333,6 +335,7 @@ def crossq_config(cfg: TrainConfig) -> CrossQConfig:
     """The agent's config: the preset with this command's overrides."""
     overrides: dict[str, Any] = {
         "learning_starts": cfg.learning_starts,
+        "gamma": cfg.gamma,
         "action_overshoot": cfg.action_overshoot,
         "smooth_temporal": cfg.smooth_temporal,
         "smooth_spatial": cfg.smooth_spatial,
@@ -417,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="actor and critics; 0: the preset's")
     p.add_argument("--lr-final", type=float, default=d.lr_final,
                    help="learning rate at the end of the budget, as a fraction of --learning-rate (cosine decay; 1: constant)")
+    p.add_argument("--gamma", type=float, default=d.gamma,
+                   help="discount per control step; the horizon is about dt / (1 - gamma) seconds")
     p.add_argument("--buffer-size", type=int, default=d.buffer_size, help="replay capacity; 0: the preset's (1M)")
     p.add_argument("--learning-starts", type=int, default=d.learning_starts)
     p.add_argument("--critic-hidden", type=_widths, default=None, help="e.g. 256,256 (default: the preset's)")
