@@ -201,6 +201,7 @@ class TrainConfig:
     # (mean 35.26) and a best lap of 35.00 s against 35.19; linearly to 0, 35.16-36.66 s.
     lr_final: float = 0.1
     gamma: float = 0.99  # discount per control step (the paper's)
+    target_entropy: float | None = None  # the policy's entropy goal; None: minus the action size (the paper's)
     buffer_size: int = 0  # replay capacity in transitions; 0 = the preset's (1M)
     learning_starts: int = 2_000  # env steps of uniform random actions before learning
     critic_hidden: tuple[int, ...] = ()  # () = the preset's
@@ -263,6 +264,8 @@ class TrainConfig:
         need(self.learning_rate >= 0, "learning_rate", "must be > 0 (or 0 for the preset's)")
         need(0.0 <= self.lr_final <= 1.0, "lr_final", "must be a fraction in [0, 1] (1: a constant learning rate)")
         need(0.0 < self.gamma < 1.0, "gamma", "must be in (0, 1): the discount per control step")
+        need(self.target_entropy is None or math.isfinite(self.target_entropy), "target_entropy",
+             "must be a finite number (leave it out for minus the action size)")
         need(self.buffer_size >= 0, "buffer_size", "must be >= 1 (or 0 for the preset's)")
         need(self.learning_starts >= 0, "learning_starts", "must be >= 0")
         need(all(w > 0 for w in self.critic_hidden + self.actor_hidden), "critic_hidden", "widths must be > 0")
@@ -336,6 +339,7 @@ def crossq_config(cfg: TrainConfig) -> CrossQConfig:
     overrides: dict[str, Any] = {
         "learning_starts": cfg.learning_starts,
         "gamma": cfg.gamma,
+        "target_entropy": cfg.target_entropy,
         "action_overshoot": cfg.action_overshoot,
         "smooth_temporal": cfg.smooth_temporal,
         "smooth_spatial": cfg.smooth_spatial,
@@ -422,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning rate at the end of the budget, as a fraction of --learning-rate (cosine decay; 1: constant)")
     p.add_argument("--gamma", type=float, default=d.gamma,
                    help="discount per control step; the horizon is about dt / (1 - gamma) seconds")
+    p.add_argument("--target-entropy", type=float, default=d.target_entropy,
+                   help="entropy the temperature tuning holds the policy at (default: minus the number of action "
+                   "dimensions); lower means less exploration noise")
     p.add_argument("--buffer-size", type=int, default=d.buffer_size, help="replay capacity; 0: the preset's (1M)")
     p.add_argument("--learning-starts", type=int, default=d.learning_starts)
     p.add_argument("--critic-hidden", type=_widths, default=None, help="e.g. 256,256 (default: the preset's)")

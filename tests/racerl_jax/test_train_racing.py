@@ -35,7 +35,7 @@ def test_every_command_line_option_sets_its_config_field():
         "--chunk-iterations", "9", "--total-env-steps", "5000", "--matmul-precision", "default", "--no-progress",
         "--reward", "action_change=0.05, deviation=0", "--pedals", "separate",
         "--smooth-temporal", "0.7", "--smooth-spatial", "0.2", "--lr-final", "0.1",
-        "--gamma", "0.995",
+        "--gamma", "0.995", "--target-entropy", "-4",
     ])  # fmt: skip
     expected = dict(
         backend="surrogate", track="technical", model="kinematic", num_envs=7, budget_minutes=2.5, run_dir="r",
@@ -44,14 +44,14 @@ def test_every_command_line_option_sets_its_config_field():
         eval_every_env_steps=99, eval_laps=3, eval_max_steps=77, checkpoint_every_env_steps=1234, chunk_iterations=9,
         total_env_steps=5000, matmul_precision="default", progress=False,
         reward=dataclasses.replace(tr.DEFAULT_REWARD, action_change=0.05, deviation=0.0), pedals="separate",
-        smooth_temporal=0.7, smooth_spatial=0.2, lr_final=0.1, gamma=0.995,
+        smooth_temporal=0.7, smooth_spatial=0.2, lr_final=0.1, gamma=0.995, target_entropy=-4.0,
     )  # fmt: skip
     assert {k: getattr(cfg, k) for k in expected} == expected
     assert tr.parse_args([]) == tr.TrainConfig()  # no options: the dataclass defaults
     agent = tr.crossq_config(cfg)
     assert (agent.preset, agent.batch_size, agent.critic_hidden, agent.actor_hidden, agent.learning_starts,
             agent.action_overshoot, agent.buffer_size, agent.learning_rate, agent.smooth_temporal, agent.smooth_spatial,
-            agent.gamma) == ("paper", 64, (32, 16), (8,), 10, 0.2, 5000, 3e-4, 0.7, 0.2, 0.995)
+            agent.gamma, agent.target_entropy) == ("paper", 64, (32, 16), (8,), 10, 0.2, 5000, 3e-4, 0.7, 0.2, 0.995, -4.0)
 
 
 def test_defaults_resolve_to_cpu_preset_default_track_and_dynamic_model():
@@ -103,6 +103,8 @@ def test_bad_options_are_refused_with_the_reason():
         tr.parse_args(["--lr-final", "1.5"])
     with pytest.raises(SystemExit, match=r"gamma=1.0: must be in \(0, 1\)"):
         tr.parse_args(["--gamma", "1"])
+    with pytest.raises(SystemExit, match=r"target_entropy=nan: must be a finite number"):
+        tr.parse_args(["--target-entropy", "nan"])
 
 
 @pytest.mark.parametrize("text, reason", [
