@@ -35,7 +35,7 @@ def test_every_command_line_option_sets_its_config_field():
         "--chunk-iterations", "9", "--total-env-steps", "5000", "--matmul-precision", "default", "--no-progress",
         "--reward", "action_change=0.05, deviation=0", "--pedals", "separate",
         "--smooth-temporal", "0.7", "--smooth-spatial", "0.2", "--lr-final", "0.1",
-        "--gamma", "0.995", "--target-entropy", "-4",
+        "--gamma", "0.995", "--entropy-per-action", "-2",
     ])  # fmt: skip
     expected = dict(
         backend="surrogate", track="technical", model="kinematic", num_envs=7, budget_minutes=2.5, run_dir="r",
@@ -44,14 +44,14 @@ def test_every_command_line_option_sets_its_config_field():
         eval_every_env_steps=99, eval_laps=3, eval_max_steps=77, checkpoint_every_env_steps=1234, chunk_iterations=9,
         total_env_steps=5000, matmul_precision="default", progress=False,
         reward=dataclasses.replace(tr.DEFAULT_REWARD, action_change=0.05, deviation=0.0), pedals="separate",
-        smooth_temporal=0.7, smooth_spatial=0.2, lr_final=0.1, gamma=0.995, target_entropy=-4.0,
+        smooth_temporal=0.7, smooth_spatial=0.2, lr_final=0.1, gamma=0.995, entropy_per_action=-2.0,
     )  # fmt: skip
     assert {k: getattr(cfg, k) for k in expected} == expected
     assert tr.parse_args([]) == tr.TrainConfig()  # no options: the dataclass defaults
     agent = tr.crossq_config(cfg)
     assert (agent.preset, agent.batch_size, agent.critic_hidden, agent.actor_hidden, agent.learning_starts,
             agent.action_overshoot, agent.buffer_size, agent.learning_rate, agent.smooth_temporal, agent.smooth_spatial,
-            agent.gamma, agent.target_entropy) == ("paper", 64, (32, 16), (8,), 10, 0.2, 5000, 3e-4, 0.7, 0.2, 0.995, -4.0)
+            agent.gamma, agent.target_entropy) == ("paper", 64, (32, 16), (8,), 10, 0.2, 5000, 3e-4, 0.7, 0.2, 0.995, -6.0)
 
 
 def test_defaults_resolve_to_cpu_preset_default_track_and_dynamic_model():
@@ -59,25 +59,27 @@ def test_defaults_resolve_to_cpu_preset_default_track_and_dynamic_model():
     assert (cfg.preset, cfg.track, cfg.model) == ("cpu", DEFAULT_TRACK, "dynamic")
     assert cfg.run_dir.startswith(f"runs/crossq-{DEFAULT_TRACK}-")
     assert tr.TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    # A run saved before these settings existed drove the game's two pedals, unsmoothed.
-    newer = ("pedals", "smooth_temporal", "smooth_spatial")
-    changed = dataclasses.replace(cfg, pedals="combined", smooth_temporal=1.0, smooth_spatial=1.0)
+    # A run saved before these settings existed drove the game's two pedals, unsmoothed, at the paper's entropy goal.
+    newer = ("pedals", "smooth_temporal", "smooth_spatial", "entropy_per_action")
+    changed = dataclasses.replace(cfg, pedals="combined", smooth_temporal=1.0, smooth_spatial=1.0, entropy_per_action=-5.0)
     old_run = {k: v for k, v in changed.to_dict().items() if k not in newer}
     old = tr.TrainConfig.from_dict(old_run)
-    assert (old.pedals, old.smooth_temporal, old.smooth_spatial) == ("separate", 0.0, 0.0)
+    assert (old.pedals, old.smooth_temporal, old.smooth_spatial, old.entropy_per_action) == ("separate", 0.0, 0.0, -1.0)
+    assert tr.crossq_config(old).target_entropy == -3.0  # the paper's: minus the action size (two pedals and steer)
 
 
 def test_resume_accepts_a_run_saved_before_newer_settings_and_refuses_a_changed_one(tmp_path):
     # A run saved before the smoothing, pedal and decay settings existed trained unsmoothed on two pedals:
     # resuming it with those settings is accepted, with today's defaults refused, naming the change.
     as_it_ran = tr.resolve(tr.TrainConfig(run_dir=str(tmp_path), resume=True, smooth_temporal=0.0, pedals="separate",
-                                          lr_final=1.0))
-    newer = ("pedals", "smooth_temporal", "smooth_spatial", "lr_final")
+                                          lr_final=1.0, entropy_per_action=-1.0))
+    newer = ("pedals", "smooth_temporal", "smooth_spatial", "lr_final", "entropy_per_action")
     saved = {k: v for k, v in as_it_ran.run_settings().items() if k not in newer}
     (tmp_path / "config.json").write_text(json.dumps({"command": saved}))
     tr.prepare_run_dir(as_it_ran, tmp_path)
-    with pytest.raises(SystemExit, match=r"lr_final 1.0 -> 0.1, pedals 'separate' -> 'combined', smooth_temporal 0.0 -> 0.5"):
-        tr.prepare_run_dir(dataclasses.replace(as_it_ran, smooth_temporal=0.5, pedals="combined", lr_final=0.1), tmp_path)
+    with pytest.raises(SystemExit, match=r"entropy_per_action -1.0 -> -3.0, lr_final 1.0 -> 0.1, pedals 'separate' -> 'combined', smooth_temporal 0.0 -> 0.5"):
+        tr.prepare_run_dir(dataclasses.replace(as_it_ran, smooth_temporal=0.5, pedals="combined", lr_final=0.1,
+                                               entropy_per_action=-3.0), tmp_path)
 
 
 def test_saved_config_with_an_unknown_field_or_reward_weight_is_refused_naming_it():
@@ -103,8 +105,8 @@ def test_bad_options_are_refused_with_the_reason():
         tr.parse_args(["--lr-final", "1.5"])
     with pytest.raises(SystemExit, match=r"gamma=1.0: must be in \(0, 1\)"):
         tr.parse_args(["--gamma", "1"])
-    with pytest.raises(SystemExit, match=r"target_entropy=nan: must be a finite number"):
-        tr.parse_args(["--target-entropy", "nan"])
+    with pytest.raises(SystemExit, match=r"entropy_per_action=nan: must be a finite number"):
+        tr.parse_args(["--entropy-per-action", "nan"])
 
 
 @pytest.mark.parametrize("text, reason", [
