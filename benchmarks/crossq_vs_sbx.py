@@ -12,6 +12,12 @@ Usage: ``python benchmarks/crossq_vs_sbx.py [--seeds 3] [--steps 5000 10000] [--
 The last line reads
 ``ours_return_10k=<f> sbx_return_10k=<f> ours_updates_per_s=<f> sbx_updates_per_s=<f>``.
 Timings depend on the machine and on whatever else runs on it.
+
+``--breakdown`` instead splits one env step of each into parts, in one process: sbx's whole
+``learn`` step, its ``train()`` call, and its jitted update function alone on a fixed batch; ours'
+whole loop and its update alone on a fixed batch. What the loop in jit can save is the gap between
+a whole step and the update alone. Last line:
+``sbx_learn_ms=<f> sbx_train_ms=<f> sbx_update_ms=<f> ours_step_ms=<f> ours_update_ms=<f>``.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from racerl_jax import crossq, train_loop  # noqa: E402
+from racerl_jax import crossq, replay, train_loop  # noqa: E402
 from racerl_jax.crossq import CrossQConfig  # noqa: E402
 from racerl_jax.envs import Pendulum  # noqa: E402
 
@@ -81,9 +87,26 @@ def run_ours(config: CrossQConfig, seed: int, points: list[int], episodes: int) 
 
 
 def run_sbx(config: CrossQConfig, seed: int, points: list[int], episodes: int) -> dict:
+    model = _make_sbx(config, seed)
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        return model.predict(obs, deterministic=True)[0]
+
+    out, done, timing = {"returns": {}}, 0, {}
+    for point in points:
+        t0 = time.perf_counter()
+        model.learn(point - done, reset_num_timesteps=done == 0)
+        timing[point] = (time.perf_counter() - t0, int(model._n_updates))
+        done = point
+        out["returns"][point] = evaluate_on_gym(policy, seed, episodes)
+    out["updates_per_s"] = _steady_updates_per_s(points, timing)
+    return out
+
+
+def _make_sbx(config: CrossQConfig, seed: int):
     from sbx import CrossQ
 
-    model = CrossQ(
+    return CrossQ(
         "MlpPolicy",
         "Pendulum-v1",
         learning_rate=config.learning_rate,
@@ -106,17 +129,81 @@ def run_sbx(config: CrossQConfig, seed: int, points: list[int], episodes: int) -
         verbose=0,
     )
 
-    def policy(obs: np.ndarray) -> np.ndarray:
-        return model.predict(obs, deterministic=True)[0]
 
-    out, done, timing = {"returns": {}}, 0, {}
-    for point in points:
-        t0 = time.perf_counter()
-        model.learn(point - done, reset_num_timesteps=done == 0)
-        timing[point] = (time.perf_counter() - t0, int(model._n_updates))
-        done = point
-        out["returns"][point] = evaluate_on_gym(policy, seed, episodes)
-    out["updates_per_s"] = _steady_updates_per_s(points, timing)
+def _ms_per(fn, n: int) -> float:
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    return (time.perf_counter() - t0) / n * 1e3
+
+
+def breakdown(config: CrossQConfig, steps: int) -> dict[str, float]:
+    """Milliseconds per env step (one update each) of the parts of both implementations."""
+    from sbx.common.type_aliases import ReplayBufferSamplesNp
+
+    if config.utd_ratio != 1:
+        raise ValueError("--breakdown times one update per env step; use a preset with utd_ratio 1")
+    warm = config.learning_starts + 1000
+    model = _make_sbx(config, 0)
+    model.learn(warm)
+    out = {"sbx_learn_ms": _ms_per(lambda: model.learn(steps, reset_num_timesteps=False), steps)}
+
+    def sbx_train():
+        for _ in range(steps):
+            model.train(1, config.batch_size)
+        return model.policy.qf_state.params
+
+    out["sbx_train_ms"] = _ms_per(sbx_train, steps)
+    # sbx's jitted update (critic steps, every policy_delay-th with an actor step) on one fixed
+    # batch of policy_delay minibatches, as its train() passes it.
+    d = model.replay_buffer.sample(config.policy_delay * config.batch_size)
+    data = ReplayBufferSamplesNp(
+        d.observations.numpy(), d.actions.numpy(), d.next_observations.numpy(), d.dones.numpy().flatten(),
+        d.rewards.numpy().flatten(), np.full((config.policy_delay * config.batch_size,), config.gamma, np.float32),
+    )
+    data = jax.tree_util.tree_map(jnp.asarray, data)
+    delay = config.policy_delay
+
+    def sbx_update():
+        res = None
+        for _ in range(steps // delay):
+            res = model._train(model.target_entropy, delay, data, delay, 0, model.policy.qf_state,
+                               model.policy.actor_state, model.ent_coef_state, model.key)
+        return res
+
+    sbx_update()  # compiled outside the timing
+    out["sbx_update_ms"] = _ms_per(sbx_update, steps // delay * delay)
+
+    env = Pendulum()
+    params = env.default_params()
+    run = train_loop.make_train_iteration(env, params, config, num_envs=1, updates_per_iter=1)
+    carry = train_loop.init_train_carry(env, params, config, 1, jax.random.PRNGKey(0))
+    for _ in range(warm // CHUNK + 1):
+        carry, _ = run(carry, CHUNK)
+    jax.block_until_ready(carry)
+
+    def ours_loop():
+        nonlocal carry
+        for _ in range(steps // CHUNK):
+            carry, _ = run(carry, CHUNK)
+        return carry
+
+    out["ours_step_ms"] = _ms_per(ours_loop, steps // CHUNK * CHUNK)
+    batch = replay.sample(carry.buffer, jax.random.PRNGKey(1), config.batch_size)
+
+    @jax.jit
+    def ours_updates(agent):
+        return jax.lax.scan(lambda a, _: (crossq.update(a, batch, config)[0], None), agent, None, length=CHUNK)[0]
+
+    agent = ours_updates(carry.agent)
+    jax.block_until_ready(agent)
+
+    def ours_update():
+        nonlocal agent
+        for _ in range(steps // CHUNK):
+            agent = ours_updates(agent)
+        return agent
+
+    out["ours_update_ms"] = _ms_per(ours_update, steps // CHUNK * CHUNK)
     return out
 
 
@@ -136,6 +223,9 @@ def main() -> None:
     parser.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
     parser.add_argument("--hidden", type=int, default=None, help="override actor and critic widths (2 layers)")
     parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--breakdown", action="store_true",
+                        help="time the parts of one env step of each instead (see the module docstring)")
+    parser.add_argument("--breakdown-steps", type=int, default=3000, help="env steps timed per part")
     args = parser.parse_args()
     points = sorted(args.steps)
     config = getattr(CrossQConfig, args.preset)()
@@ -143,6 +233,13 @@ def main() -> None:
         config = dataclasses.replace(config, critic_hidden=(args.hidden,) * 2, actor_hidden=(args.hidden,) * 2)
     print(f"config: {config.to_dict()}")
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs visible; seeds {args.seeds}")
+    if args.breakdown:
+        parts = breakdown(config, args.breakdown_steps)
+        print(f"sbx: update alone {parts['sbx_update_ms'] / parts['sbx_learn_ms']:.0%} of its step; "
+              f"ours: update alone {parts['ours_update_ms'] / parts['ours_step_ms']:.0%} of its step; "
+              f"our update alone is {parts['sbx_update_ms'] / parts['ours_update_ms']:.2f}x faster than sbx's")
+        print(" ".join(f"{k}={v:.3f}" for k, v in parts.items()))
+        return
 
     results = {"ours": [], "sbx": []}
     for seed in range(args.seeds):

@@ -468,7 +468,8 @@ def _scaled(updates: Any, lr_scale: jax.Array | float) -> Any:
 
 
 def _update_actor_and_alpha(agent: AgentState, batch: Transition, key: jax.Array,
-                            lr_scale: jax.Array | float = 1.0) -> tuple[AgentState, dict]:
+                            lr_scale: jax.Array | float = 1.0,
+                            entropy_shift: jax.Array | float = 0.0) -> tuple[AgentState, dict]:
     config = agent.config
     actor_tx, _, alpha_tx = _optimisers(config)
     alpha = jnp.exp(agent.log_alpha)
@@ -477,7 +478,8 @@ def _update_actor_and_alpha(agent: AgentState, batch: Transition, key: jax.Array
     )
     upd, actor_opt = actor_tx.update(grads, agent.actor_opt, agent.actor_params)
     actor_params = optax.apply_updates(agent.actor_params, _scaled(upd, lr_scale))
-    a_loss, a_grad = jax.value_and_grad(alpha_loss)(agent.log_alpha, log_prob, target_entropy(config, agent.action_size))
+    target = target_entropy(config, agent.action_size) + entropy_shift
+    a_loss, a_grad = jax.value_and_grad(alpha_loss)(agent.log_alpha, log_prob, target)
     a_upd, alpha_opt = alpha_tx.update(a_grad, agent.alpha_opt, agent.log_alpha)
     agent = agent.replace(
         actor_params=actor_params,
@@ -490,10 +492,12 @@ def _update_actor_and_alpha(agent: AgentState, batch: Transition, key: jax.Array
 
 
 def update(agent: AgentState, batch: Transition, config: CrossQConfig,
-           lr_scale: jax.Array | float = 1.0) -> tuple[AgentState, dict[str, jax.Array]]:
+           lr_scale: jax.Array | float = 1.0,
+           entropy_shift: jax.Array | float = 0.0) -> tuple[AgentState, dict[str, jax.Array]]:
     """One gradient step on the critics; the actor and entropy coefficient are stepped every
     ``policy_delay`` critic steps. Actor metrics are NaN on steps that skip the actor.
-    ``lr_scale`` multiplies the actor's and critics' learning rate (a schedule's factor)."""
+    ``lr_scale`` multiplies the actor's and critics' learning rate and ``entropy_shift`` is added
+    to the target entropy (schedules' values: traced, so changing them compiles nothing)."""
     if config != agent.config:
         raise ValueError(
             f"update: config (preset {config.preset!r}) differs from the one the agent was built with "
@@ -519,7 +523,7 @@ def update(agent: AgentState, batch: Transition, config: CrossQConfig,
     nan = jnp.full((), jnp.nan, jnp.float32)
     agent, actor_metrics = jax.lax.cond(
         agent.updates % config.policy_delay == 0,
-        lambda a: _update_actor_and_alpha(a, batch, k_actor, lr_scale),
+        lambda a: _update_actor_and_alpha(a, batch, k_actor, lr_scale, entropy_shift),
         lambda a: (a, {"actor_loss": nan, "entropy": nan, "alpha_loss": nan, "policy_change": nan}),
         agent,
     )

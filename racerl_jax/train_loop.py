@@ -42,14 +42,15 @@ def scale_action(action, low: np.ndarray, high: np.ndarray, overshoot: float = 0
 
 
 def _run_updates(
-    agent: AgentState, buffer: ReplayBuffer, num_updates: int, config: CrossQConfig, lr_scale: jax.Array | float = 1.0
+    agent: AgentState, buffer: ReplayBuffer, num_updates: int, config: CrossQConfig,
+    lr_scale: jax.Array | float = 1.0, entropy_shift: jax.Array | float = 0.0,
 ) -> tuple[AgentState, dict[str, jax.Array]]:
     """``num_updates`` gradient steps (scan), each on a fresh batch; returns mean metrics."""
 
     def body(a: AgentState, _: None) -> tuple[AgentState, dict]:
         key, k_batch = jax.random.split(a.key)
         batch = replay.sample(buffer, k_batch, config.batch_size)
-        a, metrics = crossq.update(a.replace(key=key), batch, config, lr_scale)
+        a, metrics = crossq.update(a.replace(key=key), batch, config, lr_scale, entropy_shift)
         return a, metrics
 
     agent, metrics = jax.lax.scan(body, agent, None, length=num_updates)
@@ -62,12 +63,13 @@ def _nan_metrics() -> dict[str, jax.Array]:
 
 
 def _maybe_update(
-    agent: AgentState, buffer: ReplayBuffer, num_updates: int, config: CrossQConfig, lr_scale: jax.Array | float = 1.0
+    agent: AgentState, buffer: ReplayBuffer, num_updates: int, config: CrossQConfig,
+    lr_scale: jax.Array | float = 1.0, entropy_shift: jax.Array | float = 0.0,
 ) -> tuple[AgentState, dict[str, jax.Array]]:
     ready = (agent.env_steps >= config.learning_starts) & (buffer.size > 0)
     return jax.lax.cond(
         ready,
-        lambda a: _run_updates(a, buffer, num_updates, config, lr_scale),
+        lambda a: _run_updates(a, buffer, num_updates, config, lr_scale, entropy_shift),
         lambda a: (a, _nan_metrics()),
         agent,
     )
@@ -129,8 +131,9 @@ def _init_carry(env: Any, config: CrossQConfig, num_envs: int, env_params: Any, 
 def make_train_iteration(
     env: Any, env_params: Any, config: CrossQConfig, num_envs: int, updates_per_iter: int | None = None
 ) -> Callable[[TrainCarry, int], tuple[TrainCarry, dict[str, jax.Array]]]:
-    """Returns ``run(carry, num_iterations, lr_scale=1.0) -> (carry, stats)``, one jitted call
-    (``lr_scale`` multiplies the actor's and critics' learning rate for the chunk).
+    """Returns ``run(carry, num_iterations, lr_scale=1.0, entropy_shift=0.0) -> (carry, stats)``,
+    one jitted call (for the chunk, ``lr_scale`` multiplies the actor's and critics' learning rate
+    and ``entropy_shift`` is added to the target entropy).
 
     One iteration: act on all N envs (uniform random before ``learning_starts`` env steps),
     step them, insert the N transitions, then ``updates_per_iter`` gradient updates.
@@ -151,16 +154,18 @@ def make_train_iteration(
             f"got {low!r} and {high!r}"
         )
 
-    def run(carry: TrainCarry, num_iterations: int, lr_scale: float = 1.0) -> tuple[TrainCarry, dict[str, jax.Array]]:
+    def run(carry: TrainCarry, num_iterations: int, lr_scale: float = 1.0,
+            entropy_shift: float = 0.0) -> tuple[TrainCarry, dict[str, jax.Array]]:
         return _train_chunk(env, config, num_envs, updates, num_iterations, carry, env_params,
-                            jnp.asarray(lr_scale, jnp.float32))
+                            jnp.asarray(lr_scale, jnp.float32), jnp.asarray(entropy_shift, jnp.float32))
 
     return run
 
 
 @partial(jax.jit, static_argnums=(0, 1, 2, 3, 4), donate_argnums=(5,))
 def _train_chunk(env: Any, config: CrossQConfig, num_envs: int, updates: int, num_iterations: int,
-                 carry: TrainCarry, env_params: Any, lr_scale: jax.Array) -> tuple[TrainCarry, dict[str, jax.Array]]:
+                 carry: TrainCarry, env_params: Any, lr_scale: jax.Array,
+                 entropy_shift: jax.Array) -> tuple[TrainCarry, dict[str, jax.Array]]:
     low, high = np.asarray(env.action_low, np.float32), np.asarray(env.action_high, np.float32)
     v_step = batched_step(env)
 
@@ -185,7 +190,7 @@ def _train_chunk(env: Any, config: CrossQConfig, num_envs: int, updates: int, nu
             ),
         )
         agent = agent.replace(env_steps=agent.env_steps + num_envs)
-        agent, metrics = _maybe_update(agent, buffer, updates, config, lr_scale)
+        agent, metrics = _maybe_update(agent, buffer, updates, config, lr_scale, entropy_shift)
 
         done = terminated | truncated
         ep_return = carry.episodes.running_return + reward
@@ -339,10 +344,11 @@ class HostLoop:
         return obs, final, np.asarray(reward), np.asarray(term), np.asarray(trunc)
 
     def run(
-        self, agent: AgentState, buffer: ReplayBuffer, key: jax.Array, num_env_steps: int, lr_scale: float = 1.0
+        self, agent: AgentState, buffer: ReplayBuffer, key: jax.Array, num_env_steps: int, lr_scale: float = 1.0,
+        entropy_shift: float = 0.0,
     ) -> tuple[AgentState, ReplayBuffer, jax.Array, dict[str, float]]:
         """Collect at least ``num_env_steps`` transitions (over all envs), learning as it goes
-        (``lr_scale``: as for ``make_train_iteration``)."""
+        (``lr_scale``, ``entropy_shift``: as for ``make_train_iteration``)."""
         config = self.config
         steps = 0
         metrics: dict[str, Any] = {}
@@ -368,7 +374,7 @@ class HostLoop:
                 buffer = _host_insert(buffer, batch)
                 agent = agent.replace(env_steps=agent.env_steps + n_valid)
                 agent, metrics = _host_updates(agent, buffer, self.updates_per_step * n_valid // self.num_envs, config,
-                                               jnp.float32(lr_scale))
+                                               jnp.float32(lr_scale), jnp.float32(entropy_shift))
             done = (term | trunc) & valid
             self.running_return += np.where(valid, reward, 0.0)
             for i in np.flatnonzero(done):
@@ -440,9 +446,11 @@ def train_host(
     agent = crossq.init_agent(k_agent, loop.obs_size, loop.action_size, loop.config)
     carry = HostCarry(agent=agent, buffer=loop.init_buffer(), key=key)
 
-    def run(carry: HostCarry, iterations: int, lr_scale: float = 1.0) -> tuple[HostCarry, dict[str, float]]:
+    def run(carry: HostCarry, iterations: int, lr_scale: float = 1.0,
+            entropy_shift: float = 0.0) -> tuple[HostCarry, dict[str, float]]:
         before = len(loop.episode_returns)
-        agent, buffer, key, stats = loop.run(carry.agent, carry.buffer, carry.key, iterations * loop.num_envs, lr_scale)
+        agent, buffer, key, stats = loop.run(carry.agent, carry.buffer, carry.key, iterations * loop.num_envs,
+                                             lr_scale, entropy_shift)
         finished = loop.episode_returns[before:]
         stats["episodes"] = float(len(finished))
         stats["episode_return"] = float(np.mean(finished)) if finished else float("nan")
@@ -481,14 +489,16 @@ def drive(
     progress_metric: str = "episode_return",
     progress: bool = True,
     lr_schedule: Callable[[float], float] | None = None,
+    entropy_schedule: Callable[[float], float] | None = None,
 ) -> TrainResult:
-    """Run ``run(carry, iterations, lr_scale)`` chunk after chunk (``carry.agent`` counts env steps
-    and updates) until ``total_env_steps`` or ``max_wall_seconds``.
+    """Run ``run(carry, iterations, lr_scale, entropy_shift)`` chunk after chunk (``carry.agent``
+    counts env steps and updates) until ``total_env_steps`` or ``max_wall_seconds``.
 
     ``lr_schedule(f)`` gives each chunk's learning-rate factor from ``f`` in [0, 1], how much of the
     budget is spent when the chunk starts: the larger of the env steps' share of ``total_env_steps``
     and the wall clock's share of ``max_wall_seconds`` (of this call: a resumed run anneals over its
-    own budget, from where its env steps stand). It is logged as ``lr_scale``.
+    own budget, from where its env steps stand). It is logged as ``lr_scale``. ``entropy_schedule(f)``
+    likewise gives what is added to the agent's target entropy, logged as ``entropy_shift``.
 
     With ``run_dir``: logs (metrics.jsonl, TensorBoard, learning-curve PNG), ``run_meta`` and
     ``extra_config`` (the calling command's settings) as config.json, orbax checkpoints of the
@@ -532,7 +542,8 @@ def drive(
             if max_wall_seconds is not None:
                 spent = max(spent, (t0 - start) / max_wall_seconds if max_wall_seconds > 0 else 1.0)
             lr_scale = 1.0 if lr_schedule is None else float(lr_schedule(min(spent, 1.0)))
-            carry, stats = run(carry, iters, lr_scale)
+            entropy_shift = 0.0 if entropy_schedule is None else float(entropy_schedule(min(spent, 1.0)))
+            carry, stats = run(carry, iters, lr_scale, entropy_shift)
             stats = {k: float(v) for k, v in stats.items()}
             dt = time.monotonic() - t0
             env_steps = int(carry.agent.env_steps)
@@ -543,6 +554,7 @@ def drive(
                 "env_steps_per_s": iters * num_envs / dt,
                 "updates_per_s": (int(carry.agent.updates) - updates_before) / dt,
                 "lr_scale": lr_scale,
+                **({} if entropy_schedule is None else {"entropy_shift": entropy_shift}),
                 **stats,
             }
             if eval_fn is not None and next_eval is not None and env_steps >= next_eval:

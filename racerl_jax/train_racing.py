@@ -208,6 +208,10 @@ class TrainConfig:
     # laps 0.5 s faster), seed 1 2.4% against 2.6%, but seed 2's critics collapsed at 260k (loss
     # 0.5 -> 28, no clean lap after) where -1 lapped throughout; so the default stays the paper's.
     entropy_per_action: float = -1.0
+    # The entropy goal per action dimension at the end of the budget, reached on the learning
+    # rate's cosine (explore as the paper does while the laps are found, then drive with less
+    # noise); None keeps --entropy-per-action throughout.
+    entropy_per_action_final: float | None = None
     buffer_size: int = 0  # replay capacity in transitions; 0 = the preset's (1M)
     learning_starts: int = 2_000  # env steps of uniform random actions before learning
     critic_hidden: tuple[int, ...] = ()  # () = the preset's
@@ -271,6 +275,8 @@ class TrainConfig:
         need(0.0 <= self.lr_final <= 1.0, "lr_final", "must be a fraction in [0, 1] (1: a constant learning rate)")
         need(0.0 < self.gamma < 1.0, "gamma", "must be in (0, 1): the discount per control step")
         need(math.isfinite(self.entropy_per_action), "entropy_per_action", "must be a finite number (the paper's is -1)")
+        need(self.entropy_per_action_final is None or math.isfinite(self.entropy_per_action_final),
+             "entropy_per_action_final", "must be a finite number, or None to keep --entropy-per-action")
         need(self.buffer_size >= 0, "buffer_size", "must be >= 1 (or 0 for the preset's)")
         need(self.learning_starts >= 0, "learning_starts", "must be >= 0")
         need(all(w > 0 for w in self.critic_hidden + self.actor_hidden), "critic_hidden", "widths must be > 0")
@@ -306,7 +312,8 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         # Runs saved before these settings existed drove the game's two pedals, unsmoothed, at a
         # constant learning rate.
-        old = {"pedals": "separate", "smooth_temporal": 0.0, "smooth_spatial": 0.0, "lr_final": 1.0}
+        old = {"pedals": "separate", "smooth_temporal": 0.0, "smooth_spatial": 0.0, "lr_final": 1.0,
+               "entropy_per_action_final": None}
         return dataclass_from_dict(cls, {**old, **d})
 
 
@@ -434,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--entropy-per-action", type=float, default=d.entropy_per_action,
                    help="entropy per action dimension the temperature tuning holds the policy at (the paper's: -1); "
                    "lower means less exploration noise")
+    p.add_argument("--entropy-per-action-final", type=float, default=d.entropy_per_action_final,
+                   help="the entropy goal per action dimension at the end of the budget, reached on the learning "
+                   "rate's cosine (default: --entropy-per-action throughout)")
     p.add_argument("--buffer-size", type=int, default=d.buffer_size, help="replay capacity; 0: the preset's (1M)")
     p.add_argument("--learning-starts", type=int, default=d.learning_starts)
     p.add_argument("--critic-hidden", type=_widths, default=None, help="e.g. 256,256 (default: the preset's)")
@@ -767,13 +777,28 @@ def _driver_options(cfg: TrainConfig, run_dir: Path, t_start: float, evaluator: 
     return dict(max_wall_seconds=max(remaining, 1.0), run_dir=run_dir, eval_fn=evaluator,
                 eval_every_env_steps=cfg.eval_every_env_steps, checkpoint_every_env_steps=cfg.checkpoint_every_env_steps,
                 resume=cfg.resume, extra_config={"command": cfg.run_settings()}, progress_metric="eval_lap_s",
-                progress=cfg.progress, lr_schedule=cosine_decay(cfg.lr_final) if cfg.lr_final != 1.0 else None)
+                progress=cfg.progress, lr_schedule=cosine_decay(cfg.lr_final) if cfg.lr_final != 1.0 else None,
+                entropy_schedule=entropy_schedule(cfg))
+
+
+def cosine_ramp(f: float) -> float:
+    """0 at the start of the budget (f = 0), 1 at its end, on half a cosine: flat at both ends."""
+    return 0.5 * (1.0 - math.cos(math.pi * f))
 
 
 def cosine_decay(final: float) -> Callable[[float], float]:
     """The learning-rate factor over the spent share f of the budget: 1 at the start, ``final`` at
     the end, on half a cosine (flat at both ends: full steps while the policy finds its laps)."""
-    return lambda f: final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * f))
+    return lambda f: 1.0 + (final - 1.0) * cosine_ramp(f)
+
+
+def entropy_schedule(cfg: TrainConfig) -> Callable[[float], float] | None:
+    """What is added to the agent's target entropy over the spent share f of the budget: 0 at the
+    start, (final - start) x the action size at the end; None without --entropy-per-action-final."""
+    if cfg.entropy_per_action_final is None:
+        return None
+    total = (cfg.entropy_per_action_final - cfg.entropy_per_action) * len(action_bounds(cfg.pedals)[0])
+    return lambda f: total * cosine_ramp(f)
 
 
 def _run_real(cfg: TrainConfig, run_dir: Path, t_start: float) -> dict[str, Any]:

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import gymnasium as gym
@@ -111,6 +112,20 @@ def test_lr_schedule_gets_the_spent_share_of_the_budget_and_is_logged():
     train_loop.train(env, env.default_params(), TINY, total_env_steps=10**6, num_envs=4, chunk_iterations=25,
                      progress=False, max_wall_seconds=1e-9, lr_schedule=lambda f: spent.append(f) or 1.0)
     assert spent == [1.0]
+
+
+def test_entropy_schedule_shifts_the_agents_entropy_goal_and_is_logged():
+    env = Pendulum()
+    config = dataclasses.replace(TINY, learning_starts=0)
+    runs = {}
+    for name, schedule in (("none", None), ("lower", lambda f: -20.0), ("higher", lambda f: 20.0)):
+        runs[name] = train_loop.train(env, env.default_params(), config, total_env_steps=200, num_envs=4,
+                                      chunk_iterations=25, progress=False, entropy_schedule=schedule)
+    assert "entropy_shift" not in runs["none"].history[0]
+    assert [h["entropy_shift"] for h in runs["lower"].history] == [-20.0, -20.0]
+    # The temperature falls when the goal is far below the policy's entropy and rises when far above.
+    alpha = {k: float(jnp.exp(r.carry.agent.log_alpha)) for k, r in runs.items()}
+    assert alpha["lower"] < alpha["none"] < alpha["higher"]
 
 
 def test_jitted_loop_rejects_a_buffer_smaller_than_one_env_step():

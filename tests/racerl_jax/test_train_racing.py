@@ -35,7 +35,7 @@ def test_every_command_line_option_sets_its_config_field():
         "--chunk-iterations", "9", "--total-env-steps", "5000", "--matmul-precision", "default", "--no-progress",
         "--reward", "action_change=0.05, deviation=0", "--pedals", "separate",
         "--smooth-temporal", "0.7", "--smooth-spatial", "0.2", "--lr-final", "0.1",
-        "--gamma", "0.995", "--entropy-per-action", "-2",
+        "--gamma", "0.995", "--entropy-per-action", "-2", "--entropy-per-action-final", "-3.5",
     ])  # fmt: skip
     expected = dict(
         backend="surrogate", track="technical", model="kinematic", num_envs=7, budget_minutes=2.5, run_dir="r",
@@ -45,6 +45,7 @@ def test_every_command_line_option_sets_its_config_field():
         total_env_steps=5000, matmul_precision="default", progress=False,
         reward=dataclasses.replace(tr.DEFAULT_REWARD, action_change=0.05, deviation=0.0), pedals="separate",
         smooth_temporal=0.7, smooth_spatial=0.2, lr_final=0.1, gamma=0.995, entropy_per_action=-2.0,
+        entropy_per_action_final=-3.5,
     )  # fmt: skip
     assert {k: getattr(cfg, k) for k in expected} == expected
     assert tr.parse_args([]) == tr.TrainConfig()  # no options: the dataclass defaults
@@ -60,11 +61,13 @@ def test_defaults_resolve_to_cpu_preset_default_track_and_dynamic_model():
     assert cfg.run_dir.startswith(f"runs/crossq-{DEFAULT_TRACK}-")
     assert tr.TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     # A run saved before these settings existed drove the game's two pedals, unsmoothed, at the paper's entropy goal.
-    newer = ("pedals", "smooth_temporal", "smooth_spatial", "entropy_per_action")
-    changed = dataclasses.replace(cfg, pedals="combined", smooth_temporal=1.0, smooth_spatial=1.0, entropy_per_action=-3.0)
+    newer = ("pedals", "smooth_temporal", "smooth_spatial", "entropy_per_action", "entropy_per_action_final")
+    changed = dataclasses.replace(cfg, pedals="combined", smooth_temporal=1.0, smooth_spatial=1.0, entropy_per_action=-3.0,
+                                  entropy_per_action_final=-4.0)
     old_run = {k: v for k, v in changed.to_dict().items() if k not in newer}
     old = tr.TrainConfig.from_dict(old_run)
-    assert (old.pedals, old.smooth_temporal, old.smooth_spatial, old.entropy_per_action) == ("separate", 0.0, 0.0, -1.0)
+    assert (old.pedals, old.smooth_temporal, old.smooth_spatial, old.entropy_per_action,
+            old.entropy_per_action_final) == ("separate", 0.0, 0.0, -1.0, None)
     assert tr.crossq_config(old).target_entropy == -3.0  # the paper's: minus the action size (two pedals and steer)
 
 
@@ -107,6 +110,8 @@ def test_bad_options_are_refused_with_the_reason():
         tr.parse_args(["--gamma", "1"])
     with pytest.raises(SystemExit, match=r"entropy_per_action=nan: must be a finite number"):
         tr.parse_args(["--entropy-per-action", "nan"])
+    with pytest.raises(SystemExit, match=r"entropy_per_action_final=inf: must be a finite number, or None"):
+        tr.parse_args(["--entropy-per-action-final", "inf"])
 
 
 @pytest.mark.parametrize("text, reason", [
@@ -340,3 +345,18 @@ def test_learning_rate_decays_on_a_cosine_from_full_to_lr_final_over_the_budget(
     opts = lambda cfg: tr._driver_options(cfg, Path("unused"), time.monotonic(), None)  # noqa: E731
     assert opts(tr.TrainConfig(lr_final=1.0))["lr_schedule"] is None  # constant: no schedule at all
     assert opts(tr.TrainConfig())["lr_schedule"](1.0) == pytest.approx(tr.TrainConfig.lr_final)
+
+
+def test_entropy_goal_moves_from_start_to_final_on_the_learning_rates_cosine():
+    opts = lambda cfg: tr._driver_options(cfg, Path("unused"), time.monotonic(), None)  # noqa: E731
+    assert opts(tr.TrainConfig())["entropy_schedule"] is None  # no final goal: the start's throughout
+    cfg = tr.TrainConfig(entropy_per_action=-1.0, entropy_per_action_final=-3.0, pedals="combined", lr_final=0.1)
+    shift, lr = opts(cfg)["entropy_schedule"], opts(cfg)["lr_schedule"]
+    base = tr.crossq_config(cfg).target_entropy
+    assert base == -2.0  # steer and one pedal axis
+    for f in np.linspace(0.0, 1.0, 11):
+        done = (1.0 - lr(f)) / (1.0 - 0.1)  # the learning rate's share of its way down
+        assert base + shift(f) == pytest.approx(-2.0 + (-6.0 + 2.0) * done)
+    assert shift(0.0) == 0.0 and base + shift(1.0) == pytest.approx(-6.0)
+    three = dataclasses.replace(cfg, pedals="separate")
+    assert tr.crossq_config(three).target_entropy + opts(three)["entropy_schedule"](1.0) == pytest.approx(-9.0)
