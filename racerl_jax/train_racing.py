@@ -214,6 +214,10 @@ class TrainConfig:
     entropy_per_action_final: float | None = None
     buffer_size: int = 0  # replay capacity in transitions; 0 = the preset's (1M)
     learning_starts: int = 2_000  # env steps of uniform random actions before learning
+    # Gradient updates with plain batch norm in the critics and actor before batch renormalisation's
+    # corrections start; None = the preset's (cpu: 10k, sized for Pendulum's short runs). 100k, the
+    # paper's, is 200k env steps here.
+    renorm_warmup_steps: int | None = 100_000
     critic_hidden: tuple[int, ...] = ()  # () = the preset's
     actor_hidden: tuple[int, ...] = ()
     episode_steps: int = 1_000  # training episode limit (random starts cover the rest of the track)
@@ -279,6 +283,8 @@ class TrainConfig:
              "entropy_per_action_final", "must be a finite number, or None to keep --entropy-per-action")
         need(self.buffer_size >= 0, "buffer_size", "must be >= 1 (or 0 for the preset's)")
         need(self.learning_starts >= 0, "learning_starts", "must be >= 0")
+        need(self.renorm_warmup_steps is None or self.renorm_warmup_steps >= 0, "renorm_warmup_steps",
+             "must be >= 0 gradient updates (or None for the preset's)")
         need(all(w > 0 for w in self.critic_hidden + self.actor_hidden), "critic_hidden", "widths must be > 0")
         need(self.episode_steps >= 1, "episode_steps", "must be >= 1")
         need(0.0 <= self.car_spread < 1.0, "car_spread", "must be in [0, 1)")
@@ -313,7 +319,7 @@ class TrainConfig:
         # Runs saved before these settings existed drove the game's two pedals, unsmoothed, at a
         # constant learning rate.
         old = {"pedals": "separate", "smooth_temporal": 0.0, "smooth_spatial": 0.0, "lr_final": 1.0,
-               "entropy_per_action_final": None}
+               "entropy_per_action_final": None, "renorm_warmup_steps": None}
         return dataclass_from_dict(cls, {**old, **d})
 
 
@@ -356,6 +362,8 @@ def crossq_config(cfg: TrainConfig) -> CrossQConfig:
         "smooth_temporal": cfg.smooth_temporal,
         "smooth_spatial": cfg.smooth_spatial,
     }
+    if cfg.renorm_warmup_steps is not None:
+        overrides["renorm_warmup_steps"] = cfg.renorm_warmup_steps
     if cfg.batch_size:
         overrides["batch_size"] = cfg.batch_size
     if cfg.learning_rate:
@@ -446,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "rate's cosine (default: --entropy-per-action throughout)")
     p.add_argument("--buffer-size", type=int, default=d.buffer_size, help="replay capacity; 0: the preset's (1M)")
     p.add_argument("--learning-starts", type=int, default=d.learning_starts)
+    p.add_argument("--renorm-warmup-steps", type=int, default=d.renorm_warmup_steps,
+                   help="gradient updates with plain batch norm before batch renormalisation's corrections start")
     p.add_argument("--critic-hidden", type=_widths, default=None, help="e.g. 256,256 (default: the preset's)")
     p.add_argument("--actor-hidden", type=_widths, default=None)
     p.add_argument("--episode-steps", type=int, default=d.episode_steps)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from racerl_jax import train_racing as tr
+from racerl_jax.crossq import CrossQConfig
 from racerl_jax.logs import read_metrics
 from surrogate.car import CarParams
 from surrogate.track_io import DEFAULT_TRACK, load_track
@@ -36,6 +37,7 @@ def test_every_command_line_option_sets_its_config_field():
         "--reward", "action_change=0.05, deviation=0", "--pedals", "separate",
         "--smooth-temporal", "0.7", "--smooth-spatial", "0.2", "--lr-final", "0.1",
         "--gamma", "0.995", "--entropy-per-action", "-2", "--entropy-per-action-final", "-3.5",
+        "--renorm-warmup-steps", "500",
     ])  # fmt: skip
     expected = dict(
         backend="surrogate", track="technical", model="kinematic", num_envs=7, budget_minutes=2.5, run_dir="r",
@@ -45,14 +47,15 @@ def test_every_command_line_option_sets_its_config_field():
         total_env_steps=5000, matmul_precision="default", progress=False,
         reward=dataclasses.replace(tr.DEFAULT_REWARD, action_change=0.05, deviation=0.0), pedals="separate",
         smooth_temporal=0.7, smooth_spatial=0.2, lr_final=0.1, gamma=0.995, entropy_per_action=-2.0,
-        entropy_per_action_final=-3.5,
+        entropy_per_action_final=-3.5, renorm_warmup_steps=500,
     )  # fmt: skip
     assert {k: getattr(cfg, k) for k in expected} == expected
     assert tr.parse_args([]) == tr.TrainConfig()  # no options: the dataclass defaults
     agent = tr.crossq_config(cfg)
     assert (agent.preset, agent.batch_size, agent.critic_hidden, agent.actor_hidden, agent.learning_starts,
             agent.action_overshoot, agent.buffer_size, agent.learning_rate, agent.smooth_temporal, agent.smooth_spatial,
-            agent.gamma, agent.target_entropy) == ("paper", 64, (32, 16), (8,), 10, 0.2, 5000, 3e-4, 0.7, 0.2, 0.995, -6.0)
+            agent.gamma, agent.target_entropy, agent.renorm_warmup_steps) == (
+        "paper", 64, (32, 16), (8,), 10, 0.2, 5000, 3e-4, 0.7, 0.2, 0.995, -6.0, 500)
 
 
 def test_defaults_resolve_to_cpu_preset_default_track_and_dynamic_model():
@@ -61,13 +64,16 @@ def test_defaults_resolve_to_cpu_preset_default_track_and_dynamic_model():
     assert cfg.run_dir.startswith(f"runs/crossq-{DEFAULT_TRACK}-")
     assert tr.TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     # A run saved before these settings existed drove the game's two pedals, unsmoothed, at the paper's entropy goal.
-    newer = ("pedals", "smooth_temporal", "smooth_spatial", "entropy_per_action", "entropy_per_action_final")
+    newer = ("pedals", "smooth_temporal", "smooth_spatial", "entropy_per_action", "entropy_per_action_final",
+             "renorm_warmup_steps")
     changed = dataclasses.replace(cfg, pedals="combined", smooth_temporal=1.0, smooth_spatial=1.0, entropy_per_action=-3.0,
-                                  entropy_per_action_final=-4.0)
+                                  entropy_per_action_final=-4.0, renorm_warmup_steps=7)
     old_run = {k: v for k, v in changed.to_dict().items() if k not in newer}
     old = tr.TrainConfig.from_dict(old_run)
     assert (old.pedals, old.smooth_temporal, old.smooth_spatial, old.entropy_per_action,
-            old.entropy_per_action_final) == ("separate", 0.0, 0.0, -1.0, None)
+            old.entropy_per_action_final, old.renorm_warmup_steps) == ("separate", 0.0, 0.0, -1.0, None, None)
+    assert tr.crossq_config(old).renorm_warmup_steps == CrossQConfig.cpu().renorm_warmup_steps  # the preset's
+    assert tr.crossq_config(cfg).renorm_warmup_steps == 100_000  # today's: the paper's
     assert tr.crossq_config(old).target_entropy == -3.0  # the paper's: minus the action size (two pedals and steer)
 
 
@@ -75,13 +81,16 @@ def test_resume_accepts_a_run_saved_before_newer_settings_and_refuses_a_changed_
     # A run saved before the smoothing, pedal and decay settings existed trained unsmoothed on two pedals:
     # resuming it with those settings is accepted, with today's defaults refused, naming the change.
     as_it_ran = tr.resolve(tr.TrainConfig(run_dir=str(tmp_path), resume=True, smooth_temporal=0.0, pedals="separate",
-                                          lr_final=1.0, entropy_per_action=-1.0))
-    newer = ("pedals", "smooth_temporal", "smooth_spatial", "lr_final", "entropy_per_action")
+                                          lr_final=1.0, entropy_per_action=-1.0, entropy_per_action_final=None,
+                                          renorm_warmup_steps=None))
+    newer = ("pedals", "smooth_temporal", "smooth_spatial", "lr_final", "entropy_per_action", "entropy_per_action_final",
+             "renorm_warmup_steps")
     saved = {k: v for k, v in as_it_ran.run_settings().items() if k not in newer}
     (tmp_path / "config.json").write_text(json.dumps({"command": saved}))
     tr.prepare_run_dir(as_it_ran, tmp_path)
-    with pytest.raises(SystemExit, match=r"entropy_per_action -1.0 -> -3.0, lr_final 1.0 -> 0.1, pedals 'separate' -> 'combined', smooth_temporal 0.0 -> 0.5"):
+    with pytest.raises(SystemExit, match=r"entropy_per_action -1.0 -> -3.0, lr_final 1.0 -> 0.1, pedals 'separate' -> 'combined', renorm_warmup_steps None -> 100000, smooth_temporal 0.0 -> 0.5"):
         tr.prepare_run_dir(dataclasses.replace(as_it_ran, smooth_temporal=0.5, pedals="combined", lr_final=0.1,
+                                               renorm_warmup_steps=100_000,
                                                entropy_per_action=-3.0), tmp_path)
 
 
@@ -112,6 +121,8 @@ def test_bad_options_are_refused_with_the_reason():
         tr.parse_args(["--entropy-per-action", "nan"])
     with pytest.raises(SystemExit, match=r"entropy_per_action_final=inf: must be a finite number, or None"):
         tr.parse_args(["--entropy-per-action-final", "inf"])
+    with pytest.raises(SystemExit, match=r"renorm_warmup_steps=-5: must be >= 0 gradient updates"):
+        tr.parse_args(["--renorm-warmup-steps", "-5"])
 
 
 @pytest.mark.parametrize("text, reason", [
