@@ -88,9 +88,9 @@ def test_resume_accepts_a_run_saved_before_newer_settings_and_refuses_a_changed_
     saved = {k: v for k, v in as_it_ran.run_settings().items() if k not in newer}
     (tmp_path / "config.json").write_text(json.dumps({"command": saved}))
     tr.prepare_run_dir(as_it_ran, tmp_path)
-    with pytest.raises(SystemExit, match=r"entropy_per_action -1.0 -> -3.0, lr_final 1.0 -> 0.1, pedals 'separate' -> 'combined', renorm_warmup_steps None -> 100000, smooth_temporal 0.0 -> 0.5"):
+    with pytest.raises(SystemExit, match=r"entropy_per_action -1.0 -> -3.0, entropy_per_action_final None -> -3.0, lr_final 1.0 -> 0.1, pedals 'separate' -> 'combined', renorm_warmup_steps None -> 100000, smooth_temporal 0.0 -> 0.5"):
         tr.prepare_run_dir(dataclasses.replace(as_it_ran, smooth_temporal=0.5, pedals="combined", lr_final=0.1,
-                                               renorm_warmup_steps=100_000,
+                                               renorm_warmup_steps=100_000, entropy_per_action_final=-3.0,
                                                entropy_per_action=-3.0), tmp_path)
 
 
@@ -360,7 +360,8 @@ def test_learning_rate_decays_on_a_cosine_from_full_to_lr_final_over_the_budget(
 
 def test_entropy_goal_moves_from_start_to_final_on_the_learning_rates_cosine():
     opts = lambda cfg: tr._driver_options(cfg, Path("unused"), time.monotonic(), None)  # noqa: E731
-    assert opts(tr.TrainConfig())["entropy_schedule"] is None  # no final goal: the start's throughout
+    assert opts(tr.TrainConfig(entropy_per_action_final=None))["entropy_schedule"] is None  # the start's throughout
+    assert tr.TrainConfig().entropy_per_action_final == -3.0  # the default: from the paper's -1 down to -3
     cfg = tr.TrainConfig(entropy_per_action=-1.0, entropy_per_action_final=-3.0, pedals="combined", lr_final=0.1)
     shift, lr = opts(cfg)["entropy_schedule"], opts(cfg)["lr_schedule"]
     base = tr.crossq_config(cfg).target_entropy
