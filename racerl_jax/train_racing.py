@@ -204,21 +204,19 @@ class TrainConfig:
     # The policy's entropy goal per action dimension, which the temperature tuning holds it at; -1
     # is the paper's (minus the action size). Lower means less exploration noise: the paper's goal
     # leaves a tanh-Gaussian's steering noise at about 9% of full lock, and the critics then value a
-    # noisy driver. Oval, 874k env steps, -3 throughout against -1: seed 0 1.0% against 1.8%, seed 1
-    # 2.4% against 2.6%, but seed 2's critics collapsed at 260k; so -3 is reached late instead.
+    # noisy driver. Oval, 874k env steps, -3 against -1: seed 0 1.0% against 1.8%, seed 1 2.4%
+    # against 2.6%, but seed 2's critics collapsed at 260k; so the default stays the paper's.
     entropy_per_action: float = -1.0
     # The entropy goal per action dimension at the end of the budget, reached on the learning
     # rate's cosine: explore as the paper does while the laps are found, then drive with less
-    # noise. None keeps --entropy-per-action throughout. Oval, 874k env steps, with the paper's
-    # renorm warm-up (below), seeds 0/1/2: 2.0/1.6/0.8% from the limit, against 1.8/2.6/3.0% with
-    # -1 throughout and the preset's warm-up (README, "Entropy goal").
-    entropy_per_action_final: float | None = -3.0
+    # noise. None (the default) keeps --entropy-per-action throughout.
+    entropy_per_action_final: float | None = None
     buffer_size: int = 0  # replay capacity in transitions; 0 = the preset's (1M)
     learning_starts: int = 2_000  # env steps of uniform random actions before learning
     # Gradient updates with plain batch norm in the critics and actor before batch renormalisation's
-    # corrections start; None = the preset's (cpu: 10k, sized for Pendulum's short runs). 100k, the
-    # paper's, is 200k env steps here.
-    renorm_warmup_steps: int | None = 100_000
+    # corrections start; None (the default) = the preset's (cpu: 10k; paper: 100k, which is 200k env
+    # steps here).
+    renorm_warmup_steps: int | None = None
     critic_hidden: tuple[int, ...] = ()  # () = the preset's
     actor_hidden: tuple[int, ...] = ()
     episode_steps: int = 1_000  # training episode limit (random starts cover the rest of the track)

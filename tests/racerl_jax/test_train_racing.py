@@ -73,7 +73,7 @@ def test_defaults_resolve_to_cpu_preset_default_track_and_dynamic_model():
     assert (old.pedals, old.smooth_temporal, old.smooth_spatial, old.entropy_per_action,
             old.entropy_per_action_final, old.renorm_warmup_steps) == ("separate", 0.0, 0.0, -1.0, None, None)
     assert tr.crossq_config(old).renorm_warmup_steps == CrossQConfig.cpu().renorm_warmup_steps  # the preset's
-    assert tr.crossq_config(cfg).renorm_warmup_steps == 100_000  # today's: the paper's
+    assert tr.crossq_config(dataclasses.replace(cfg, renorm_warmup_steps=100_000)).renorm_warmup_steps == 100_000
     assert tr.crossq_config(old).target_entropy == -3.0  # the paper's: minus the action size (two pedals and steer)
 
 
@@ -360,8 +360,7 @@ def test_learning_rate_decays_on_a_cosine_from_full_to_lr_final_over_the_budget(
 
 def test_entropy_goal_moves_from_start_to_final_on_the_learning_rates_cosine():
     opts = lambda cfg: tr._driver_options(cfg, Path("unused"), time.monotonic(), None)  # noqa: E731
-    assert opts(tr.TrainConfig(entropy_per_action_final=None))["entropy_schedule"] is None  # the start's throughout
-    assert tr.TrainConfig().entropy_per_action_final == -3.0  # the default: from the paper's -1 down to -3
+    assert opts(tr.TrainConfig())["entropy_schedule"] is None  # no final goal: the start's throughout
     cfg = tr.TrainConfig(entropy_per_action=-1.0, entropy_per_action_final=-3.0, pedals="combined", lr_final=0.1)
     shift, lr = opts(cfg)["entropy_schedule"], opts(cfg)["lr_schedule"]
     base = tr.crossq_config(cfg).target_entropy
