@@ -541,8 +541,9 @@ def drive(
             spent = env_steps / total_env_steps
             if max_wall_seconds is not None:
                 spent = max(spent, (t0 - start) / max_wall_seconds if max_wall_seconds > 0 else 1.0)
-            lr_scale = 1.0 if lr_schedule is None else float(lr_schedule(min(spent, 1.0)))
-            entropy_shift = 0.0 if entropy_schedule is None else float(entropy_schedule(min(spent, 1.0)))
+            spent = min(spent, 1.0)
+            lr_scale = 1.0 if lr_schedule is None else float(lr_schedule(spent))
+            entropy_shift = 0.0 if entropy_schedule is None else float(entropy_schedule(spent))
             carry, stats = run(carry, iters, lr_scale, entropy_shift)
             stats = {k: float(v) for k, v in stats.items()}
             dt = time.monotonic() - t0

@@ -316,7 +316,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         # Runs saved before these settings existed drove the game's two pedals, unsmoothed, at a
-        # constant learning rate.
+        # constant learning rate, a constant entropy goal and the preset's renorm warm-up.
         old = {"pedals": "separate", "smooth_temporal": 0.0, "smooth_spatial": 0.0, "lr_final": 1.0,
                "entropy_per_action_final": None, "renorm_warmup_steps": None}
         return dataclass_from_dict(cls, {**old, **d})
@@ -351,12 +351,17 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, preset=preset, model=model, track=track, num_envs=num_envs, run_dir=run_dir)
 
 
+def _action_dims(cfg: TrainConfig) -> int:
+    """The agent's action size: steering and one or two pedal axes."""
+    return len(action_bounds(cfg.pedals)[0])
+
+
 def crossq_config(cfg: TrainConfig) -> CrossQConfig:
     """The agent's config: the preset with this command's overrides."""
     overrides: dict[str, Any] = {
         "learning_starts": cfg.learning_starts,
         "gamma": cfg.gamma,
-        "target_entropy": cfg.entropy_per_action * len(action_bounds(cfg.pedals)[0]),
+        "target_entropy": cfg.entropy_per_action * _action_dims(cfg),
         "action_overshoot": cfg.action_overshoot,
         "smooth_temporal": cfg.smooth_temporal,
         "smooth_spatial": cfg.smooth_spatial,
@@ -806,7 +811,7 @@ def entropy_schedule(cfg: TrainConfig) -> Callable[[float], float] | None:
     start, (final - start) x the action size at the end; None without --entropy-per-action-final."""
     if cfg.entropy_per_action_final is None:
         return None
-    total = (cfg.entropy_per_action_final - cfg.entropy_per_action) * len(action_bounds(cfg.pedals)[0])
+    total = (cfg.entropy_per_action_final - cfg.entropy_per_action) * _action_dims(cfg)
     return lambda f: total * cosine_ramp(f)
 
 
