@@ -2,7 +2,13 @@
 control period) and telemetry-only newline-delimited JSON over TCP.
 
 Every frame handed back has passed :func:`bridge.protocol.validate_telemetry`; invalid ones are
-dropped and counted in ``stats.invalid``.
+dropped and counted in ``stats.invalid``. Whatever a plugin sends (garbage, multipart messages,
+numbers too large for a float, wrong replies to valid requests), the clients count it, recover, and
+raise only their documented exceptions: ``BridgeUnavailable`` (lockstep: no valid answer after all
+retries), ``RemoteError`` (lockstep: the plugin refuses a request the client cannot fix by
+retrying: ``unsupported``, ``version``, or a ``step`` before the caller's own ``reset``), and
+``ProtocolError`` for the caller's own invalid request (an out-of-range action or seed, refused
+before it is sent) or an invalid ``hello``/``track`` reply.
 """
 
 from __future__ import annotations
@@ -107,14 +113,19 @@ class LockstepClient:
         self._open()
 
     def request_raw(self, data: bytes, max_bytes: int | None = None) -> dict:
-        """Send raw bytes, return the decoded reply; raises TimeoutError (socket then reopened)."""
+        """Send raw bytes, return the decoded reply; raises TimeoutError (socket then reopened) or
+        ProtocolError (a reply that is not one valid protocol-v1 message)."""
         self.stats.requests += 1
         self._sock.send(data)
         if not self._sock.poll(int(self.timeout * 1000), zmq.POLLIN):
             self.stats.timeouts += 1
             self._reopen()  # a REQ that lost its reply is stuck; only a fresh socket recovers
             raise TimeoutError(f"no reply from {self.address} within {self.timeout} s")
-        return P.decode(self._sock.recv(), max_bytes or self.max_bytes)
+        parts = self._sock.recv_multipart()  # all of it, or the next send finds the socket mid-reply
+        if len(parts) != 1:
+            raise P.ProtocolError(P.BAD_TELEMETRY, f"reply has {len(parts)} frames; protocol v1 messages are "
+                                                   f"one frame")
+        return P.decode(parts[0], max_bytes or self.max_bytes)
 
     def _call(self, msg: dict, max_bytes: int | None = None) -> dict:
         reply = self.request_raw(P.encode(msg), max_bytes)
@@ -124,16 +135,27 @@ class LockstepClient:
             raise RemoteError(err["code"], err["message"])
         return reply
 
+    def _checked(self, fn, *args):
+        try:
+            return fn(*args)
+        except P.ProtocolError:
+            self.stats.invalid += 1
+            raise
+
     def hello(self) -> dict:
-        return P.validate_hello_reply(self._call(P.hello_request(self.client_name)))
+        """The plugin's hello reply (ProtocolError, counted in ``stats.invalid``, if it is invalid)."""
+        return self._checked(lambda: P.validate_hello_reply(self._call(P.hello_request(self.client_name))))
 
     def track(self) -> dict:
         """Centre line and widths as numpy float64 arrays (RemoteError 'unsupported' if not served)."""
-        tr = P.validate_track_reply(self._call(P.track_request(), self.track_max_bytes))
+        tr = self._checked(lambda: P.validate_track_reply(self._call(P.track_request(), self.track_max_bytes)))
         return {k: (np.asarray(v, dtype=np.float64) if k in ("x", "y", "w_left", "w_right") else v)
                 for k, v in tr.items()}
 
     def _frame(self, msg: dict) -> tuple[dict, float]:
+        """Send a (valid) reset or step, return (validated telemetry reply, round trip). An invalid
+        reply, or an error that a valid request cannot deserve (bad_request, bad_action), is counted
+        in ``stats.invalid`` and raised as ProtocolError."""
         t0 = time.perf_counter()
         try:
             reply = self._call(msg)
@@ -142,16 +164,34 @@ class LockstepClient:
         except P.ProtocolError:
             self.stats.invalid += 1
             raise
+        except RemoteError as e:
+            if e.code in (P.BAD_REQUEST, P.BAD_ACTION):
+                self.stats.invalid += 1
+                raise P.ProtocolError(P.BAD_TELEMETRY, f"the plugin refused a valid {msg['type']!r} request "
+                                                       f"with {e.code!r}: {e.message}") from None
+            raise
 
     def reset(self, seed: int | None = None) -> Reply:
-        """Start a new episode, retrying (with reconnect) up to ``retries`` times."""
+        """Start a new episode, retrying (with reconnect) up to ``retries`` times.
+
+        ``seed``: None or an integer from 0 to 2^32 - 1 (ProtocolError before anything is sent
+        otherwise). Timeouts, invalid replies and ``internal`` errors are retried; after the last
+        attempt, BridgeUnavailable. ``unsupported`` and ``version`` raise RemoteError at once."""
+        msg = P.reset_request(seed)
+        P.validate_request(msg)  # the caller's bad seed is the caller's error, not a plugin fault
         self._last_seed = seed
+        self._in_episode = False
         last_exc: Exception | None = None
         for attempt in range(self.retries + 1):
             try:
-                frame, rtt = self._frame(P.reset_request(seed))
+                frame, rtt = self._frame(msg)
                 self._in_episode = True
                 return Reply(frame, attempt > 0, rtt)
+            except RemoteError as e:
+                if e.code in (P.UNSUPPORTED, P.VERSION_ERR):
+                    raise  # retrying cannot help: the wrong kind of plugin, or a newer one
+                last_exc = e  # internal (the game failed), or a nonsensical no_episode
+                log.warning("reset failed (%s), attempt %d/%d", e, attempt + 1, self.retries + 1)
             except (TimeoutError, P.ProtocolError) as e:
                 last_exc = e
                 log.warning("reset failed (%s), attempt %d/%d", e, attempt + 1, self.retries + 1)
@@ -159,21 +199,30 @@ class LockstepClient:
                                 f"{self.retries + 1} attempts: {last_exc}")
 
     def step(self, action: Mapping[str, float], ticks: int = 1) -> Reply:
-        """Apply ``action`` for ``ticks`` ticks. If the plugin is lost (timeout, restart, invalid
-        reply) the client reconnects and starts a new episode: ``Reply.restarted`` is then True."""
-        seq = self._seq
+        """Apply ``action`` for ``ticks`` ticks (1 to 1000). If the plugin is lost (timeout,
+        restart, invalid reply, or the game failed: error ``internal``) the client reconnects where
+        needed and starts a new episode: ``Reply.restarted`` is then True.
+
+        An action out of range or not finite, or ``ticks`` outside 1..1000, raises ProtocolError
+        before anything is sent (the caller's bug, never hidden)."""
+        msg = P.step_request(self._seq, action, ticks)
+        P.validate_request(msg)
         self._seq += 1
         try:
-            frame, rtt = self._frame(P.step_request(seq, action, ticks))
+            frame, rtt = self._frame(msg)
             return Reply(frame, False, rtt)
         except TimeoutError as e:
             log.warning("step timed out (%s); reconnecting and starting a new episode", e)
         except RemoteError as e:
-            if e.code != P.NO_EPISODE or not self._in_episode:
-                raise  # bad_action, or a step before our own reset: the caller's bug, never hidden
-            log.warning("plugin lost the episode (restarted?); starting a new one")
+            if e.code == P.INTERNAL:
+                log.warning("the game failed to serve the step (%s); starting a new episode", e.message)
+            elif e.code != P.NO_EPISODE or not self._in_episode:
+                raise  # a step before our own reset (the caller's bug), unsupported, version
+            else:
+                log.warning("plugin lost the episode (restarted?); starting a new one")
         except P.ProtocolError as e:
             log.warning("invalid step reply dropped (%s); starting a new episode", e)
+        self._in_episode = False
         self.stats.restarted_episodes += 1
         r = self.reset(self._last_seed)
         return Reply(r.frame, True, r.rtt_s)
@@ -263,16 +312,25 @@ class RealtimeClient:
         new = None
         while True:
             try:
-                data = self.sub.recv(zmq.NOBLOCK)
+                parts = self.sub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return new
-            try:
-                frame = P.validate_telemetry(P.decode(data, self.max_bytes))
-            except P.ProtocolError as e:
-                self.stats.invalid += 1
-                log.debug("invalid telemetry dropped: %s", e)
-                continue
-            self._latest, self._latest_at, new = frame, self.clock(), frame
+            frame = self.ingest(parts)
+            if frame is not None:
+                self._latest, self._latest_at, new = frame, self.clock(), frame
+
+    def ingest(self, parts: list) -> dict | None:
+        """Validate one received message (its frames); the telemetry, or None (counted in
+        ``stats.invalid``) if it breaks the contract. Never raises."""
+        try:
+            if len(parts) != 1:
+                raise P.ProtocolError(P.BAD_TELEMETRY, f"message has {len(parts)} frames; protocol v1 "
+                                                       f"messages are one frame")
+            return P.validate_telemetry(P.decode(parts[0], self.max_bytes))
+        except P.ProtocolError as e:
+            self.stats.invalid += 1
+            log.debug("invalid telemetry dropped: %s", e)
+            return None
 
     def wait_frame(self, timeout: float, newer_than_seq: int = -1, episode_at_least: int | None = None) -> dict:
         """Block until a valid frame with seq > newer_than_seq (and episode >= ...) arrives."""

@@ -5,7 +5,14 @@ a dict of telemetry fields, optionally ``track`` and ``info``) and calls :func:`
 :func:`serve_realtime`. The SDK owns the sockets, the counters (``seq``, ``episode``, ``t``,
 ``ack``), the inputs echoed in each frame, and all validation in both directions: the game code
 only ever sees valid actions, and a frame the game produces that breaks the contract (a NaN, a
-negative speed) raises :class:`GameOutputError` instead of reaching a trainer.
+negative speed) never reaches a trainer.
+
+Whatever the game's own code raises (``reset``, ``step``, ``track``, ``info``, or an invalid frame:
+:class:`GameOutputError`) is caught: in lockstep the request is answered with error ``internal``
+and the episode in progress is over (the next ``step`` gets ``no_episode``); in real time the
+frame is dropped, counted in ``stats.game_errors``, and a new episode starts. The traceback is
+logged once per place it was raised from (later ones are counted, with a summary line at most
+once a minute). A serving loop ends only when asked to: ``stop``, ``close()``, or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import ipaddress
 import logging
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -32,6 +40,47 @@ DEFAULT_ACTION_TIMEOUT = 0.5
 
 class GameOutputError(RuntimeError):
     """The game produced a frame that breaks the contract (a bug in the plugin, not the trainer)."""
+
+
+class GameFaultLog:
+    """Logs what the game's own code raised: the traceback once per place it was raised from
+    (exception type, file, line), then only a count, with a summary line at most every
+    ``summary_every_s`` seconds per place. A game that fails on every one of a flood of requests
+    thus writes a handful of lines, not one traceback per request."""
+
+    MAX_SITES = 256  # distinct places remembered; beyond that, counted under one key
+
+    def __init__(self, logger: logging.Logger = log, summary_every_s: float = 60.0, clock=time.monotonic):
+        self.log = logger
+        self.summary_every_s = summary_every_s
+        self.clock = clock
+        self.counts: dict[tuple, int] = {}
+        self._last_summary: dict[tuple, float] = {}
+        self.total = 0
+
+    @staticmethod
+    def site(exc: BaseException) -> tuple:
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = (frames[-1].filename, frames[-1].lineno) if frames else ("?", 0)
+        return (type(exc).__name__, *where)
+
+    def report(self, exc: BaseException, what: str) -> None:
+        self.total += 1
+        key = self.site(exc)
+        if key not in self.counts and len(self.counts) >= self.MAX_SITES:
+            key = ("(other)", "", 0)
+        n = self.counts.get(key, 0) + 1
+        self.counts[key] = n
+        now = self.clock()
+        if n == 1:
+            self.log.error("the game raised while serving %s (%s: %s); answered/dropped and kept serving. "
+                           "This traceback is logged once; repeats from the same place are counted:",
+                           what, type(exc).__name__, exc, exc_info=(type(exc), exc, exc.__traceback__))
+            self._last_summary[key] = now
+        elif now - self._last_summary.get(key, now) >= self.summary_every_s:
+            self._last_summary[key] = now
+            self.log.error("the game raised %s at %s:%s again while serving %s: %d times so far",
+                           key[0], key[1], key[2], what, n)
 
 
 class GamePlugin:
@@ -145,6 +194,21 @@ class ServerStats:
     errors: dict = field(default_factory=dict)  # code -> count
     frames: int = 0
     dropped: int = 0  # real time: invalid or stale incoming messages
+    game_errors: int = 0  # the game's own code raised (lockstep: answered 'internal'; real time: frame dropped)
+
+
+class _Refusal(Exception):
+    """A contract error the SDK itself decides (no_episode, unsupported): never the game's fault."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _error_reply(code: str, message: str) -> bytes:
+    if len(message) > 500:
+        message = message[:480] + f"... ({len(message)} chars)"
+    return P.encode(P.error(code, message))
 
 
 class LockstepServer:
@@ -169,21 +233,42 @@ class LockstepServer:
         # Whether the game serves a track is fixed; the track itself may change with each reset
         # (a new layout per seed), so the reply is built when asked.
         self._serves_track = game.track() is not None
+        self.faults = GameFaultLog()
         self._seq = 0
         self._episode = -1
+        self._in_episode = False
         self._ticks = 0
         self._closed = False
 
     # -- one request
     def handle(self, data: bytes) -> tuple[bytes, bool]:
-        """Answer one raw request. Returns (reply bytes, whether the trainer said close)."""
+        """Answer one raw request. Returns (reply bytes, whether the trainer said close).
+
+        Never raises (but for KeyboardInterrupt/SystemExit): a request that breaks the contract is
+        answered with its error code; a valid one the game fails to serve with ``internal``."""
         self.stats.requests += 1
         try:
             req = P.validate_request(P.decode(data, self.max_bytes))
-            return self._dispatch(req)
         except P.ProtocolError as e:
-            self.stats.errors[e.code] = self.stats.errors.get(e.code, 0) + 1
-            return P.encode(P.error(e.code, e.message)), False
+            return self._refuse(e.code, e.message), False
+        try:
+            return self._dispatch(req)
+        except _Refusal as e:
+            return self._refuse(e.code, e.message), False
+        except Exception as e:  # noqa: BLE001 - the game's own code (or its output) failed
+            return self._internal(req["type"], e), False
+
+    def _refuse(self, code: str, message: str) -> bytes:
+        self.stats.errors[code] = self.stats.errors.get(code, 0) + 1
+        return _error_reply(code, message)
+
+    def _internal(self, what: str, exc: Exception) -> bytes:
+        self.stats.game_errors += 1
+        self._in_episode = False  # the contract: the episode in progress, if any, is over
+        self.faults.report(exc, f"a {what!r} request")
+        detail = str(exc) if isinstance(exc, GameOutputError) else f"{type(exc).__name__}: {exc}"
+        more = "; the episode is over: send a reset" if what in ("reset", "step") else ""
+        return self._refuse(P.INTERNAL, f"the game failed while serving {what!r}: {detail}{more}")
 
     def _dispatch(self, req: dict) -> tuple[bytes, bool]:
         t = req["type"]
@@ -194,29 +279,40 @@ class LockstepServer:
         if t == "track":
             track = self.game.track() if self._serves_track else None
             if track is None:
-                raise P.ProtocolError(P.UNSUPPORTED, f"game {self.game.name!r} does not serve a track")
-            return P.encode(P.track_reply(**track)), False
+                raise _Refusal(P.UNSUPPORTED, f"game {self.game.name!r} does not serve a track")
+            if not isinstance(track, Mapping):
+                raise GameOutputError(f"track() returned {type(track).__name__}, expected a dict of "
+                                      f"name, closed, x, y, w_left, w_right")
+            try:
+                return P.encode(P.track_reply(**track)), False
+            except P.ProtocolError as e:
+                raise GameOutputError(f"the game produced an invalid track: {e.message}") from None
         if t == "close":
             return P.encode(P.bye()), True
         if "lockstep" not in self.modes:
-            raise P.ProtocolError(P.UNSUPPORTED, f"{t!r} is not served here: this game runs in real time "
-                                                 f"(telemetry on PUB, actions and resets on PULL)")
+            raise _Refusal(P.UNSUPPORTED, f"{t!r} is not served here: this game runs in real time "
+                                          f"(telemetry on PUB, actions and resets on PULL)")
         if t == "reset":
+            self._in_episode = False  # until the game has served the new episode's first frame
             fields = self.game.reset(req["seed"])
-            self._episode += 1
-            self._ticks = 0
-            return P.encode(self._frame(fields, P.NEUTRAL_ACTION, None)), False
+            reply = P.encode(self._frame(fields, P.NEUTRAL_ACTION, None, self._episode + 1, 0))
+            self._in_episode = True
+            return reply, False
         # step
-        if self._episode < 0:
-            raise P.ProtocolError(P.NO_EPISODE, "step before any reset: send a reset first")
+        if not self._in_episode:
+            why = ("step before any reset" if self._episode < 0 else
+                   "the episode ended when the game failed (error 'internal')")
+            raise _Refusal(P.NO_EPISODE, f"{why}: send a reset first")
         fields = self.game.step(req["action"], req["ticks"])
-        self._ticks += req["ticks"]
-        return P.encode(self._frame(fields, req["action"], req["seq"])), False
+        return P.encode(self._frame(fields, req["action"], req["seq"], self._episode,
+                                    self._ticks + req["ticks"])), False
 
-    def _frame(self, fields: Mapping, action: Mapping, ack: int | None) -> dict:
-        frame = _game_frame(fields, {"seq": self._seq, "episode": self._episode, "ack": ack,
-                                     "t": self._ticks * self.game.dt, **action})
+    def _frame(self, fields: Mapping, action: Mapping, ack: int | None, episode: int, ticks: int) -> dict:
+        """Build and validate the frame; only a valid one advances the counters."""
+        frame = _game_frame(fields, {"seq": self._seq, "episode": episode, "ack": ack,
+                                     "t": ticks * self.game.dt, **action})
         self._seq += 1
+        self._episode, self._ticks = episode, ticks
         self.stats.frames += 1
         return frame
 
@@ -227,7 +323,13 @@ class LockstepServer:
             while not self._closed and not (stop is not None and stop.is_set()):
                 if not self.sock.poll(poll_ms, zmq.POLLIN):
                     continue
-                reply, _ = self.handle(self.sock.recv())
+                parts = self.sock.recv_multipart()
+                if len(parts) != 1:  # one message is one frame; REP must still answer it
+                    self.stats.requests += 1
+                    reply = self._refuse(P.BAD_REQUEST, f"request has {len(parts)} frames; protocol v1 "
+                                                        f"messages are one frame")
+                else:
+                    reply, _ = self.handle(parts[0])
                 self.sock.send(reply)
         finally:
             self.close()
@@ -286,6 +388,7 @@ class RealtimeServer:
         self._ack: int | None = None
         self._last_action_at = -float("inf")
         self._pending_reset: tuple[bool, int | None] = (True, None)
+        self.faults = GameFaultLog()
         self._closed = False
 
     def _socket(self, kind: int, address: str, curve: CurveKeys | None) -> zmq.Socket:
@@ -301,11 +404,14 @@ class RealtimeServer:
         # bounded, so a flood of messages cannot stall the game's frames
         for _ in range(limit):
             try:
-                data = self.pull.recv(zmq.NOBLOCK)
+                parts = self.pull.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             try:
-                msg = P.validate_realtime_message(P.decode(data, self.max_bytes))
+                if len(parts) != 1:
+                    raise P.ProtocolError(P.BAD_REQUEST, f"message has {len(parts)} frames; protocol v1 "
+                                                         f"messages are one frame")
+                msg = P.validate_realtime_message(P.decode(parts[0], self.max_bytes))
             except P.ProtocolError as e:
                 self.stats.dropped += 1
                 self.stats.errors[e.code] = self.stats.errors.get(e.code, 0) + 1
@@ -323,33 +429,57 @@ class RealtimeServer:
             else:
                 self.stats.dropped += 1  # older seq than the last applied: the contract drops it
 
-    def tick(self) -> dict:
-        """Process the inbox, advance the game one frame, publish and return the frame."""
+    def _serve_info(self) -> None:
+        for _ in range(100):  # bounded, like the inbox
+            if not self.info.sock.poll(0, zmq.POLLIN):
+                return
+            parts = self.info.sock.recv_multipart()
+            if len(parts) != 1:
+                self.info.stats.requests += 1
+                reply = self.info._refuse(P.BAD_REQUEST, f"request has {len(parts)} frames; protocol v1 "
+                                                         f"messages are one frame")
+            else:
+                reply, _ = self.info.handle(parts[0])
+            self.info.sock.send(reply)
+
+    def tick(self) -> dict | None:
+        """Process the inbox, advance the game one frame, publish and return the frame.
+
+        If the game's code raises (or returns an invalid frame), nothing is published this frame:
+        it is counted in ``stats.game_errors``, logged (traceback once per place), and the next
+        frame starts a new episode (a failed reset is retried without its seed). Returns None then.
+        """
         self._drain_inbox()
         if self.info is not None:
-            while self.info.sock.poll(0, zmq.POLLIN):
-                reply, _ = self.info.handle(self.info.sock.recv())
-                self.info.sock.send(reply)
+            self._serve_info()
         now = self.clock()
-        if self._pending_reset[0]:
-            seed = self._pending_reset[1]
-            self._pending_reset = (False, None)
-            fields = self.game.reset(seed)
-            self._episode += 1
-            self._ticks = 0
-            self._ep_start = now
-            applied = P.NEUTRAL_ACTION
-        else:
-            if self._ack is not None and now - self._last_action_at > self.action_timeout:
-                # Dead or stalled trainer: never leave the throttle on. Forget the seq watermark so
-                # a restarted trainer (seq from 0 again) is obeyed.
-                self._action, self._ack = dict(P.NEUTRAL_ACTION), None
-            applied = self._action
-            fields = self.game.step(dict(applied), 1)
-            self._ticks += 1
-        t = self._ticks * self.game.dt if self.pace else now - self._ep_start
-        frame = _game_frame(fields, {"seq": self._seq, "episode": self._episode, "ack": self._ack, "t": t,
-                                     **applied})
+        resetting = self._pending_reset[0]
+        try:
+            if resetting:
+                seed = self._pending_reset[1]
+                self._pending_reset = (False, None)
+                fields = self.game.reset(seed)
+                episode, ticks, ep_start = self._episode + 1, 0, now
+                applied = P.NEUTRAL_ACTION
+            else:
+                if self._ack is not None and now - self._last_action_at > self.action_timeout:
+                    # Dead or stalled trainer: never leave the throttle on. Forget the seq watermark
+                    # so a restarted trainer (seq from 0 again) is obeyed.
+                    self._action, self._ack = dict(P.NEUTRAL_ACTION), None
+                applied = self._action
+                fields = self.game.step(dict(applied), 1)
+                episode, ticks, ep_start = self._episode, self._ticks + 1, self._ep_start
+            t = ticks * self.game.dt if self.pace else now - ep_start
+            frame = _game_frame(fields, {"seq": self._seq, "episode": episode, "ack": self._ack, "t": t,
+                                         **applied})
+        except Exception as e:  # noqa: BLE001 - the game's own code (or its output) failed
+            self.stats.game_errors += 1
+            self.stats.dropped += 1
+            self.faults.report(e, "a reset" if resetting else "a frame")
+            self._pending_reset = (True, None)  # the episode is over, as in lockstep
+            self._action, self._ack = dict(P.NEUTRAL_ACTION), None
+            return None
+        self._episode, self._ticks, self._ep_start = episode, ticks, ep_start
         self._seq += 1
         self.stats.frames += 1
         self.pub.send(P.encode(frame))

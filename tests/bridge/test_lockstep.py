@@ -6,7 +6,7 @@ import zmq
 from bridge import protocol as P
 from bridge.client import LockstepClient, RemoteError
 from bridge.games.kinematic import KinematicCarGame
-from bridge.sdk import GameOutputError, GamePlugin, LockstepServer
+from bridge.sdk import GamePlugin, LockstepServer
 
 FULL = {"steer": 0.0, "throttle": 1.0, "brake": 0.0}
 
@@ -38,16 +38,26 @@ def test_same_seed_gives_same_episode(lockstep_server, ctx):
         assert runs[0] == runs[1]
 
 
-def test_remote_errors_raise_with_contract_code(lockstep_server, ctx):
+def test_step_before_reset_raises_remote_no_episode_and_bad_action_is_refused_before_sending(lockstep_server, ctx):
     with LockstepClient(lockstep_server.address, context=ctx) as c:
         with pytest.raises(RemoteError) as ei:
             c.step(FULL)  # before any reset
         assert ei.value.code == P.NO_EPISODE
         c.reset()
-        with pytest.raises(RemoteError) as ei:
-            c.step({"steer": 2.0, "throttle": 0.0, "brake": 0.0})
-        assert ei.value.code == P.BAD_ACTION
-        assert c.step(FULL).frame["throttle"] == 1.0  # still serving
+        sent = c.stats.requests
+        for bad in ({"steer": 2.0, "throttle": 0.0, "brake": 0.0}, {"steer": 10 ** 400, "throttle": 0.0, "brake": 0.0},
+                    {"steer": float("nan"), "throttle": 0.0, "brake": 0.0}):
+            with pytest.raises(P.ProtocolError) as ei:
+                c.step(bad)
+            assert ei.value.code == P.BAD_ACTION and ei.value.field == "steer"
+        for ticks in (0, 1001, 10 ** 9):
+            with pytest.raises(P.ProtocolError, match="ticks"):
+                c.step(FULL, ticks=ticks)
+        with pytest.raises(P.ProtocolError, match="seed"):
+            c.reset(seed=-1)
+        assert c.stats.requests == sent and c.stats.invalid == 0  # nothing sent, nothing blamed on the plugin
+        r = c.step(FULL)
+        assert not r.restarted and r.frame["throttle"] == 1.0 and r.frame["episode"] == 0  # still serving
 
 
 class NoTrackGame(KinematicCarGame):
@@ -76,11 +86,13 @@ class NaNGame(GamePlugin):
         return {"x": 0.0, "y": 0.0, "yaw": 0.0, "speed": float("nan")}
 
 
-def test_game_producing_nan_is_refused_by_the_sdk(ctx):
+def test_game_producing_nan_is_answered_internal_naming_the_field(ctx):
     server = LockstepServer(NaNGame(), "tcp://127.0.0.1:*", context=ctx)
     try:
-        with pytest.raises(GameOutputError, match="speed"):
-            server.handle(P.encode(P.reset_request()))
+        reply, _ = server.handle(P.encode(P.reset_request()))
+        err = P.validate_error(P.decode(reply))
+        assert err["code"] == P.INTERNAL and "speed" in err["message"]
+        assert server.stats.frames == 0 and server.stats.game_errors == 1  # never reached a trainer
     finally:
         server.close()
 
