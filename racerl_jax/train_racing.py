@@ -1,7 +1,7 @@
 """``train_crossq.py --backend surrogate``: CrossQ on the surrogate racing env.
 
-The command's config (``TrainConfig``) and its command line, the fitted-surrogate file (car and
-track in one JSON), the lap evaluation (deterministic policy from the start line, scored against
+The command's config (``TrainConfig``) and its command line, the envs it builds (the default car on
+a track, or a fitted surrogate: ``surrogate.surrogate_file``), the lap evaluation (deterministic policy from the start line, scored against
 the minimum-lap-time reference of the same car and track), the end-of-run plots and the summary
 line. The training itself is ``racerl_jax.train_loop.train``.
 """
@@ -27,13 +27,14 @@ from racerl_jax.checkpoint import CONFIG_FILE, Checkpointer, read_config
 from racerl_jax.crossq import AgentState, CrossQConfig
 from racerl_jax.config_io import dataclass_from_dict
 from racerl_jax.train_loop import scale_action
-from surrogate.car import MODELS, CarParams, CarParamsError, car_params_from_dict, car_params_to_dict
+from surrogate.car import MODELS, PARAM_NAMES, CarParams
 from surrogate.env import PEDALS, EnvConfig, EnvParams, RacingEnv, action_bounds, make_params
 from surrogate.observation import ObsConfig
 from surrogate.reward import RewardWeights
 from surrogate.rollout import lap_metrics, trajectory_row
 from surrogate.track import select_track
-from surrogate.track_io import DEFAULT_TRACK, TrackData, TrackFileError, validate_track
+from surrogate.surrogate_file import FittedSurrogate, load_surrogate
+from surrogate.track_io import DEFAULT_TRACK, TrackData
 
 BEST_LAP_FILE = "best_lap.npz"
 BEST_LAP_PNG = "best_lap.png"
@@ -41,105 +42,6 @@ BEST_LAP_PNG = "best_lap.png"
 # checkpoint is not what a user wants to race with or fine-tune on the game.
 BEST_AGENT_DIR = "best_agent"
 CURVE_PNG = "learning_curve.png"
-
-# ----------------------------------------------------------------------------- fitted surrogate file
-
-SURROGATE_FORMAT = "racerl-surrogate"
-SURROGATE_VERSION = 1
-
-
-class SurrogateFileError(ValueError):
-    """A fitted-surrogate file that cannot be used: names the file, the field and the fix."""
-
-
-@dataclasses.dataclass(frozen=True)
-class FittedSurrogate:
-    """A fitted car and the track it was fitted on, as ``train_surrogate.py`` will write them."""
-
-    model: str
-    car: CarParams
-    track: TrackData
-
-
-def save_surrogate(path: str | Path, model: str, car: CarParams, track: TrackData) -> Path:
-    """Write ``{"format": "racerl-surrogate", "version": 1, "model", "car", "track"}`` as JSON."""
-    if model not in MODELS:
-        raise SurrogateFileError(f"model {model!r} is not a surrogate model; use one of {sorted(MODELS)}")
-    doc = {
-        "format": SURROGATE_FORMAT,
-        "version": SURROGATE_VERSION,
-        "model": model,
-        "car": car_params_to_dict(car),
-        "track": {
-            "name": track.name,
-            **{k: np.asarray(getattr(track, k), np.float64).tolist() for k in ("x", "y", "w_right", "w_left")},
-        },
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1) + "\n")
-    return path
-
-
-def load_surrogate(path: str | Path) -> FittedSurrogate:
-    """Read and validate a fitted-surrogate file; every error names the file and the field."""
-    path = Path(path)
-    if not path.is_file():
-        raise SurrogateFileError(f"{path}: surrogate file not found; give the JSON file the fitting command wrote")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise SurrogateFileError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
-    if not isinstance(doc, dict):
-        raise SurrogateFileError(f"{path}: expected a JSON object with format, version, model, car, track")
-    if doc.get("format") != SURROGATE_FORMAT:
-        raise SurrogateFileError(
-            f"{path}: field 'format' is {doc.get('format')!r}, expected {SURROGATE_FORMAT!r}: not a fitted-surrogate file"
-        )
-    if doc.get("version") != SURROGATE_VERSION:
-        raise SurrogateFileError(
-            f"{path}: field 'version' is {doc.get('version')!r}; this racerl-jax reads version {SURROGATE_VERSION} "
-            "(refit with this version, or upgrade racerl-jax)"
-        )
-    missing = [k for k in ("model", "car", "track") if k not in doc]
-    if missing:
-        raise SurrogateFileError(f"{path}: missing field(s) {missing}")
-    unknown = sorted(set(doc) - {"format", "version", "model", "car", "track"})
-    if unknown:
-        raise SurrogateFileError(f"{path}: unknown field(s) {unknown}; expected format, version, model, car, track")
-    model = doc["model"]
-    if model not in MODELS:
-        raise SurrogateFileError(f"{path}: field 'model' is {model!r}; expected one of {sorted(MODELS)}")
-    try:
-        car = car_params_from_dict(doc["car"])
-    except CarParamsError as e:
-        raise SurrogateFileError(f"{path}: field 'car': {e}") from None
-    return FittedSurrogate(model=model, car=car, track=_track_from_doc(path, doc["track"]))
-
-
-def _track_from_doc(path: Path, t: Any) -> TrackData:
-    if not isinstance(t, dict):
-        raise SurrogateFileError(f"{path}: field 'track' must be an object with name, x, y, w_right, w_left")
-    cols = ("x", "y", "w_right", "w_left")
-    missing = [k for k in ("name", *cols) if k not in t]
-    if missing:
-        raise SurrogateFileError(f"{path}: field 'track' lacks {missing}")
-    if not isinstance(t["name"], str) or not t["name"]:
-        raise SurrogateFileError(f"{path}: field 'track.name' must be a non-empty string, got {t['name']!r}")
-    arrays = {}
-    for k in cols:
-        v = t[k]
-        if not isinstance(v, list) or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in v):
-            raise SurrogateFileError(f"{path}: field 'track.{k}' must be a list of numbers (metres)")
-        arrays[k] = np.asarray(v, np.float64)
-    lengths = {k: a.shape[0] for k, a in arrays.items()}
-    if len(set(lengths.values())) != 1:
-        raise SurrogateFileError(f"{path}: track arrays differ in length {lengths}; give one value per centre-line point")
-    try:
-        return validate_track(TrackData(t["name"], **arrays), source=f"{path} field 'track'")
-    except TrackFileError as e:
-        raise SurrogateFileError(str(e)) from None
-
 
 # ----------------------------------------------------------------------------- config
 
@@ -221,6 +123,9 @@ class TrainConfig:
     actor_hidden: tuple[int, ...] = ()
     episode_steps: int = 1_000  # training episode limit (random starts cover the rest of the track)
     car_spread: float = 0.0  # domain randomisation of the car parameters (fraction)
+    # With --surrogate: each car parameter randomised by at least this many times its fit
+    # uncertainty (the surrogate file's spread, capped at 0.5); 0 turns it off.
+    fit_spread: float = 1.0
     # Training episodes that start from rest (the rest start anywhere at up to half the reference
     # speed): evaluation laps and the game start from rest, and a policy that has rarely been
     # there can sit on the line.
@@ -287,6 +192,7 @@ class TrainConfig:
         need(all(w > 0 for w in self.critic_hidden + self.actor_hidden), "critic_hidden", "widths must be > 0")
         need(self.episode_steps >= 1, "episode_steps", "must be >= 1")
         need(0.0 <= self.car_spread < 1.0, "car_spread", "must be in [0, 1)")
+        need(0.0 <= self.fit_spread <= 10.0, "fit_spread", "must be in [0, 10] (times the fit's uncertainty; 0: off)")
         need(0.0 <= self.standing_starts <= 1.0, "standing_starts", "must be a fraction in [0, 1]")
         need(0.0 <= self.action_overshoot < 1.0, "action_overshoot", "must be in [0, 1)")
         need(self.pedals in PEDALS, "pedals", f"expected one of {PEDALS}")
@@ -463,7 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--critic-hidden", type=_widths, default=None, help="e.g. 256,256 (default: the preset's)")
     p.add_argument("--actor-hidden", type=_widths, default=None)
     p.add_argument("--episode-steps", type=int, default=d.episode_steps)
-    p.add_argument("--car-spread", type=float, default=d.car_spread)
+    p.add_argument("--car-spread", type=float, default=d.car_spread,
+                   help="domain randomisation: every car parameter scaled by U(1-s, 1+s) per episode")
+    p.add_argument("--fit-spread", type=float, default=d.fit_spread,
+                   help="with --surrogate: each car parameter randomised by at least this many times its fit "
+                        "uncertainty (0: off)")
     p.add_argument("--standing-starts", type=float, default=d.standing_starts,
                    help="fraction of training episodes that start from rest")
     p.add_argument("--action-overshoot", type=float, default=d.action_overshoot,
@@ -516,22 +426,39 @@ class RacingSetup:
     track_name: str
 
 
+def env_config(cfg: TrainConfig, fitted: FittedSurrogate | None, start: str) -> EnvConfig:
+    """The env a run trains, evaluates and drives the game with: a fitted surrogate's control
+    period (the game's ticks per step) and input delay, or the defaults."""
+    extra = {}
+    if fitted is not None:
+        extra["delay_steps"] = fitted.delay_steps
+        if fitted.dt is not None:
+            extra["dt"] = fitted.dt
+    return EnvConfig(model=cfg.model or "dynamic", start=start, max_episode_steps=cfg.episode_steps,
+                     pedals=cfg.pedals, **extra)
+
+
+def car_spread(cfg: TrainConfig, fitted: FittedSurrogate | None) -> float | dict[str, float]:
+    """Domain randomisation: ``--car-spread`` for every parameter, and around a fitted car each
+    parameter at least ``--fit-spread`` times its fit uncertainty (the file's ``spread``)."""
+    if fitted is None or not fitted.spread or cfg.fit_spread == 0.0:
+        return cfg.car_spread
+    return {name: min(max(cfg.car_spread, cfg.fit_spread * fitted.spread.get(name, 0.0)), 0.5) for name in PARAM_NAMES}
+
+
 def build_setup(cfg: TrainConfig) -> RacingSetup:
     """Training env (random starts) and evaluation env (start line, no randomisation), both on
     the same car and track, and the minimum-lap-time reference computed once."""
-    if cfg.surrogate:
-        fitted = load_surrogate(cfg.surrogate)
-        car, track = fitted.car, fitted.track
-    else:
-        car, track = CarParams(), cfg.track or DEFAULT_TRACK
-    model = cfg.model or "dynamic"
-    env_cfg = EnvConfig(model=model, start="random", max_episode_steps=cfg.episode_steps, pedals=cfg.pedals)
-    params, refs = make_params([track], car=car, config=env_cfg, car_spread=cfg.car_spread, reward_weights=cfg.reward,
-                               standing_start_prob=cfg.standing_starts)
+    fitted = load_surrogate(cfg.surrogate) if cfg.surrogate else None
+    car, track = (fitted.car, fitted.track) if fitted else (CarParams(), cfg.track or DEFAULT_TRACK)
+    env_cfg = env_config(cfg, fitted, start="random")
+    params, refs = make_params([track], car=car, config=env_cfg, car_spread=car_spread(cfg, fitted),
+                               reward_weights=cfg.reward, standing_start_prob=cfg.standing_starts,
+                               residual=fitted.residual if fitted else None)
     limit = float(refs[0].lap_time_s)
     eval_steps = cfg.eval_max_steps or int(math.ceil(cfg.eval_laps * limit / 0.6 / env_cfg.dt))
     eval_cfg = dataclasses.replace(env_cfg, start="line", max_episode_steps=eval_steps)
-    eval_params = params.replace(car_spread=jnp.float32(0.0))
+    eval_params = params.replace(car_spread=jnp.zeros_like(params.car_spread))
     name = track.name if isinstance(track, TrackData) else Path(str(track)).stem
     return RacingSetup(RacingEnv(env_cfg), params, RacingEnv(eval_cfg), eval_params, limit, eval_steps, name)
 
@@ -821,9 +748,9 @@ def _run_real(cfg: TrainConfig, run_dir: Path, t_start: float) -> dict[str, Any]
     from racerl_jax.real_env import RealEnvConfig, RealGameEnv
     from racerl_jax.train_loop import HostLoop, train_host
 
-    car = load_surrogate(cfg.surrogate).car if cfg.surrogate else CarParams()
-    env_cfg = EnvConfig(model=cfg.model or "dynamic", start="line", max_episode_steps=cfg.episode_steps,
-                        pedals=cfg.pedals)
+    fitted = load_surrogate(cfg.surrogate) if cfg.surrogate else None
+    car = fitted.car if fitted else CarParams()
+    env_cfg = env_config(cfg, fitted, start="line")
     env = RealGameEnv(RealEnvConfig(
         mode=cfg.game_mode, address=cfg.address, telemetry_address=cfg.telemetry_address,
         action_address=cfg.action_address, track_file=cfg.track or None,

@@ -9,7 +9,10 @@ gravity (CoG): vx forward, vy left. Action = [steer in [-1, 1], throttle in [0, 
 (the bridge protocol's ranges), clipped here.
 
 Shared physics (both models, so they agree at low speed):
-- steering: the road-wheel angle moves towards ``steer * max_steer`` at most ``max_steer_rate``;
+- steering: the road-wheel angle follows ``steer * max_steer`` with a first-order lag ``steer_tau``
+  (a servo; none by default) at most ``max_steer_rate``;
+- pedals: the drive and brake forces scale with ``throttle ** throttle_gamma`` and
+  ``brake ** brake_gamma`` (linear by default);
 - axle loads: static split from lf/lr plus longitudinal load transfer ``cg_height * m * ax / L``,
   ax taken from the previous substep (a lag of one substep, far shorter than a real suspension's);
 - longitudinal tyre forces: rear drive ``throttle * min(max_drive_force, engine_power / v)``, brakes
@@ -97,32 +100,48 @@ class CarParams:
     # understeer from wider rear tyres and the roll-stiffness split; this one number stands in for
     # both, so fitting can recover a game car's balance. > 1: understeer, < 1: oversteer.
     rear_grip_ratio: float = 1.08
+    # Actuators, the side of a game's car that matters most for a policy's transfer. Defaults: none
+    # (the road-wheel angle follows the command at the rate limit, drive and brake force are linear
+    # in the pedals), the car as it was before these fields existed.
+    # First-order lag of the road-wheel angle towards the command (a steering servo), on top of the
+    # rate limit: CarRacing's servo is a 0.02 s lag capped at 3 rad/s.
+    steer_tau: float = 0.0  # s
+    # Pedal maps: drive force scales with throttle ** throttle_gamma, brake force with
+    # brake ** brake_gamma (> 1: a progressive pedal, little force at the top of its travel).
+    throttle_gamma: float = 1.0
+    brake_gamma: float = 1.0
 
 
 PARAM_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(CarParams))
 
 # Physical ranges, wide enough for anything from a kart to a heavy saloon or a downforce racer, and
 # narrow enough to exclude values that break the physics (zero mass, E > 1, no drag so no top speed).
+# Games are not always physics: the reference game (Gymnasium's CarRacing, a 7 kg Box2D body) pulls
+# about 9 g in corners and 13 g off the line, so grip, drive and brake forces (per the default mass,
+# which motion alone cannot separate from the forces) reach far past any road car's.
 PARAM_RANGES: dict[str, tuple[float, float]] = {
     "mass": (100.0, 4000.0),  # kg: kart with driver .. heavy SUV
     "yaw_inertia": (20.0, 10000.0),  # kg m^2
     "lf": (0.2, 3.0),  # m
     "lr": (0.2, 3.0),  # m
     "cg_height": (0.0, 1.2),  # m
-    "mu": (0.1, 3.0),  # ice .. slicks with downforce folded in
+    "mu": (0.1, 12.0),  # ice .. slicks with downforce folded in .. a toy game car
     "tyre_B": (2.0, 30.0),  # 1/rad
     "tyre_C": (1.0, 2.5),
     "tyre_E": (-2.0, 1.0),  # E > 1 makes the force curve fold back on itself
     "max_steer": (0.05, 1.0),  # rad
-    "max_steer_rate": (0.1, 20.0),  # rad/s
-    "engine_power": (1e3, 1.5e6),  # W
-    "max_drive_force": (100.0, 60000.0),  # N
-    "max_brake_force": (100.0, 100000.0),  # N
+    "max_steer_rate": (0.1, 50.0),  # rad/s
+    "engine_power": (1e3, 5e7),  # W
+    "max_drive_force": (100.0, 400000.0),  # N
+    "max_brake_force": (100.0, 1000000.0),  # N
     "brake_front_share": (0.0, 1.0),
     "drag_coef": (0.01, 5.0),  # N/(m/s)^2; > 0 so a top speed exists
     "rolling_resistance": (0.0, 5000.0),  # N
     "g": (9.7, 9.9),  # m/s^2, Earth's surface
     "rear_grip_ratio": (0.5, 2.0),
+    "steer_tau": (0.0, 0.5),  # s
+    "throttle_gamma": (0.25, 4.0),
+    "brake_gamma": (0.25, 4.0),
 }
 
 PARAM_UNITS: dict[str, str] = {
@@ -130,6 +149,7 @@ PARAM_UNITS: dict[str, str] = {
     "tyre_B": "1/rad", "tyre_C": "", "tyre_E": "", "max_steer": "rad", "max_steer_rate": "rad/s",
     "engine_power": "W", "max_drive_force": "N", "max_brake_force": "N", "brake_front_share": "",
     "drag_coef": "N/(m/s)^2", "rolling_resistance": "N", "g": "m/s^2", "rear_grip_ratio": "",
+    "steer_tau": "s", "throttle_gamma": "", "brake_gamma": "",
 }
 
 # Blend from kinematic (below LO) to dynamic (above HI), in m/s of speed.
@@ -305,17 +325,27 @@ def _wrap_angle(a):
     return jnp.mod(a + jnp.pi, 2.0 * jnp.pi) - jnp.pi
 
 
+def _pedal_map(pedal, gamma):
+    """pedal ** gamma on [0, 1], with finite gradients at 0 for any gamma."""
+    safe = jnp.maximum(pedal, 1e-6)
+    return jnp.where(pedal > 0.0, jnp.exp(gamma * jnp.log(safe)), 0.0)
+
+
 def _parse_action(params, action):
+    """Road-wheel angle target and the pedals after their maps (fractions of full force)."""
     action = jnp.asarray(action, jnp.float32)
     steer_cmd = jnp.clip(action[..., 0], -1.0, 1.0)
-    throttle = jnp.clip(action[..., 1], 0.0, 1.0)
-    brake = jnp.clip(action[..., 2], 0.0, 1.0)
+    throttle = _pedal_map(jnp.clip(action[..., 1], 0.0, 1.0), params.throttle_gamma)
+    brake = _pedal_map(jnp.clip(action[..., 2], 0.0, 1.0), params.brake_gamma)
     return steer_cmd * params.max_steer, throttle, brake
 
 
 def _steer_update(params, steer, target, h):
+    # The servo's first-order lag (exact over the substep; no lag at steer_tau = 0), then its rate limit.
+    tau = params.steer_tau
+    follow = jnp.where(tau > 0.0, -jnp.expm1(-h / jnp.maximum(tau, 1e-6)), 1.0)
     max_delta = params.max_steer_rate * h
-    new = steer + jnp.clip(target - steer, -max_delta, max_delta)
+    new = steer + jnp.clip(follow * (target - steer), -max_delta, max_delta)
     return jnp.clip(new, -_STEER_LIMIT, _STEER_LIMIT)
 
 

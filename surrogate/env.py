@@ -19,6 +19,7 @@ import numpy as np
 from surrogate import laptime
 from surrogate.car import MODELS, PARAM_NAMES, PARAM_RANGES, CarParams, CarState, init_car_state, sample_car_params, speed, validate_car_params
 from surrogate.observation import ObsConfig, Telemetry, observe_tables
+from surrogate.residual import Residual, apply_residual
 from surrogate.reward import RewardWeights, reward
 from surrogate.track import (
     POINT_FIELDS, Track, TrackPos, TrackTables, arc_delta_tables, make_tables, make_track, project_tables, stack_tracks,
@@ -60,6 +61,9 @@ def action_bounds(pedals: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array([-1.0, -1.0], np.float32), np.array([1.0, 1.0], np.float32)
 
 
+# The longest input delay the env models, in control steps.
+MAX_DELAY_STEPS = 10
+
 # Per-step facts the env reports beside the observation (both backends).
 INFO_KEYS = ("lap_completed", "lap_time", "lap_clean", "off_track", "progress", "speed", "ref_deviation")
 
@@ -84,6 +88,10 @@ class EnvConfig:
     # Batched steps reset up to this fraction of the cars in a compact pass (see batch_step).
     reset_slot_frac: float = 0.125
     pedals: str = "separate"  # see PEDALS
+    # Control periods between a command and the car feeling it (a game's input delay, fitted by
+    # surrogate.fit): the car applies the game controls of ``delay_steps`` steps ago, zero at the
+    # start of an episode. The reward and the observation still see the command just given.
+    delay_steps: int = 0
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -98,6 +106,8 @@ class EnvConfig:
             raise ValueError(f"EnvConfig.reset_slot_frac = {self.reset_slot_frac}; expected a fraction in (0, 1]")
         if self.substeps < 1:
             raise ValueError(f"EnvConfig.substeps = {self.substeps}; expected an integer >= 1")
+        if not 0 <= self.delay_steps <= MAX_DELAY_STEPS:
+            raise ValueError(f"EnvConfig.delay_steps = {self.delay_steps}; expected an integer in [0, {MAX_DELAY_STEPS}]")
 
 
 @struct.dataclass
@@ -106,11 +116,14 @@ class EnvParams:
 
     tracks: Track  # stacked, leading axis = number of tracks
     car: CarParams  # nominal car
-    car_spread: jax.Array  # domain randomisation: each car parameter scaled by U(1-spread, 1+spread) at reset
+    # Domain randomisation: each car parameter scaled by U(1-spread, 1+spread) at reset; one fraction
+    # for all, or one per parameter (shape (len(PARAM_NAMES),), PARAM_NAMES order).
+    car_spread: jax.Array
     start_speed_frac: jax.Array  # random starts get U(0, frac) * reference speed
     standing_start_prob: jax.Array  # ... or, with this probability, start from rest
     start_lateral_frac: jax.Array  # random starts get U(-frac, frac) * half-width of lateral offset
     reward: RewardWeights
+    residual: Residual | None = None  # a fitted surrogate's learned correction to the car model
 
 
 @struct.dataclass
@@ -186,12 +199,22 @@ def advance_episode(cfg: EnvConfig, weights: RewardWeights, ep: Episode, pos: Tr
     return new, r, terminated, truncated, info
 
 
+def delayed(pending: jax.Array, action: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(the controls the car applies now, the queue after ``action`` joins it): an input delay of
+    ``len(pending)`` control steps (none for an empty queue)."""
+    if pending.shape[-2] == 0:
+        return action, pending
+    queue = jnp.concatenate([pending, action[..., None, :]], axis=-2)
+    return queue[..., 0, :], queue[..., 1:, :]
+
+
 @struct.dataclass
 class EnvState:
     car: CarState
     car_params: CarParams  # this episode's (possibly randomised) car
     track_id: jax.Array
     episode: Episode
+    pending: jax.Array  # (delay_steps, 3) game controls given but not applied yet, oldest first
 
     @property
     def pos(self) -> TrackPos:
@@ -270,11 +293,15 @@ class RacingEnv:
         nominal = lambda: CarParams(**{  # noqa: E731
             name: jnp.clip(jnp.asarray(getattr(params.car, name), jnp.float32), *PARAM_RANGES[name]) for name in PARAM_NAMES
         })
+        spread = params.car_spread
+        if spread.ndim:  # one fraction per car parameter, in PARAM_NAMES order
+            spread = {name: spread[i] for i, name in enumerate(PARAM_NAMES)}
         car_params = jax.lax.cond(
-            params.car_spread == 0.0, nominal, lambda: sample_car_params(k_car, params.car, params.car_spread)
+            jnp.all(params.car_spread == 0.0), nominal, lambda: sample_car_params(k_car, params.car, spread)
         )
         pos, here = project_tables(tables, track_id, x, y, h, idx, cfg.projection_window)
-        state = EnvState(car=car, car_params=car_params, track_id=track_id, episode=start_episode(pos))
+        state = EnvState(car=car, car_params=car_params, track_id=track_id, episode=start_episode(pos),
+                         pending=jnp.zeros((cfg.delay_steps, 3), jnp.float32))
         return state, here
 
     def _advance(self, tables: TrackTables, state: EnvState, action, params: EnvParams):
@@ -283,13 +310,15 @@ class RacingEnv:
         cfg = self.config
         action = game_controls(action, cfg.pedals)
         tid = state.track_id
-        car = self._car_step(state.car_params, state.car, action, cfg.dt, cfg.substeps)
+        applied, pending = delayed(state.pending, action)
+        car = self._car_step(state.car_params, state.car, applied, cfg.dt, cfg.substeps)
+        car = apply_residual(params.residual, car, applied, cfg.dt)
         pos, here = project_tables(tables, tid, car.x, car.y, car.yaw, state.pos.idx, cfg.projection_window)
         d_s = arc_delta_tables(tables, tid, state.pos.s, pos.s)
         episode, r, terminated, truncated, ep_info = advance_episode(
             cfg, params.reward, state.episode, pos, d_s, tables.length[tid], here.field("w_left"),
             here.field("w_right"), here.field("ref_offset"), speed(car), action, cfg.dt)
-        next_state = EnvState(car=car, car_params=state.car_params, track_id=tid, episode=episode)
+        next_state = EnvState(car=car, car_params=state.car_params, track_id=tid, episode=episode, pending=pending)
         obs = self._observe(tables, next_state, here)
         info = {"final_obs": obs, **{k: ep_info[k] for k in INFO_KEYS}}
         return obs, next_state, r, terminated, truncated, info
@@ -365,25 +394,29 @@ def make_params(
     tracks: list[str | Path | TrackData] | None = None,
     car: CarParams | None = None,
     config: EnvConfig = EnvConfig(),
-    car_spread: float = 0.0,
+    car_spread: float | dict[str, float] = 0.0,
     start_speed_frac: float = 0.5,
     start_lateral_frac: float = 0.3,
     standing_start_prob: float = 0.0,
     reward_weights: RewardWeights | None = None,
+    residual: Residual | None = None,
 ) -> tuple[EnvParams, list[laptime.Reference]]:
     """Env parameters for track names/files/data (bundled default if none) and a car; also the
-    lap-time references of each track for that car."""
+    lap-time references of each track for that car. ``car_spread``: one fraction for every car
+    parameter, or a dict parameter -> fraction."""
     car = validate_car_params(car if car is not None else CarParams())
     datas = [t if isinstance(t, TrackData) else load_track(t) for t in (tracks or [DEFAULT_TRACK])]
     built = [build_track(d, car, config) for d in datas]
     params = EnvParams(
         tracks=stack_tracks([b[0] for b in built]),
         car=car,
-        car_spread=jnp.float32(car_spread),
+        car_spread=(jnp.asarray([car_spread.get(n, 0.0) for n in PARAM_NAMES], jnp.float32)
+                    if isinstance(car_spread, dict) else jnp.float32(car_spread)),
         start_speed_frac=jnp.float32(start_speed_frac),
         standing_start_prob=jnp.float32(standing_start_prob),
         start_lateral_frac=jnp.float32(start_lateral_frac),
         reward=reward_weights if reward_weights is not None else RewardWeights(),
+        residual=residual,
     )
     return params, [b[1] for b in built]
 

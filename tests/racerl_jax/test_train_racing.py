@@ -4,13 +4,16 @@ import re
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
 from racerl_jax import train_racing as tr
 from racerl_jax.crossq import CrossQConfig
 from racerl_jax.logs import read_metrics
-from surrogate.car import CarParams
+from surrogate.car import PARAM_NAMES, CarParams
+from surrogate.residual import init_residual
+from surrogate.surrogate_file import save_surrogate
 from surrogate.track_io import DEFAULT_TRACK, load_track
 
 LAST_LINE = re.compile(r"^first_clean_lap_min=(\S+) best_lap_s=(\S+) limit_s=(\S+) gap_pct=(\S+)$")
@@ -37,7 +40,7 @@ def test_every_command_line_option_sets_its_config_field():
         "--reward", "action_change=0.05, deviation=0", "--pedals", "separate",
         "--smooth-temporal", "0.7", "--smooth-spatial", "0.2", "--lr-final", "0.1",
         "--gamma", "0.995", "--entropy-per-action", "-2", "--entropy-per-action-final", "-3.5",
-        "--renorm-warmup-steps", "500",
+        "--renorm-warmup-steps", "500", "--fit-spread", "2",
     ])  # fmt: skip
     expected = dict(
         backend="surrogate", track="technical", model="kinematic", num_envs=7, budget_minutes=2.5, run_dir="r",
@@ -47,7 +50,7 @@ def test_every_command_line_option_sets_its_config_field():
         total_env_steps=5000, matmul_precision="default", progress=False,
         reward=dataclasses.replace(tr.DEFAULT_REWARD, action_change=0.05, deviation=0.0), pedals="separate",
         smooth_temporal=0.7, smooth_spatial=0.2, lr_final=0.1, gamma=0.995, entropy_per_action=-2.0,
-        entropy_per_action_final=-3.5, renorm_warmup_steps=500,
+        entropy_per_action_final=-3.5, renorm_warmup_steps=500, fit_spread=2.0,
     )  # fmt: skip
     assert {k: getattr(cfg, k) for k in expected} == expected
     assert tr.parse_args([]) == tr.TrainConfig()  # no options: the dataclass defaults
@@ -140,58 +143,29 @@ def test_bad_reward_weights_are_refused_naming_the_item(text, reason, capsys):
 # ----------------------------------------------------------------------------- surrogate file
 
 
-def test_surrogate_file_round_trip_feeds_the_env(tmp_path):
-    car = CarParams(mass=1234.0, mu=1.2)
+def test_a_fitted_surrogate_sets_the_env_car_track_control_period_delay_and_spread(tmp_path):
+    car = CarParams(mass=1234.0, mu=1.2, steer_tau=0.05)
     track = load_track("oval")
-    path = tr.save_surrogate(tmp_path / "fit.json", "kinematic", car, track)
-    doc = json.loads(path.read_text())
-    assert (doc["format"], doc["version"], doc["model"]) == ("racerl-surrogate", 1, "kinematic")
-    fitted = tr.load_surrogate(path)
-    assert fitted.model == "kinematic" and fitted.car == car
-    np.testing.assert_allclose(fitted.track.x, track.x)
-    np.testing.assert_allclose(fitted.track.w_left, track.w_left)
-
-    cfg = tr.resolve(tr.TrainConfig(surrogate=str(path), run_dir=str(tmp_path / "run")))
+    residual = init_residual(jax.random.PRNGKey(0), hidden=(4,))
+    path = save_surrogate(tmp_path / "fit.json", "kinematic", car, track, delay_steps=2, dt=0.04, game_dt=0.02,
+                          spread={"mu": 0.05, "max_steer": 0.2}, residual=residual)
+    cfg = tr.resolve(tr.TrainConfig(surrogate=str(path), run_dir=str(tmp_path / "run"), car_spread=0.1))
     assert cfg.model == "kinematic" and cfg.track == ""
     setup = tr.build_setup(cfg)
-    assert float(setup.params.car.mass) == 1234.0 and setup.env.config.model == "kinematic"
+    assert float(setup.params.car.mass) == 1234.0 and float(setup.params.car.steer_tau) == pytest.approx(0.05)
+    assert setup.env.config.model == "kinematic"
+    assert (setup.env.config.dt, setup.env.config.delay_steps) == (0.04, 2)
+    assert (setup.eval_env.config.dt, setup.eval_env.config.delay_steps) == (0.04, 2)
+    assert setup.params.residual is not None and setup.params.residual.hidden == (4,)
+    spread = dict(zip(PARAM_NAMES, np.asarray(setup.params.car_spread).tolist()))
+    # each parameter: the larger of --car-spread and --fit-spread x the fit's uncertainty
+    assert spread["mu"] == pytest.approx(0.1) and spread["max_steer"] == pytest.approx(0.2)
+    assert np.all(np.asarray(setup.eval_params.car_spread) == 0.0)
     assert float(setup.params.tracks.length[0]) == pytest.approx(track.length(), rel=0.01)
+    off = tr.build_setup(dataclasses.replace(cfg, fit_spread=0.0))
+    assert float(off.params.car_spread) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="differs from the model 'kinematic'"):
         tr.resolve(tr.TrainConfig(surrogate=str(path), model="dynamic"))
-
-
-@pytest.mark.parametrize(
-    "edit, message",
-    [
-        (lambda d: d.update(format="csv"), "field 'format' is 'csv'"),
-        (lambda d: d.update(version=2), "field 'version' is 2"),
-        (lambda d: d.update(model="magic"), "field 'model' is 'magic'"),
-        (lambda d: d.pop("car"), r"missing field\(s\) \['car'\]"),
-        (lambda d: d.update(extra=1), r"unknown field\(s\) \['extra'\]"),
-        (lambda d: d["car"].update(mass=-5.0), "field 'car': car parameter mass=-5.0"),
-        (lambda d: d["car"].update(wings=1.0), "field 'car': unknown car parameter"),
-        (lambda d: d["track"]["x"].pop(), "track arrays differ in length"),
-        (lambda d: d["track"].update(y="abc"), "'track.y' must be a list of numbers"),
-        (lambda d: d["track"]["w_left"].__setitem__(3, -1.0), "w_tr_left_m = -1.0"),
-        (lambda d: d["track"].pop("name"), r"field 'track' lacks \['name'\]"),
-    ],
-)
-def test_surrogate_file_errors_name_the_field(tmp_path, edit, message):
-    path = tr.save_surrogate(tmp_path / "fit.json", "dynamic", CarParams(), load_track("oval"))
-    doc = json.loads(path.read_text())
-    edit(doc)
-    path.write_text(json.dumps(doc))
-    with pytest.raises(tr.SurrogateFileError, match=message) as err:
-        tr.load_surrogate(path)
-    assert str(path) in str(err.value)
-
-
-def test_surrogate_file_that_is_missing_or_not_json_is_named(tmp_path):
-    with pytest.raises(tr.SurrogateFileError, match="not found"):
-        tr.load_surrogate(tmp_path / "none.json")
-    (tmp_path / "bad.json").write_text('{"format": ')
-    with pytest.raises(tr.SurrogateFileError, match=r"bad.json:1:\d+: not valid JSON"):
-        tr.load_surrogate(tmp_path / "bad.json")
 
 
 # ----------------------------------------------------------------------------- evaluation helpers

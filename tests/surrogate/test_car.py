@@ -394,3 +394,33 @@ def test_substeps_must_be_a_static_positive_int():
         kinematic_step(P, s0, jnp.zeros(3), 0.05, substeps=0)
     with pytest.raises(ValueError, match="substeps"):
         dynamic_step(P, s0, jnp.zeros(3), 0.05, substeps=2.0)
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_steering_servo_lag_follows_its_time_constant(model):
+    # A slow servo: the road-wheel angle closes 1 - exp(-t / tau) of the gap, below the rate limit.
+    lagged = P.replace(steer_tau=0.2, max_steer_rate=20.0)
+    traj = rollout(model, lagged, init_car_state(0.0, 0.0, 0.0, 5.0), [0.5, 0.0, 0.0])
+    target = 0.5 * P.max_steer
+    for k in (0, 3, 9):
+        t = 0.05 * (k + 1)
+        assert float(traj.steer[k]) == pytest.approx(target * (1.0 - np.exp(-t / 0.2)), rel=0.03)
+    instant = rollout(model, P.replace(max_steer_rate=20.0), init_car_state(0.0, 0.0, 0.0, 5.0), [0.5, 0.0, 0.0])
+    assert float(instant.steer[0]) == pytest.approx(target, rel=1e-5)  # no lag by default
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_pedal_maps_scale_drive_and_brake_force_by_a_power_of_the_pedal(model):
+    # From rest, force-limited: half throttle with gamma 2 pushes as hard as a quarter linear pedal.
+    def speed_after_one_step(params, action):
+        return float(rollout(model, params, init_car_state(0.0, 0.0, 0.0, 0.0), action).vx[0])
+
+    quarter = speed_after_one_step(P, [0.0, 0.25, 0.0])
+    assert speed_after_one_step(P.replace(throttle_gamma=2.0), [0.0, 0.5, 0.0]) == pytest.approx(quarter, rel=1e-4)
+    assert speed_after_one_step(P, [0.0, 0.5, 0.0]) > 1.5 * quarter
+    # Braking from 20 m/s with gamma 0.5: a quarter pedal brakes as hard as half the linear pedal.
+    start = init_car_state(0.0, 0.0, 0.0, 20.0)
+    soft = float(rollout(model, P.replace(brake_gamma=0.5), start, [0.0, 0.0, 0.25]).vx[0])
+    linear = float(rollout(model, P, start, [0.0, 0.0, 0.5]).vx[0])
+    assert soft == pytest.approx(linear, abs=1e-3)
+    assert float(rollout(model, P.replace(throttle_gamma=3.0), init_car_state(0.0, 0.0, 0.0, 0.0), [0.0, 0.0, 0.0]).vx[-1]) == 0.0

@@ -297,3 +297,20 @@ def test_env_action_inverts_game_controls_for_either_pedal_setting(xp):
         np.testing.assert_allclose(np.asarray(back), np.asarray(controls), atol=1e-7)
     np.testing.assert_allclose(np.asarray(env_action(controls, "combined", xp=xp)), [[0.3, 0.8], [-1.0, -0.6], [0.0, 0.0]],
                                atol=1e-7)
+
+
+def test_an_input_delay_holds_back_the_controls_by_its_control_steps(oval):
+    params, _ = oval
+    cfg = dataclasses.replace(CFG, start="line")
+    steps = 6
+    # Full throttle from rest on the start line: with a delay of 2 the car stays put for 2 steps.
+    speeds = {}
+    for delay in (0, 2):
+        env = RacingEnv(dataclasses.replace(cfg, delay_steps=delay))
+        _, (obs, r, te, tr, info, st) = _run(env, params, lambda st, k: jnp.array([[0.0, 1.0, 0.0]]), steps)
+        speeds[delay] = np.asarray(info["speed"])[:, 0]
+        assert st.pending.shape == (steps, 1, delay, 3)
+    assert np.all(speeds[2][:2] == 0.0) and speeds[2][2] > 0.0
+    np.testing.assert_allclose(speeds[2][2:], speeds[0][:-2], rtol=1e-5)
+    with pytest.raises(ValueError, match="delay_steps"):
+        EnvConfig(delay_steps=11)
