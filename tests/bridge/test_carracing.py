@@ -67,3 +67,21 @@ def test_carracing_passes_the_realtime_conformance_suite(ctx):
         st.stop()
     assert r.ok, [x for x in r.results if not x[1]]
     assert 40 < rate <= 51, rate  # the game's native 50 Hz on the wall clock
+
+
+def test_carracing_plugin_survives_a_negative_seed_and_other_hostile_resets(ctx):
+    from bridge import protocol as P
+    server = LockstepServer(CarRacingGame(), "tcp://127.0.0.1:*", context=ctx)
+    try:
+        for data in (b'{"type":"reset","v":1,"seed":-1}', b'{"type":"reset","v":1,"seed":4294967296}',
+                     b'{"type":"reset","v":1,"seed":' + b"9" * 400 + b"}", b'{"type":"reset","v":1,"seed":1e400}'):
+            reply, _ = server.handle(data)
+            assert P.validate_error(P.decode(reply))["code"] == P.BAD_REQUEST, data[:40]
+        assert server.stats.game_errors == 0  # refused by the SDK: Gymnasium never saw them
+        reply, _ = server.handle(P.encode(P.reset_request(2 ** 32 - 1)))  # the largest valid seed
+        assert P.decode(reply)["type"] == "telemetry"
+        reply, _ = server.handle(P.encode({**P.step_request(0, {"steer": 0, "throttle": 0, "brake": 0}),
+                                           "ticks": 1000}))
+        assert P.decode(reply)["type"] == "telemetry"
+    finally:
+        server.close()
