@@ -3,9 +3,17 @@
     python -m bridge.conformance tcp://127.0.0.1:5555                      # lockstep
     python -m bridge.conformance tcp://127.0.0.1:5556 --mode realtime      # PUB; PULL = port + 1
     python -m bridge.conformance tcp://HOST:5556 --mode realtime --actions tcp://HOST:5557
+    python -m bridge.conformance tcp://127.0.0.1:5555 --internal-request '{"type":"reset","v":1,"seed":13}'
 
 Run it against a freshly started plugin (one check sends a step before any reset). Prints one
 PASS/FAIL line per check with what failed; exit code 0 only if every check passes.
+
+Besides the happy path it sends what broke plugins in the field: ticks of a billion, integers of
+hundreds of digits and 1e400 in every numeric field, out-of-range seeds, JSON nested thousands of
+levels deep, oversize and multi-frame messages. Each must be answered with the right error at
+once, and the plugin must keep serving. ``--internal-request`` names a valid request your game is
+known to fail on (a test hook of yours): the suite then checks the ``internal`` reply, that the
+episode ended, and that serving goes on.
 """
 
 from __future__ import annotations
@@ -37,11 +45,11 @@ class Report:
     results: list = field(default_factory=list)  # (name, ok, detail)
     out: Callable[[str], None] = print
 
-    def run(self, name: str, fn: Callable[[], None]) -> bool:
+    def run(self, name: str, fn: Callable[[], str | None]) -> bool:
         try:
-            fn()
-            self.results.append((name, True, ""))
-            self.out(f"PASS {name}")
+            note = fn() or ""
+            self.results.append((name, True, note))
+            self.out(f"PASS {name}" + (f" ({note})" if note else ""))
             return True
         except CheckFailed as e:
             detail = str(e)
@@ -78,12 +86,15 @@ class _Req:
         self.sock.linger = 0
         self.sock.connect(self.address)
 
-    def raw(self, data: bytes, max_bytes: int = P.DEFAULT_TRACK_MAX_BYTES) -> dict:
-        self.sock.send(data)
+    def raw(self, data: bytes | list[bytes], max_bytes: int = P.DEFAULT_TRACK_MAX_BYTES) -> dict:
+        self.sock.send_multipart(data if isinstance(data, list) else [data])
         if not self.sock.poll(int(self.timeout * 1000), zmq.POLLIN):
             self._open()
             raise TimeoutError(f"no reply within {self.timeout} s")
-        return P.decode(self.sock.recv(), max_bytes)
+        parts = self.sock.recv_multipart()
+        if len(parts) != 1:
+            raise CheckFailed(f"the reply has {len(parts)} frames; protocol v1 messages are one frame")
+        return P.decode(parts[0], max_bytes)
 
     def call(self, msg: dict) -> dict:
         return self.raw(P.encode(msg))
@@ -105,13 +116,35 @@ def _frame(reply: dict, what: str) -> dict:
     return P.validate_telemetry(reply)
 
 
+HUGE_INT = b"9" * 400  # float() of it raises OverflowError: the number that crashed plugins
+
+
+def _short_what(lit: str) -> str:
+    return lit if len(lit) <= 12 else f"{lit[:4]}... ({len(lit.lstrip('-'))}-digit integer)"
+
+
+def _with(msg: dict, key: str, literal: str, in_action: bool = False) -> bytes:
+    """``msg`` encoded with ``key`` set to a raw JSON literal (one Python cannot encode: 1e400)."""
+    marker = "__literal__"
+    if in_action:
+        msg = {**msg, "action": {**msg["action"], key: marker}}
+    else:
+        msg = {**msg, key: marker}
+    return P.encode(msg).replace(f'"{marker}"'.encode(), literal.encode())
+
+
 def check_lockstep(address: str, timeout: float = 2.0, report: Report | None = None,
-                   context: zmq.Context | None = None) -> Report:
+                   context: zmq.Context | None = None, internal_request: bytes | None = None) -> Report:
+    """Run the lockstep checks against the plugin at ``address``.
+
+    ``internal_request``: a valid request (bytes) that the game is known to fail on; with it, the
+    suite also checks the ``internal`` reply and what must follow it."""
     report = report or Report()
     ctx = context or zmq.Context.instance()
     req = _Req(ctx, address, timeout)
     st: dict = {}
     GO = {"steer": 0.0, "throttle": 1.0, "brake": 0.0}
+    NEUTRAL = dict(P.NEUTRAL_ACTION)
 
     def hello():
         r = P.validate_hello_reply(req.call({**P.hello_request("conformance"), "extra_unknown_key": 1}))
@@ -214,12 +247,137 @@ def check_lockstep(address: str, timeout: float = 2.0, report: Report | None = N
                 failures.append(f"{what}: {e}")
         expect(not failures, "; ".join(failures))
 
+    def expect_all(cases) -> None:
+        failures = []
+        for what, data, codes in cases:
+            try:
+                _expect_error(req.raw(data), codes, what)
+            except (CheckFailed, TimeoutError, P.ProtocolError) as e:
+                failures.append(f"{what}: {e}")
+        expect(not failures, f"{len(failures)} of {len(cases)} failed: " + "; ".join(failures))
+
+    def in_episode(what: str) -> None:
+        # Step faults are checked inside an episode, so a plugin that asks "is there an episode?"
+        # before it looks at the fields is not taken for wrong (the contract leaves that order open).
+        st["last"] = _frame(req.call(P.reset_request(None)), f"reset before the {what} checks")
+
+    def bounds():
+        in_episode("bounds")
+        base = P.step_request(310, GO)
+        reset = {"type": "reset", "v": 1}
+        BR = (P.BAD_REQUEST,)
+        BIG = HUGE_INT.decode()
+        cases = [(f"ticks {t}", _with(base, "ticks", t), BR)
+                 for t in ("1001", "0", "-1", "1000000000", "1.5", "1.0", '"2"', "true", "null", BIG, "1e400")]
+        cases += [(f"seq {q}", _with(base, "seq", q), BR)
+                  for q in ("-1", str(P.MAX_SEQ + 1), "1.5", '"3"', "true", BIG, "1e400")]
+        cases += [(f"seed {d}", _with(reset, "seed", d), BR)
+                  for d in ("-1", str(P.MAX_SEED + 1), "7.0", '"7"', "true", BIG, "-" + BIG, "1e400")]
+        expect_all([(_short_what(w), d, c) for w, d, c in cases])
+
+    def numbers():
+        in_episode("number")
+        base = P.step_request(320, GO)
+        cases = []
+        for k in P.CONTROLS:
+            for lit in (HUGE_INT.decode(), "-" + HUGE_INT.decode(), "1e400", "-1e400"):
+                # valid JSON numbers too large for a float: bad_action (the field) or bad_request (the parser)
+                cases.append((f"{k} {_short_what(lit)}", _with(base, k, lit, in_action=True),
+                              (P.BAD_ACTION, P.BAD_REQUEST)))
+            for lit in ("1e308", "true", "null", "[0.5]"):
+                cases.append((f"{k} {lit}", _with(base, k, lit, in_action=True), (P.BAD_ACTION,)))
+        for lit in (HUGE_INT.decode(), "1e400"):
+            cases.append((f"v {_short_what(lit)}", b'{"type":"hello","v":%s}' % lit.encode(),
+                          (P.BAD_REQUEST, P.VERSION_ERR)))
+        expect_all(cases)
+
+    def nesting():
+        in_episode("nesting")
+        depth = 30000
+        cases = [
+            (f"an array nested {depth} deep", b"[" * depth + b"]" * depth, (P.BAD_REQUEST,)),
+            (f"an object nested {depth // 6} deep", b'{"a":' * (depth // 6) + b"1" + b"}" * (depth // 6),
+             (P.BAD_REQUEST,)),
+            (f"a step whose action is nested {depth} deep",
+             b'{"type":"step","v":1,"seq":330,"action":' + b"[" * depth + b"]" * depth + b"}",
+             (P.BAD_REQUEST, P.BAD_ACTION)),
+            ("a two-frame request", [P.encode(P.hello_request("conformance")), b"second frame"], (P.BAD_REQUEST,)),
+        ]
+        expect_all(cases)
+        # Not errors by themselves: a plugin may refuse them or ignore the unknown key, but it must answer.
+        for what, data in ((f"an unknown key nested {depth} deep",
+                            b'{"type":"hello","v":1,"x":' + b"[" * depth + b"]" * depth + b"}"),
+                           ("a 1 MiB message", P.encode({**P.hello_request("conformance"), "pad": "x" * (1 << 20)}))):
+            try:
+                r = req.raw(data)
+            except TimeoutError as e:
+                raise CheckFailed(f"{what}: {e}") from None
+            if r.get("type") == "error":
+                _expect_error(r, (P.BAD_REQUEST,), what)
+            else:
+                expect(r.get("type") == "hello", f"{what}: expected a hello or a bad_request error, got "
+                                                 f"type {r.get('type')!r}")
+
     def keeps_serving():
         prev = st["last"]
         f = _frame(req.call({**P.step_request(400, GO), "unknown_future_key": {"a": 1}}),
                    "step after the error replies (with an unknown key)")
         expect(f["episode"] == prev["episode"] and f["seq"] > prev["seq"],
                f"the episode should continue after error replies: episode {prev['episode']} -> {f['episode']}")
+
+    def after_internal(what: str, reply: dict) -> None:
+        """The contract after 'internal': the episode is over, and the plugin keeps serving."""
+        expect(P.validate_error(reply)["code"] == P.INTERNAL, f"{what}: expected telemetry or error 'internal', "
+                                                              f"got error {reply.get('code')!r}")
+        _expect_error(req.call(P.step_request(390, GO)), (P.NO_EPISODE,),
+                      f"a step after 'internal' for {what} (the episode must be over)")
+        f = _frame(req.call(P.reset_request(None)), f"a reset after 'internal' for {what}")
+        st["last"] = f
+
+    def served(what: str, msg: dict, notes: list) -> dict | None:
+        try:
+            r = req.call(msg)
+        except TimeoutError as e:
+            raise CheckFailed(f"{what}: {e} (a valid request must be answered: telemetry, or error "
+                              f"'internal' if the game fails)") from None
+        if r.get("type") == "error":
+            after_internal(what, r)
+            notes.append(f"the game failed on {what}: answered 'internal' as it should")
+            return None
+        return P.validate_telemetry(r)
+
+    def edge_cases():
+        notes: list[str] = []
+        dt = st["hello"]["dt"]
+        for seed in (0, P.MAX_SEED):
+            served(f"reset seed={seed}", P.reset_request(seed), notes)
+        f0 = served("reset seed=null", P.reset_request(None), notes)
+        if f0 is not None:
+            f = served("step ticks=1000", {**P.step_request(340, NEUTRAL), "ticks": P.MAX_TICKS}, notes)
+            if f is not None:
+                expect(abs(f["t"] - f0["t"] - P.MAX_TICKS * dt) <= 1e-6 + 1e-3 * P.MAX_TICKS * dt,
+                       f"t should advance by 1000*dt = {P.MAX_TICKS * dt}: {f0['t']} -> {f['t']}")
+        served("reset seed=null", P.reset_request(None), notes)
+        for i, a in enumerate(({"steer": -1.0, "throttle": 1.0, "brake": 1.0}, {"steer": 1.0, "throttle": 0.0, "brake": 1.0},
+                               {"steer": 1.0, "throttle": 1.0, "brake": 0.0}, {"steer": -1.0, "throttle": 0.0, "brake": 0.0})):
+            served(f"step {a}", P.step_request(350 + i, a), notes)
+        f = served("step seq=2^53", P.step_request(P.MAX_SEQ, GO), notes)
+        if f is not None and "ack" in f:
+            expect(f["ack"] == P.MAX_SEQ, f"ack should echo seq 2^53 = {P.MAX_SEQ}, got {f['ack']}")
+        st["last"] = served("reset seed=null", P.reset_request(None), notes) or st.get("last")
+        return "; ".join(notes)
+
+    def internal():
+        _frame(req.call(P.reset_request(None)), "reset before the internal request")
+        try:
+            r = req.raw(internal_request)
+        except TimeoutError as e:
+            raise CheckFailed(f"the request the game fails on was not answered: {e}") from None
+        expect(r.get("type") == "error", f"the request the game fails on should be answered with error "
+                                         f"'internal', got type {r.get('type')!r}")
+        after_internal("the request the game fails on", r)
+        r = P.validate_hello_reply(req.call(P.hello_request("conformance")))
+        expect(r["game"] == st["hello"]["game"], "hello after 'internal' names another game")
 
     def close():
         r = req.call(P.close_request())
@@ -228,8 +386,15 @@ def check_lockstep(address: str, timeout: float = 2.0, report: Report | None = N
     checks = [("hello", hello), ("step before reset -> no_episode", step_before_reset), ("track", track),
               ("reset: episode and seq counters", reset), ("step: seq, t, ticks, ack", step),
               ("units: speed m/s, pose m, yaw rad CCW from +x", units),
-              ("error codes on bad requests", errors), ("keeps serving after errors", keeps_serving),
-              ("close -> bye", close)]
+              ("error codes on bad requests", errors),
+              ("bounds: ticks 1..1000, seq 0..2^53, seed 0..2^32-1 or null", bounds),
+              ("numbers too large for a float, booleans, null in every control and v", numbers),
+              ("deep nesting, oversize and multi-frame requests", nesting),
+              ("keeps serving after errors", keeps_serving),
+              ("valid edge cases answered (ticks 1000, extreme seeds, controls, seq)", edge_cases)]
+    if internal_request is not None:
+        checks.append(("a game that raises -> internal, episode over, keeps serving", internal))
+    checks.append(("close -> bye", close))
     try:
         for name, fn in checks:
             if not report.run(name, fn) and name == "hello":
@@ -323,6 +488,31 @@ def check_realtime(pub_address: str, pull_address: str, action_timeout: float = 
         drain()
         f = recv()
         expect(f["steer"] <= 1.0 and f["brake"] == 0.0, "an invalid action was applied")
+        st["last"] = f
+
+    def hostile_ignored():
+        drain()
+        e = recv()["episode"]
+        big = HUGE_INT
+        junk = [b'{"type":"reset","v":1,"seed":%s}' % d for d in
+                (b"-1", str(P.MAX_SEED + 1).encode(), big, b"1e400", b"7.5", b'"7"', b"true")]
+        base = P.action_message(st["seq"] + 200, 0.0, 0.0, 1.0)
+        for k in P.CONTROLS:
+            for lit in (big.decode(), "-" + big.decode(), "1e400", "true"):
+                junk.append(_with(base, k, lit))
+        junk += [_with(base, "seq", lit) for lit in (big.decode(), "-1", str(P.MAX_SEQ + 1), "1.5")]
+        junk += [b"[" * 30000 + b"]" * 30000, b'{"type":"action","v":1,"seq":' + b"[" * 30000 + b"]" * 30000 + b"}",
+                 b'{"type":"hello","v":%s}' % big]
+        for m in junk:
+            push.send(m)
+        push.send_multipart([P.encode(P.reset_request(None)), b"second frame"])  # one message, two frames
+        time.sleep(0.3)
+        drain()
+        f = recv()
+        expect(f["episode"] == e, f"an invalid reset (seed out of range, not an integer, or a two-frame message) "
+                                  f"started a new episode: {e} -> {f['episode']}")
+        expect(f["brake"] == 0.0, f"an invalid action was applied (brake {f['brake']})")
+        st["last"] = f
 
     def neutral_after_timeout():
         seq = send_action(0.3, 1.0, 0.0)
@@ -337,6 +527,7 @@ def check_realtime(pub_address: str, pull_address: str, action_timeout: float = 
     checks = [("frames published, seq increases", published), ("reset -> new episode", reset),
               ("actions applied and acknowledged", acknowledged), ("older action seq dropped", older_dropped),
               ("malformed messages ignored", malformed_ignored),
+              ("out-of-range seeds, huge numbers, deep nesting, multi-frame messages ignored", hostile_ignored),
               (f"neutral action after action_timeout ({action_timeout} s)", neutral_after_timeout)]
     try:
         for name, fn in checks:
@@ -368,7 +559,12 @@ def main(argv=None) -> int:
     ap.add_argument("--actions", help="realtime: the PULL (actions) address; default: PUB port + 1")
     ap.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for a reply or frame")
     ap.add_argument("--action-timeout", type=float, default=0.5, help="realtime: the plugin's action_timeout")
+    ap.add_argument("--internal-request", metavar="JSON",
+                    help="lockstep: a valid request your game is known to fail on (a test hook of yours); "
+                         "checks the 'internal' reply, that the episode ended, and that serving goes on")
     args = ap.parse_args(argv)
+    if args.internal_request is not None and args.mode != "lockstep":
+        ap.error("--internal-request is a lockstep check")
     for a in (args.address, args.actions):
         if a is not None:
             parts = urlsplit(a)
@@ -377,7 +573,8 @@ def main(argv=None) -> int:
     ctx = zmq.Context()
     try:
         if args.mode == "lockstep":
-            report = check_lockstep(args.address, args.timeout, context=ctx)
+            internal = args.internal_request.encode() if args.internal_request is not None else None
+            report = check_lockstep(args.address, args.timeout, context=ctx, internal_request=internal)
         else:
             report = check_realtime(args.address, args.actions or _next_port(args.address), args.action_timeout,
                                     args.timeout, context=ctx)
