@@ -40,8 +40,8 @@ ARGS = ["--dt", "0.04", "--quiet", "--baseline-param", "yaw_rate_gain=0"]
 
 def test_baseline_with_noise_records_episodes_that_read_back_with_every_field(game_address, tmp_path, capsys):
     run_dir = tmp_path / "rec"
-    rc = rt.main(["--address", game_address, "--episodes", "2", "--steps", "150", "--run-dir", str(run_dir),
-                  "--noise", "ou", "--noise-scale", "0.1", "--seed", "3", *ARGS])
+    rc = rt.main(["--address", game_address, "--policy", "baseline", "--episodes", "2", "--steps", "150",
+                  "--run-dir", str(run_dir), "--noise", "ou", "--noise-scale", "0.1", "--seed", "3", *ARGS])
     assert rc == 0
     out = capsys.readouterr().out
     assert "recorded 302 frames in 2 episodes" in out and "rejected frames 0" in out
