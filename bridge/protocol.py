@@ -192,9 +192,9 @@ def decode(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
     if "type" not in obj or not isinstance(obj["type"], str):
         raise ProtocolError(BAD_REQUEST, "field 'type' is missing or not a string", "type")
     v = obj.get("v")
-    if isinstance(v, TooLarge):
-        raise ProtocolError(BAD_REQUEST, f"field 'v' = {v!r} is too large for a 64-bit float (protocol "
-                                         f"version, 1)", "v")
+    if isinstance(v, TooLarge) or (_is_int(v) and finite_float(v) is None):
+        raise ProtocolError(BAD_REQUEST, f"field 'v' = {_short(v, 30)} is too large for a 64-bit float "
+                                         f"(protocol version, 1)", "v")
     if not _is_int(v):
         raise ProtocolError(BAD_REQUEST, "field 'v' is missing or not an integer (protocol version, 1)", "v")
     if v > VERSION:
