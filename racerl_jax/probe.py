@@ -39,6 +39,7 @@ gains and the manoeuvre counts for progress display and summaries.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from typing import Any
@@ -85,7 +86,7 @@ class ProbeConfig:
     start_decel: float = 2.0  # m/s^2: the deceleration the speed plan counts on until braking is measured
     max_speed: float = 80.0  # m/s: the cap never rises above this
     max_lat_accel: float = 40.0  # m/s^2: nor the lateral acceleration above this
-    pace_rise: float = 0.06  # 1/s: relative rise of the pace per second driven at it
+    pace_rise: float = 0.08  # 1/s: relative rise of the pace per second driven at it
     slide_backoff: float = 0.85  # the allowed lateral acceleration times this after a slide
     edge_backoff: float = 0.93  # ... after running towards an edge
     off_track_backoff: float = 0.7  # ... after leaving the track
@@ -93,8 +94,9 @@ class ProbeConfig:
     # safety
     edge_frac: float = 0.6  # near an edge: |lateral offset| past this fraction of the half-width
     centred_frac: float = 0.35  # centred enough to start a manoeuvre
-    slide_yaw: float = 0.35  # rad/s: yaw-rate residual that counts as a slide (plus slide_yaw_rel of the yaw rate)
-    slide_yaw_rel: float = 0.35
+    slide_yaw: float = 0.1  # rad/s: a yaw-rate residual past this plus slide_yaw_rel of the yaw rate ...
+    slide_yaw_rel: float = 0.3  # ... counts towards a slide
+    drift_rate: float = 0.3  # m/s: the lateral offset growing faster than this: drifting off the line
     slide_heading: float = 0.5  # rad: heading error that counts as a slide
     # speed control
     speed_tau: float = 0.5  # s: the speed loop asks for (target - speed) / speed_tau of acceleration ...
@@ -248,6 +250,7 @@ class ProbePolicy:
         self._yaw_res = 0.0
         self._cmd_res = 0.0
         self._lat_prev: float | None = None
+        self._alat_recent: collections.deque = collections.deque([0.0], maxlen=max(1, round(2.0 / self.cfg.dt)))
         self._lat_rate = 0.0
         self._decel_f = 0.0
         self._recover_v = 0.0
@@ -260,7 +263,7 @@ class ProbePolicy:
         self.manoeuvre = None
         if reason in ("off_track", "wrong_way"):
             self.events["off_track"] += 1
-            self._back_off(self.cfg.off_track_backoff)
+            self._back_off(self.cfg.off_track_backoff, at=max(self._alat_recent, default=0.0))
         elif reason == "stuck":
             self.events["stuck"] += 1
 
@@ -269,8 +272,13 @@ class ProbePolicy:
         lo, hi = self.cfg.cruise_s
         return float(self.rng.uniform(lo, hi))
 
-    def _back_off(self, factor: float) -> None:
-        self.lat_accel = max(0.5 * self.cfg.start_lat_accel, self.lat_accel * factor)
+    def _back_off(self, factor: float, at: float | None = None) -> None:
+        """Lower the pace by ``factor``; below ``factor`` times the lateral acceleration ``at`` which
+        the trouble came (but to no less than 0.6 of the pace)."""
+        new = self.lat_accel * factor
+        if at is not None and at > 0:
+            new = min(new, max(factor * at, 0.6 * self.lat_accel))
+        self.lat_accel = max(0.5 * self.cfg.start_lat_accel, new)
         self.speed_cap = max(self.cfg.min_speed + 1.0, self.speed_cap * math.sqrt(factor))
         self._hold_until = self.time + self.cfg.hold_s
 
@@ -362,9 +370,14 @@ class ProbePolicy:
         g = self.steer_gain(v)
         self._yaw_res += alpha * ((r - v * kappa) - self._yaw_res)  # not following the track
         self._cmd_res += alpha * ((r - v * g * self._steer_lag) - self._cmd_res)  # not following the steering
-        calm = (v > 3.0 and abs(he) < 0.2 and abs(a_lat) < 0.8 * self.lat_accel and self.mode != "recover"
-                and abs(self._steer_lag - self._steer_prev) < 0.05)
-        if calm and abs(self._steer_lag) > 0.03:  # learn the steering gain where the car is calm
+        self._alat_recent.append(abs(a_lat))
+        # learn the steering gain where the car is calm: well inside the pace, steering steady and
+        # not saturated, and (once a gain is known) the yaw rate roughly what it predicts
+        ratio = (r / v) / (g * self._steer_lag) if v > 1.0 and abs(self._steer_lag) > 0.03 else 1.0
+        calm = (v > 3.0 and abs(he) < 0.2 and abs(a_lat) < 0.5 * self.lat_accel and self.mode != "recover"
+                and abs(self._steer_lag - self._steer_prev) < 0.05 and abs(self._steer_lag) < 0.9
+                and (self._g_sxx.sum() < 20.0 or 0.6 < ratio < 1.6))
+        if calm and abs(self._steer_lag) > 0.03:
             b = self._band(v)
             self._g_sxx *= 0.9995
             self._g_sxy *= 0.9995
@@ -381,18 +394,26 @@ class ProbePolicy:
             self._decel_f = 0.0
         self._v_prev = v
 
-        # -- trouble: a slide, or running towards an edge
-        yaw_ref = abs(v * kappa)
-        slide = v > 3.0 and (abs(he) > c.slide_heading or (
-            abs(self._yaw_res) > c.slide_yaw + c.slide_yaw_rel * yaw_ref
-            and abs(self._cmd_res) > c.slide_yaw + c.slide_yaw_rel * abs(v * g * self._steer_lag)))
+        # -- trouble: a slide, or running towards an edge. A slide: the car does not turn as the
+        # steering asks (|yaw_rate - speed * gain * steer| large: understeer past the grip, or
+        # oversteer) while it moves away from the line (drifting outwards, or turning unlike the
+        # track, |yaw_rate - speed * curvature| large); or it points well off the track's direction.
+        # Steering manoeuvres ask for a yaw rate the car may not follow at once: there only the
+        # heading and the edges count.
+        outwards = lat * self._lat_rate > 0.0
+        drifting = outwards and abs(self._lat_rate) > c.drift_rate and edge > 0.2
+        off_line = drifting or (outwards and abs(self._yaw_res) > c.slide_yaw + c.slide_yaw_rel * abs(v * kappa))
+        off_steer = abs(self._cmd_res) > c.slide_yaw + c.slide_yaw_rel * abs(v * g * self._steer_lag)
+        exciting = (self.manoeuvre is not None and self.manoeuvre.phase == "run"
+                    and self.manoeuvre.kind.startswith("steer"))
+        slide = v > 3.0 and (abs(he) > c.slide_heading or (off_steer and off_line and not exciting))
         to_edge = edge > c.edge_frac and lat * self._lat_rate > 0.0
         if (slide or to_edge) and self.mode != "recover":
             fresh = self.time - self._last_event_t > 1.0
             self._last_event_t = self.time
             if fresh:
                 self.events["slide" if slide else "edge"] += 1
-                self._back_off(c.slide_backoff if slide else c.edge_backoff)
+                self._back_off(c.slide_backoff if slide else c.edge_backoff, at=max(self._alat_recent))
             if self.manoeuvre is not None and self.manoeuvre.phase != "approach":
                 self._finish("aborted")
             else:
@@ -403,9 +424,10 @@ class ProbePolicy:
 
         # -- the pace rises while the car is driven at it and nothing is wrong
         steady = self.mode == "cruise" or (self.manoeuvre is not None and self.manoeuvre.phase == "approach")
-        if steady and self.time >= self._hold_until and not slide and edge < c.edge_frac:
+        if steady and self.time >= self._hold_until and not slide and not drifting and edge < c.edge_frac:
             rise = 1.0 + c.pace_rise * dt
-            if v * v * abs(kappa) >= 0.6 * self.lat_accel and v > 3.0:
+            demand = v * v * abs(kappa)  # the car is at the pace in a corner, and follows it
+            if demand >= 0.6 * self.lat_accel and abs(a_lat) >= 0.9 * demand and v > 3.0:
                 self.lat_accel = min(c.max_lat_accel, self.lat_accel * rise)
             if v >= 0.9 * self.speed_cap:
                 self.speed_cap = min(c.max_speed, self.speed_cap * rise + 0.1 * dt)
@@ -414,6 +436,8 @@ class ProbePolicy:
         v_allow = max(c.min_speed, min(self.speed_cap, self.allowed_speed(s, v)))
         v_target, pedal, excite = v_allow, None, 0.0
         if self.mode == "recover":
+            if drifting:  # still running wide: slower yet
+                self._recover_v = min(self._recover_v, v - 1.0)
             v_target = max(c.min_speed, min(v_allow, 0.85 * self._recover_v))
             ok = edge < 0.3 and abs(he) < 0.15 and not slide
             self._recover_ok_t = self._recover_ok_t + dt if ok else 0.0
