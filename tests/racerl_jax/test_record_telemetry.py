@@ -80,6 +80,37 @@ def test_random_policy_ends_episodes_and_counts_them(game_address, tmp_path):
     assert steer.min() < -0.5 and steer.max() > 0.5  # uniform random steering, not a driver
 
 
+def test_probe_is_the_default_and_records_minutes_of_game_time_with_the_envelope_in_the_summary(
+        game_address, tmp_path, capsys):
+    run_dir = tmp_path / "probe"
+    rc = rt.main(["--address", game_address, "--minutes", "0.75", "--run-dir", str(run_dir), "--dt", "0.04", "--quiet"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    rec = read_run(run_dir)
+    assert rec.meta["config"]["policy"] == "probe" and rec.rejected == 0 and rec.bad_lines == 0
+    # 45 s of game time, in one episode (the probe stays on the track; the time is up mid-episode)
+    game_s = sum(float(ep.fields["t"][-1] - ep.fields["t"][0]) for ep in rec.episodes)
+    assert 45.0 <= game_s < 45.0 + 0.04 + 1e-6 and len(rec.episodes) == 1
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["policy"] == "probe" and s["episode_ends"] == {"recording_time": 1} and s["game_s"] == pytest.approx(45.0)
+    env = s["envelope"]
+    assert env["seconds"] == pytest.approx(45.0, abs=0.05)
+    assert env["speed"]["min"] < 1.0 and env["speed"]["max"] > 10.0 and env["speed_coverage"] >= 0.8
+    assert sum(env["speed_histogram"]["seconds"]) == pytest.approx(env["seconds"], abs=0.1)
+    assert env["accel_long"]["max"] > 4.0 and env["accel_long"]["min"] < -5.0  # accelerating and braking
+    assert env["time_share"]["full_throttle"] > 0 and env["time_share"]["coast"] > 0
+    assert s["probe"]["back_offs"]["off_track"] == 0 and sum(m["done"] for m in s["probe"]["manoeuvres"].values()) >= 4
+    assert "envelope covered (45.0 s of game time)" in out and "speed (m/s)" in out and "probe: pace" in out
+
+
+def test_minutes_and_episodes_bound_the_recording_together(game_address, tmp_path):
+    # the episode limit binds first here: one episode of 100 steps, though 10 minutes are allowed
+    s = rt.run(rt.parse(["--address", game_address, "--minutes", "10", "--episodes", "1", "--steps", "100",
+                         "--run-dir", str(tmp_path / "m"), *ARGS]))
+    assert s["episodes"] == 1 and s["steps"] == 100 and s["episode_ends"] == {"time_limit": 1}
+    assert s["game_s"] == pytest.approx(4.0)
+
+
 def test_bad_options_are_refused_with_the_option_named():
     with pytest.raises(ValueError, match="--noise-scale"):
         rt.parse(["--noise-scale", "-1"])
@@ -87,3 +118,11 @@ def test_bad_options_are_refused_with_the_option_named():
         rt.parse(["--baseline-param", "grip=2"])
     with pytest.raises(SystemExit):
         rt.parse(["--policy", "clever"])
+    for bad in ("0", "-1", "nan"):
+        with pytest.raises(ValueError, match="--minutes"):
+            rt.parse(["--minutes", bad])
+    with pytest.raises(ValueError, match="--probe-param 'grip=2'.*max_lat_accel"):
+        rt.parse(["--probe-param", "grip=2"])
+    with pytest.raises(ValueError, match="--probe-param.*edge_frac.*fraction"):
+        rt.parse(["--probe-param", "edge_frac=2"])
+    assert rt.main(["--minutes", "0"]) == 2  # the command says so and exits, without a traceback
