@@ -155,33 +155,42 @@ def _steps_in(directory: Path) -> list[int]:
 
 def locate_agent(path: str | Path) -> tuple[Path, Path, str]:
     """(run dir, step dir, source) for an ``--agent`` path: a run dir (its best agent, else its last
-    checkpoint), its ``best_agent``/``checkpoints`` dir (the latest step), or a step dir in one."""
+    checkpoint), its ``best_agent``/``checkpoints`` dir (the latest step), or a step dir in one. The
+    run's config.json is checked first: a broken run is reported as that, not as a missing agent."""
     p = Path(path)
     if not p.exists():
         raise EvaluateError(f"--agent {path}: no such file or directory; give {_FORMS}")
     if not p.is_dir():
         raise EvaluateError(f"--agent {path} is a file; give {_FORMS}")
     p = p.resolve()
-    if (p / CONFIG_FILE).is_file():  # a run dir
-        for sub, source in ((BEST_AGENT_DIR, "best_agent"), (CHECKPOINTS_DIR, "checkpoint")):
+    if (p / CONFIG_FILE).is_file():
+        run_dir, within = p, None
+    elif p.name in (BEST_AGENT_DIR, CHECKPOINTS_DIR) and (p.parent / CONFIG_FILE).is_file():
+        run_dir, within = p.parent, p
+    elif p.name.isdigit() and p.parent.name in (BEST_AGENT_DIR, CHECKPOINTS_DIR) \
+            and (p.parent.parent / CONFIG_FILE).is_file():
+        run_dir, within = p.parent.parent, p
+    else:
+        raise EvaluateError(f"--agent {path}: not a training run (no {CONFIG_FILE} in it or the run dir above it); "
+                            f"give {_FORMS}")
+    read_run_config(run_dir)
+    source = lambda d: "best_agent" if d.name == BEST_AGENT_DIR else "checkpoint"  # noqa: E731
+    if within is None:  # the run dir: its best agent, else its last checkpoint
+        for sub in (BEST_AGENT_DIR, CHECKPOINTS_DIR):
             steps = _steps_in(p / sub)
             if steps:
-                return p, p / sub / str(steps[-1]), source
+                return p, p / sub / str(steps[-1]), source(p / sub)
         raise EvaluateError(f"--agent {path}: the run holds no saved agent (no step in {BEST_AGENT_DIR}/ or "
                             f"{CHECKPOINTS_DIR}/): it has not checkpointed yet; train it longer (or --resume it)")
-    if p.name in (BEST_AGENT_DIR, CHECKPOINTS_DIR) and (p.parent / CONFIG_FILE).is_file():
-        steps = _steps_in(p)
-        if not steps:
-            raise EvaluateError(f"--agent {path}: no saved step in it; give the run dir to use what the run saved")
-        return p.parent, p / str(steps[-1]), "best_agent" if p.name == BEST_AGENT_DIR else "checkpoint"
-    if p.name.isdigit() and p.parent.name in (BEST_AGENT_DIR, CHECKPOINTS_DIR) \
-            and (p.parent.parent / CONFIG_FILE).is_file():
-        if not (p / "default").is_dir():
+    if within.name.isdigit():
+        if not (within / "default").is_dir():
             raise EvaluateError(f"--agent {path}: not a finished checkpoint (no default/ in it); have steps "
-                                f"{_steps_in(p.parent)} in {p.parent}")
-        return p.parent.parent, p, "best_agent" if p.parent.name == BEST_AGENT_DIR else "checkpoint"
-    raise EvaluateError(f"--agent {path}: not a training run (no {CONFIG_FILE} in it or the run dir above it); "
-                        f"give {_FORMS}")
+                                f"{_steps_in(within.parent)} in {within.parent}")
+        return run_dir, within, source(within.parent)
+    steps = _steps_in(within)
+    if not steps:
+        raise EvaluateError(f"--agent {path}: no saved step in it; give the run dir to use what the run saved")
+    return run_dir, within / str(steps[-1]), source(within)
 
 
 def read_run_config(run_dir: Path) -> tuple[TrainConfig, CrossQConfig]:
@@ -231,6 +240,15 @@ def _restore(step_dir: Path, template: AgentState) -> AgentState:
     finally:
         absl.setLevel(level)
     agent = restored["agent"] if whole else restored
+    # Orbax restores the saved shapes whatever the template says: compare them here.
+    got = jax.tree_util.tree_flatten_with_path(agent)[0]
+    want = jax.tree_util.tree_flatten_with_path(abstract)[0]
+    wrong = [f"{jax.tree_util.keystr(k)}: saved {np.shape(a)}, config {b.shape}"
+             for (k, a), (_, b) in zip(got, want) if np.shape(a) != b.shape]
+    if len(got) != len(want) or wrong:
+        raise EvaluateError(
+            f"{step_dir}: the checkpoint does not hold the agent that the run's {CONFIG_FILE} describes (network "
+            f"sizes, pedals?): {'; '.join(wrong[:3]) or 'other arrays'}; give a checkpoint of this run", code=1)
     return jax.tree.map(jnp.asarray, agent)
 
 
@@ -747,11 +765,14 @@ def _evaluate_game(cfg: EvalConfig, tc: TrainConfig, saved: SavedAgent, out: Pat
         max_steps = _max_steps(cfg, limit, dt)
         bp = dataclasses.replace(baseline_params_for(car), **cfg.baseline_overrides())
         report = _header(cfg, tc, saved, env.track_data.name, limit, dt, 0, max_steps, bp)
+        # What a step is on the game: whole ticks in lockstep (the run's period rounded to them).
+        game_dt = env.ticks * env.hello["dt"] if mode == "lockstep" and env.hello else dt
         report.update(game=env.hello.get("game") if env.hello else None, mode=mode, ticks_per_step=env.ticks,
-                      game_seed=game_seed)
+                      game_control_period_s=game_dt, game_seed=game_seed)
         out.mkdir(parents=True, exist_ok=True)
-        print(f"game {report['game']!r} ({mode}), track {env.track_data.name}: control period {dt:g} s "
-              f"({env.ticks} ticks in lockstep); minimum-lap-time reference {limit:.2f} s; {cfg.laps} laps "
+        print(f"game {report['game']!r} ({mode}), track {env.track_data.name}: control period {game_dt:g} s"
+              + (f" ({env.ticks} ticks)" if mode == "lockstep" else "")
+              + f"; minimum-lap-time reference {limit:.2f} s; {cfg.laps} laps "
               f"({max_steps} steps at most) per driver", flush=True)
 
         low, high = env.action_space.low, env.action_space.high
@@ -777,7 +798,7 @@ def _evaluate_game(cfg: EvalConfig, tc: TrainConfig, saved: SavedAgent, out: Pat
                                     "evaluate again", code=1) from None
             finally:
                 bar.close()
-            report[name] = _finish_driver(name, rows, book, env.track, dt, limit, out)
+            report[name] = _finish_driver(name, rows, book, env.track, game_dt, limit, out)
         stats = env.client_stats
         report["bridge_stats"] = dataclasses.asdict(stats) if dataclasses.is_dataclass(stats) else None
         report["plots"] = _plots(report, out, limit)
