@@ -8,18 +8,28 @@ It drives from the track and the telemetry alone (host-side numpy, one call per 
   (least squares of ``yaw_rate / speed`` on the lagged steer, per speed band, only where the car is
   calm), starting from a deliberately vague prior. A slow integral of the lateral offset removes
   what the gain gets wrong.
-* Speed follows a target by its own PI feedback on the measured speed. The target is the smaller
-  of a speed cap and a speed profile planned from the track's curvature ahead with the current
-  *pace*: a lateral acceleration it allows in corners and a deceleration it counts on to brake
-  for them (the latter grows with what full-brake manoeuvres measured, at 60% of it).
-* The pace starts low (5 m/s, 2 m/s^2 lateral, 2 m/s^2 braking) and rises (4% a second) while the
-  car is actually driven at it (speed near the cap, or lateral acceleration near the allowed one)
-  and nothing is wrong. It backs off -- the allowed lateral acceleration times 0.85 and the cap
-  times its square root -- when the car slides (the yaw rate follows neither the track,
-  ``|yaw_rate - speed * curvature|``, nor the steering, ``|yaw_rate - speed * gain * steer|``; or
-  the heading error is large), by 0.93 when the lateral offset grows towards an edge (past 60% of
-  the half-width), and by 0.7 when an episode ends off the track. After a back-off it holds the
-  pace for a few seconds before it lets it rise again.
+* Speed follows a target by its own feedback on the measured speed: it asks for the acceleration
+  that closes the speed error in ``speed_tau`` (plus an integral), and turns that into throttle or
+  brake through the *pedal response* it measures as it drives (recursive least squares of the
+  speed change per step on the throttle and brake held, with a drag term, per speed band): a car
+  that accelerates at 40 m/s^2 on a touch of throttle (CarRacing) and one that needs full throttle
+  for 3 m/s^2 are both driven smoothly. The target is the smaller of a speed cap and a speed
+  profile planned from the track's curvature ahead with the current *pace*: a lateral
+  acceleration it allows in corners and a deceleration it counts on to brake for them (2 m/s^2,
+  then 60% of what full braking measured, at most ``max_decel``).
+* The pace starts low (5 m/s cap, 2 m/s^2 lateral, 2 m/s^2 braking) and rises (8% a second, up
+  to ``max_lat_accel`` and ``max_speed``) while the car is actually driven at it -- speed near
+  the cap, or in a corner near the allowed lateral acceleration with the measured lateral
+  acceleration following the track's demand -- and nothing is wrong. It backs off when the car
+  slides: it does not turn as the steering asks (``|yaw_rate - speed * gain * steer|`` past 0.1
+  rad/s + 30%: understeer past the grip, or oversteer) while it moves away from the line (the
+  lateral offset growing outwards, or ``|yaw_rate - speed * curvature|`` large), or its heading
+  error passes 0.5 rad. Then the allowed lateral acceleration becomes 0.85 of itself and of the
+  lateral acceleration the car slid at (no less than 0.6 of the pace), the cap falls with the
+  square root. Running towards an edge (past 60% of the half-width) backs off by 0.93, an
+  episode that ends off the track by 0.7. After a back-off it holds the pace for ``hold_s``
+  before it lets it rise again, and recovers on the centre line, slower (and slower yet while it
+  still runs wide).
 * Between stretches of steady driving it runs a schedule of manoeuvres that excite what a fit of
   the car needs, cycling their parameters so that they land at several speeds:
   ``launch`` (brake to rest or to low speed, then full -- sometimes partial -- throttle until the

@@ -30,9 +30,14 @@ control steps each. Episodes end as in the surrogate (off track, stuck 3 s below
 --steps) or when the game ends them; the next one starts with a reset.
 
 At the end it prints, and writes to summary.json ("envelope"), how much of the car's envelope the
-recording covers: speed (range, histogram, share of the speed bins up to the top speed with data),
-longitudinal acceleration (braking and accelerating), lateral acceleration, yaw rate, steering,
-the pedal levels used; the progress bar shows the ranges as it goes.
+recording covers: speed (range, histogram in 2 m/s bins, share of the bins from rest to the top
+speed with at least 0.5 s of data), longitudinal acceleration (braking and accelerating), lateral
+acceleration, yaw rate, steering, and the time shares of the pedal levels (full throttle >= 0.95;
+coast: throttle and brake both <= 0.05, which on a car as strong as CarRacing's includes much of
+the steady driving; brake light < 0.5 <= hard < 0.9 <= full) and of steering left and right. The
+progress bar shows the ranges as it goes, and with the probe its pace (allowed lateral
+acceleration m/s^2 / speed cap m/s); summary.json also holds the probe's final pace, the gains it
+measured, its manoeuvres (done, aborted, skipped) and its back-offs (slide, edge, off_track).
 
 The track is the one the game serves (hello says "track": true), or --track FILE (TUM CSV of the
 centre line in the telemetry's world frame).
