@@ -12,7 +12,7 @@ independent reading of the contract (the oracle below, written from protocol-v1.
 ``--hang-timeout`` seconds (the plugin is then restarted), and an invalid request answered with
 telemetry is an invalid message accepted.
 
-Trainer side: ``--messages`` generated frames, half as replies of a fake lockstep plugin to
+Trainer side: ``--messages`` generated frames (a few more where a reset retries), half as replies of a fake lockstep plugin to
 ``LockstepClient.reset``/``step``, half published to a ``RealtimeClient``. A crash is any
 exception out of a client other than its documented ones; an invalid frame handed to the caller
 is an invalid message accepted.
