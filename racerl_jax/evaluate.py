@@ -636,8 +636,11 @@ def _out_dir(cfg: EvalConfig, run_dir: Path) -> Path:
 
 
 def _run_settings(cfg: EvalConfig, saved: SavedAgent) -> TrainConfig:
-    """The run's settings with what this evaluation changes (--track)."""
+    """The run's settings with what this evaluation changes (--track on the surrogate; on the game
+    --track is the game's centre line, handed to the game env as such)."""
     tc = saved.config
+    if cfg.backend == "real":
+        return tc
     if cfg.track:
         if tc.surrogate and cfg.backend == "surrogate":
             raise EvaluateError(f"--track {cfg.track}: the run trained on the surrogate file {tc.surrogate}, which "

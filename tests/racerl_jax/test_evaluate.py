@@ -20,7 +20,7 @@ from racerl_jax import train_racing as tr
 from racerl_jax.checkpoint import Checkpointer
 from surrogate.car import CarParams
 from surrogate.surrogate_file import save_surrogate
-from surrogate.track_io import TrackData
+from surrogate.track_io import TrackData, save_track
 
 from tests.racerl_jax.test_train_racing import TINY
 
@@ -251,6 +251,9 @@ def test_surrogate_evaluation_drives_the_runs_env_and_writes_report_plots_and_a_
     # The same --out again: refused, not overwritten.
     assert ev.main(["--agent", str(run_dir), "--out", str(out), "--no-progress"]) == 2
     assert "already holds a report.json" in capsys.readouterr().err
+    # Another track for a run that trained on a surrogate file's own: refused.
+    assert ev.main(["--agent", str(run_dir), "--track", "oval", "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "holds its own track; leave --track out" in capsys.readouterr().err
 
 
 @pytest.fixture
@@ -303,3 +306,39 @@ def test_a_game_that_does_not_answer_is_a_clear_error(run_dir, tmp_path, capsys)
     err = capsys.readouterr().err
     assert rc == 1 and "no game answers" in err and "start the game's plugin" in err
     assert not (tmp_path / "x" / "report.json").exists()
+
+
+def test_game_evaluation_in_real_time_steps_on_the_clock_at_the_runs_control_period(run_dir, tmp_path, capsys):
+    import time
+
+    from bridge.sdk import RealtimeServer
+
+    ctx = zmq.Context()
+    server = RealtimeServer(KinematicCarGame(), "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", rate_hz=50,
+                            info_address="tcp://127.0.0.1:*", context=ctx)
+    stop = threading.Event()
+    th = threading.Thread(target=server.serve, kwargs={"stop": stop}, daemon=True)
+    th.start()
+    out = tmp_path / "rt"
+    circle = tmp_path / "circle.csv"  # the game's centre line as a file: --track on a surrogate-file run
+    save_track(_game_track(), circle)
+    try:
+        t0 = time.monotonic()
+        rc = ev.main(["--agent", str(run_dir), "--backend", "real", "--mode", "realtime", "--address",
+                      server.info.address, "--telemetry-address", server.pub_address, "--action-address",
+                      server.pull_address, "--track", str(circle), "--laps", "1", "--max-steps", "40", "--out", str(out),
+                      "--no-progress"])
+        wall = time.monotonic() - t0
+    finally:
+        stop.set()
+        th.join(timeout=5)
+        ctx.destroy(linger=0)
+    assert rc == 0
+    line = _last_line(capsys)
+    report = json.loads((out / "report.json").read_text())
+    _agrees(line, report["agent"])
+    assert report["mode"] == "realtime" and report["game_control_period_s"] == pytest.approx(0.04)
+    assert report["track"] == "circle"
+    steps = report["agent"]["steps"] + report["baseline"]["steps"]
+    assert 2 <= steps <= 80 and report["agent"]["driven_s"] > 0.0
+    assert wall > 0.9 * steps * 0.04  # a fixed control period, not as fast as the game answers
