@@ -264,6 +264,10 @@ class RealtimeStep:
 class RealtimeClient:
     """Conflated telemetry SUB + action PUSH with a fixed control period (elastic, as in rtgym).
 
+    Every frame received is validated (:meth:`ingest`); invalid ones are dropped and counted in
+    ``stats.invalid``. The conflated SUB keeps only the last frame of a multi-frame message (ZeroMQ
+    cannot conflate multipart messages), so such a message is judged by that frame alone.
+
     ``step(action)`` sends the action at once, sleeps until the end of the current control period
     and returns the newest frame. If the caller comes back late (its compute took longer than the
     period), the schedule restarts from now instead of bursting to catch up, and the lateness is

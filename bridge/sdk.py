@@ -92,6 +92,11 @@ class GamePlugin:
     ``reason`` may be added. ``seq``, ``episode``, ``ack`` are always the SDK's; ``t`` and the
     applied ``steer``/``throttle``/``brake`` are filled by the SDK unless the game returns them
     (a game that clamps or smooths inputs should report what it applied).
+
+    The game only ever sees valid requests (``seed`` None or 0..2^32 - 1, ``ticks`` 1..1000, every
+    control a finite number in range). Whatever these methods raise is caught: the request is
+    answered with error ``internal`` (real time: the frame is dropped), the episode ends, the
+    traceback is logged once per place it came from, and the plugin keeps serving.
     """
 
     #: game name reported in the hello reply
