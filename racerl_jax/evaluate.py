@@ -282,11 +282,10 @@ class Lap:
 
     def to_dict(self, rows: dict[str, np.ndarray]) -> dict[str, Any]:
         seg = slice(self.first, self.last + 1)
-        dev = np.abs(rows["ref_deviation"][seg])
+        mean_dev, max_dev = _abs_stats(rows["ref_deviation"][seg])
         return {"lap": self.number, "start": self.start, "end": self.end, "time_s": self.time_s,
                 "clean": self.clean, "steps": self.last - self.first + 1, "distance_m": self.distance_m,
-                "ref_deviation_mean_abs_m": _num(np.mean(dev)) if dev.size else None,
-                "ref_deviation_max_abs_m": _num(np.max(dev)) if dev.size else None,
+                "ref_deviation_mean_abs_m": _num(mean_dev), "ref_deviation_max_abs_m": _num(max_dev),
                 "off_track_s": float(np.sum(rows["dt"][seg] * rows["off_track"][seg]))}
 
 
@@ -494,7 +493,7 @@ def score(rows: dict[str, np.ndarray], book: LapBook, limit_s: float) -> dict[st
     for ep in _episodes(rows["done"]):
         s = side[ep][side[ep] != 0]
         changes += int(np.sum(s[1:] != s[:-1]))
-    dev = np.abs(rows["ref_deviation"])
+    mean_dev, max_dev = _abs_stats(rows["ref_deviation"])
     driven_s = float(np.sum(rows["dt"]))
     return {
         "laps_asked": book.laps_asked,
@@ -511,8 +510,8 @@ def score(rows: dict[str, np.ndarray], book: LapBook, limit_s: float) -> dict[st
         "mean_flying_lap_s": float(np.mean(flying)) if flying else float("nan"),
         "limit_s": limit_s,
         "gap_pct": 100.0 * (best / limit_s - 1.0),
-        "ref_deviation_mean_abs_m": float(np.mean(dev)) if n else float("nan"),
-        "ref_deviation_max_abs_m": float(np.max(dev)) if n else float("nan"),
+        "ref_deviation_mean_abs_m": mean_dev,
+        "ref_deviation_max_abs_m": max_dev,
         "steer_change_mean": float(np.mean(d_steer)) if d_steer.size else float("nan"),
         "pedal_change_mean": float(np.mean(d_pedal)) if d_pedal.size else float("nan"),
         "pedal_changes_per_min": changes / (driven_s / 60.0) if driven_s > 0 else float("nan"),
@@ -523,6 +522,13 @@ def score(rows: dict[str, np.ndarray], book: LapBook, limit_s: float) -> dict[st
         "driven_s": driven_s,
         "laps": [lap.to_dict(rows) for lap in laps],
     }
+
+
+def _abs_stats(v: np.ndarray) -> tuple[float, float]:
+    """(mean, max) of |v| over its finite values (a step the game ended has no deviation); NaN for none."""
+    a = np.abs(np.asarray(v, np.float64))
+    a = a[np.isfinite(a)]
+    return (float(np.mean(a)), float(np.max(a))) if a.size else (float("nan"), float("nan"))
 
 
 def _episodes(done: np.ndarray) -> Iterator[slice]:

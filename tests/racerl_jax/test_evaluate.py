@@ -205,6 +205,9 @@ def test_scores_rate_clean_laps_against_the_laps_asked_and_measure_smoothness():
     assert s["ref_deviation_mean_abs_m"] == pytest.approx(1.0) and s["ref_deviation_max_abs_m"] == 3.0
     assert s["off_track_s"] == pytest.approx(dt) and s["off_track_laps"] == 1
 
+    # A step the game ended (plugin lost) has no deviation: left out, not a NaN mean.
+    assert ev._abs_stats(np.array([np.nan, -2.0, 1.0])) == (1.5, 2.0)
+
     none = ev.LapBook(laps=2, track_length=100.0)
     s = ev.score({**rows, "done": np.zeros(n, bool)}, none, limit_s=25.0)
     assert s["clean_lap_rate"] == 0.0 and math.isnan(s["best_lap_s"]) and math.isnan(s["gap_pct"])
