@@ -75,7 +75,7 @@ class GameFaultLog:
         if n == 1:
             self.log.error("the game raised while serving %s (%s: %s); answered/dropped and kept serving. "
                            "This traceback is logged once; repeats from the same place are counted:",
-                           what, type(exc).__name__, exc, exc_info=(type(exc), exc, exc.__traceback__))
+                           what, type(exc).__name__, _exc_text(exc), exc_info=(type(exc), exc, exc.__traceback__))
             self._last_summary[key] = now
         elif now - self._last_summary.get(key, now) >= self.summary_every_s:
             self._last_summary[key] = now
@@ -210,6 +210,13 @@ class _Refusal(Exception):
         self.code, self.message = code, message
 
 
+def _exc_text(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - an exception whose own __str__ fails still gets a name
+        return f"<{type(exc).__name__} whose message cannot be shown>"
+
+
 def _error_reply(code: str, message: str) -> bytes:
     if len(message) > 500:
         message = message[:480] + f"... ({len(message)} chars)"
@@ -271,7 +278,7 @@ class LockstepServer:
         self.stats.game_errors += 1
         self._in_episode = False  # the contract: the episode in progress, if any, is over
         self.faults.report(exc, f"a {what!r} request")
-        detail = str(exc) if isinstance(exc, GameOutputError) else f"{type(exc).__name__}: {exc}"
+        detail = _exc_text(exc) if isinstance(exc, GameOutputError) else f"{type(exc).__name__}: {_exc_text(exc)}"
         more = "; the episode is over: send a reset" if what in ("reset", "step") else ""
         return self._refuse(P.INTERNAL, f"the game failed while serving {what!r}: {detail}{more}")
 

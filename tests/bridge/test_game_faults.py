@@ -256,3 +256,21 @@ def test_realtime_serve_keeps_running_while_the_game_fails(ctx):
         assert st.thread.is_alive() and server.stats.game_errors > 10
     finally:
         st.stop()
+
+
+def test_an_exception_whose_message_cannot_be_shown_is_still_answered_internal(ctx):
+    class Unprintable(Exception):
+        def __str__(self):
+            raise RuntimeError("no message for you")
+
+    class Game(KinematicCarGame):
+        def step(self, action, ticks):
+            raise Unprintable()
+
+    s = LockstepServer(Game(), "tcp://127.0.0.1:*", context=ctx)
+    try:
+        call(s, P.reset_request(1))
+        err = P.validate_error(call(s, step(0)))
+        assert err["code"] == P.INTERNAL and "Unprintable" in err["message"]
+    finally:
+        s.close()
