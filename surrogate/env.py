@@ -199,10 +199,11 @@ def advance_episode(cfg: EnvConfig, weights: RewardWeights, ep: Episode, pos: Tr
     return new, r, terminated, truncated, info
 
 
-def delayed(pending: jax.Array, action: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(the controls the car applies now, the queue after ``action`` joins it): an input delay of
-    ``len(pending)`` control steps (none for an empty queue)."""
-    if pending.shape[-2] == 0:
+def delayed(pending: jax.Array, action: jax.Array, delay: int) -> tuple[jax.Array, jax.Array]:
+    """(the controls the car applies now, the queue after ``action`` joins it) for an input delay of
+    ``delay`` control steps. Without a delay the queue is one unused row: checkpoints cannot hold
+    empty arrays."""
+    if delay == 0:
         return action, pending
     queue = jnp.concatenate([pending, action[..., None, :]], axis=-2)
     return queue[..., 0, :], queue[..., 1:, :]
@@ -214,7 +215,7 @@ class EnvState:
     car_params: CarParams  # this episode's (possibly randomised) car
     track_id: jax.Array
     episode: Episode
-    pending: jax.Array  # (delay_steps, 3) game controls given but not applied yet, oldest first
+    pending: jax.Array  # (max(delay_steps, 1), 3) game controls given but not applied yet, oldest first
 
     @property
     def pos(self) -> TrackPos:
@@ -301,7 +302,7 @@ class RacingEnv:
         )
         pos, here = project_tables(tables, track_id, x, y, h, idx, cfg.projection_window)
         state = EnvState(car=car, car_params=car_params, track_id=track_id, episode=start_episode(pos),
-                         pending=jnp.zeros((cfg.delay_steps, 3), jnp.float32))
+                         pending=jnp.zeros((max(cfg.delay_steps, 1), 3), jnp.float32))
         return state, here
 
     def _advance(self, tables: TrackTables, state: EnvState, action, params: EnvParams):
@@ -310,7 +311,7 @@ class RacingEnv:
         cfg = self.config
         action = game_controls(action, cfg.pedals)
         tid = state.track_id
-        applied, pending = delayed(state.pending, action)
+        applied, pending = delayed(state.pending, action, cfg.delay_steps)
         car = self._car_step(state.car_params, state.car, applied, cfg.dt, cfg.substeps)
         car = apply_residual(params.residual, car, applied, cfg.dt)
         pos, here = project_tables(tables, tid, car.x, car.y, car.yaw, state.pos.idx, cfg.projection_window)

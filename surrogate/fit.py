@@ -110,7 +110,9 @@ class Space:
     def from_z(self, z):
         log, tlo, thi = self._t()
         tv = jnp.asarray(tlo, jnp.float32) + jax.nn.sigmoid(z) * jnp.asarray(thi - tlo, jnp.float32)
-        return jnp.where(jnp.asarray(log), jnp.exp(tv), tv)
+        log = jnp.asarray(log)
+        # exp only where the scale is logarithmic: exp of a linear value overflows and its gradient is NaN
+        return jnp.where(log, jnp.exp(jnp.where(log, tv, 0.0)), tv)
 
     def car(self, z, base: CarParams) -> CarParams:
         v = self.from_z(z)

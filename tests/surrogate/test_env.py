@@ -309,7 +309,7 @@ def test_an_input_delay_holds_back_the_controls_by_its_control_steps(oval):
         env = RacingEnv(dataclasses.replace(cfg, delay_steps=delay))
         _, (obs, r, te, tr, info, st) = _run(env, params, lambda st, k: jnp.array([[0.0, 1.0, 0.0]]), steps)
         speeds[delay] = np.asarray(info["speed"])[:, 0]
-        assert st.pending.shape == (steps, 1, delay, 3)
+        assert st.pending.shape == (steps, 1, max(delay, 1), 3)
     assert np.all(speeds[2][:2] == 0.0) and speeds[2][2] > 0.0
     np.testing.assert_allclose(speeds[2][2:], speeds[0][:-2], rtol=1e-5)
     with pytest.raises(ValueError, match="delay_steps"):
