@@ -77,7 +77,8 @@ def parse_args(argv=None) -> SurrogateFitConfig:
                    help="share of the episodes held out for validation (whole episodes)")
     p.add_argument("--stride", type=int, default=SurrogateFitConfig.stride, help="one rollout window every N frames")
     p.add_argument("--steps", type=int, default=d.steps, help="Adam steps per model")
-    p.add_argument("--delay-steps", type=int, default=d.delay_steps, help="Adam steps per candidate input delay")
+    p.add_argument("--delay-starts", type=int, default=d.delay_starts,
+                   help="starting points per candidate input delay (kinematic model)")
     p.add_argument("--residual-steps", type=int, default=d.residual_steps, help="Adam steps of the residual network")
     p.add_argument("--batch", type=int, default=d.batch, help="rollout windows per step")
     p.add_argument("--starts", type=int, default=d.starts, help="starting points fitted at once per model")
@@ -89,7 +90,7 @@ def parse_args(argv=None) -> SurrogateFitConfig:
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     try:
-        fit = F.FitConfig(steps=a.steps, delay_steps=a.delay_steps, residual_steps=a.residual_steps, batch=a.batch,
+        fit = F.FitConfig(steps=a.steps, delay_starts=a.delay_starts, residual_steps=a.residual_steps, batch=a.batch,
                           starts=a.starts, horizon_s=a.horizon_s, max_delay=a.max_delay, residual=not a.no_residual,
                           one_step=not a.no_one_step, seed=a.seed)
         return SurrogateFitConfig(runs=tuple(a.runs), out=a.out, track=a.track, val_fraction=a.val_fraction,
@@ -215,7 +216,7 @@ def plot_fit(data: FitData, result: F.FitResult, out: Path, n_windows: int = 4) 
     val = data.val
     pick = np.linspace(0, len(val) - 1, n_windows).astype(int)
     w = val.take(pick)
-    preds = {name: F.predict(data, w, f) for name, f in result.fits.items()}
+    preds = {name: F.predict(data, w, f.model, f.delay, f.car, f.residual) for name, f in result.fits.items()}
     t = np.cumsum(w.dt, axis=1)
     fig, axes = plt.subplots(2, n_windows, figsize=(4 * n_windows, 7.5), dpi=100, squeeze=False)
     for j in range(n_windows):
@@ -245,7 +246,7 @@ def plot_fit(data: FitData, result: F.FitResult, out: Path, n_windows: int = 4) 
     fig, (ax_p, ax_v) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
     horizon_t = np.arange(1, data.horizon + 1) * data.dt
     for name, f in result.fits.items():
-        p = F.predict(data, val, f)
+        p = F.predict(data, val, f.model, f.delay, f.car, f.residual)
         pos, _, spd, _ = (np.asarray(e) for e in F.errors(p, val.target))
         ax_p.plot(horizon_t, np.median(pos, axis=0), label=name)
         ax_v.plot(horizon_t, np.median(spd, axis=0), label=name)

@@ -24,6 +24,7 @@ randomisation around the fit.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from typing import Callable
@@ -55,12 +56,12 @@ MODEL_NAMES = ("kinematic", "dynamic", "dynamic+residual", "dynamic (one-step)")
 class FitConfig:
     """How the fit runs; the defaults fit 10 minutes of telemetry within minutes on a 2-core CPU."""
 
-    steps: int = 600  # Adam steps per model
-    delay_steps: int = 250  # Adam steps per candidate input delay (kinematic model)
+    steps: int = 300  # Adam steps per model
+    delay_starts: int = 2  # starting points per candidate input delay (kinematic model)
     residual_steps: int = 400
     batch: int = 128  # windows per step
     starts: int = 4  # starting points fitted at once; the best is kept
-    learning_rate: float = 0.05  # in the unconstrained space
+    learning_rate: float = 0.1  # in the unconstrained space
     residual_learning_rate: float = 3e-3
     horizon_s: float = 2.0  # longest rollout (also the longest reported error)
     first_horizon: int = 4  # steps, at the start of the horizon ramp
@@ -70,11 +71,13 @@ class FitConfig:
     residual: bool = True
     residual_hidden: tuple[int, ...] = (32, 32)
     one_step: bool = True  # also fit and report the one-step model
-    prior: float = 1e-3  # pull towards the starting point in the unconstrained space (unidentifiable directions)
+    # A weak pull towards the starting point in the unconstrained space, for directions the data does
+    # not pin down; at 1e-3 it outweighed the rollout loss near convergence and biased the delay.
+    prior: float = 1e-5
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("steps", "delay_steps", "batch", "starts", "first_horizon", "substeps"):
+        for name in ("steps", "delay_starts", "batch", "starts", "first_horizon", "substeps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"FitConfig.{name} = {getattr(self, name)}; expected an integer >= 1")
         if self.residual_steps < 0 or self.max_delay < 0:
@@ -149,12 +152,14 @@ def initial_car(data: FitData, base: CarParams = CarParams()) -> CarParams:
 # ----------------------------------------------------------------------------- rollouts and loss
 
 
-def rollout(model: str, delay: int, max_delay: int, substeps: int, car: CarParams, residual: Residual | None,
+def rollout(model: str, max_delay: int, substeps: int, car: CarParams, residual: Residual | None, delay,
             init, controls, dts):
-    """One window: the model driven open loop from ``init`` under the recorded controls; returns
+    """One window: the model driven open loop from ``init`` under the recorded controls with an
+    input delay of ``delay`` frames (traced: every delay shares one compilation); returns
     (horizon, 5) predictions of x, y, yaw, speed, yaw rate after each step."""
     step = MODELS[model]
-    prev = controls[max_delay - delay]
+    delay = jnp.asarray(delay, jnp.int32)
+    prev = jax.lax.dynamic_index_in_dim(controls, max_delay - delay, keepdims=False)
     state = CarState(x=init[0], y=init[1], yaw=init[2], vx=init[3], vy=init[4], yaw_rate=init[5],
                      steer=jnp.clip(prev[0], -1.0, 1.0) * car.max_steer, ax=init[6], ay=init[7])
     horizon = dts.shape[0]
@@ -190,16 +195,60 @@ def window_loss(pred, target, horizon):
     return jnp.sum(per_step * mask, axis=-1) / jnp.maximum(jnp.sum(mask), 1)
 
 
-def _batch_loss(model, delay, max_delay, substeps, space, base, z, residual, w: dict, horizon):
-    car = space.car(z, base)
-    pred = jax.vmap(lambda i, c, d: rollout(model, delay, max_delay, substeps, car, residual, i, c, d))(
+def _predict_batch(model, max_delay, substeps, car, residual, delay, w: dict):
+    return jax.vmap(lambda i, c, d: rollout(model, max_delay, substeps, car, residual, delay, i, c, d))(
         w["init"], w["controls"], w["dt"])
+
+
+def _batch_loss(model, max_delay, substeps, fields, base, z, residual, delay, w: dict, horizon):
+    pred = _predict_batch(model, max_delay, substeps, Space(fields).car(z, base), residual, delay, w)
     return jnp.mean(window_loss(pred, w["target"], horizon))
+
+
+_predict_jit = jax.jit(_predict_batch, static_argnums=(0, 1, 2))
 
 
 def _as_arrays(w: Windows) -> dict:
     return {"init": jnp.asarray(w.init), "controls": jnp.asarray(w.controls), "dt": jnp.asarray(w.dt),
             "target": jnp.asarray(w.target)}
+
+
+def _cosine(step, total, peak, floor=0.1):
+    f = jnp.clip(step / jnp.maximum(total, 1.0), 0.0, 1.0)
+    return peak * (floor + (1.0 - floor) * 0.5 * (1.0 + jnp.cos(jnp.pi * f)))
+
+
+def _horizon_at(step, total, first, last, ramp_frac):
+    """Geometric ramp from ``first`` to ``last`` steps over ``ramp_frac`` of the fit (all traced)."""
+    f = jnp.clip(step / jnp.maximum(ramp_frac * total, 1.0), 0.0, 1.0)
+    first = jnp.asarray(first, jnp.float32)
+    return jnp.round(first * (jnp.asarray(last, jnp.float32) / first) ** f).astype(jnp.int32)
+
+
+# One compilation per model and settings; the step counts, horizons and delays are traced.
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
+def _physics_update(model, max_delay, substeps, fields, lr, prior, base, zs, z_starts, delays, adam_states, train,
+                    idx, step, total, first, last, ramp_frac):
+    w = jax.tree_util.tree_map(lambda a: a[idx], train)
+    h = _horizon_at(step, total, first, last, ramp_frac)
+    adam = optax.scale_by_adam()
+
+    def one(z, z_start, delay, st):
+        def objective(zz):
+            return _batch_loss(model, max_delay, substeps, fields, base, zz, None, delay, w, h) + prior * jnp.sum(
+                (zz - z_start) ** 2)
+
+        loss, g = jax.value_and_grad(objective)(z)
+        g = jnp.where(jnp.isfinite(g), g, 0.0)
+        upd, st = adam.update(g, st, z)
+        return z - _cosine(step, total, lr) * upd, st, loss
+
+    return jax.vmap(one)(zs, z_starts, delays, adam_states)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _physics_loss(model, max_delay, substeps, fields, base, zs, delays, w, horizon):
+    return jax.vmap(lambda z, d: _batch_loss(model, max_delay, substeps, fields, base, z, None, d, w, horizon))(zs, delays)
 
 
 # ----------------------------------------------------------------------------- one fit
@@ -218,75 +267,47 @@ class ModelFit:
     spread: dict = dataclasses.field(default_factory=dict)
 
 
-def _horizon_at(step, steps, first, last, ramp_frac):
-    """Geometric ramp from ``first`` to ``last`` steps over ``ramp_frac`` of the fit."""
-    f = jnp.clip(step / jnp.maximum(ramp_frac * steps, 1.0), 0.0, 1.0)
-    return jnp.round(first * (last / first) ** f).astype(jnp.int32)
-
-
-def fit_model(data: FitData, model: str, delay: int, cfg: FitConfig, *, steps: int, base: CarParams,
-              one_step: bool = False, progress: Callable[[str], None] | None = None) -> tuple[CarParams, float]:
-    """Fit one model's physical parameters at one input delay; returns (car, training loss at the full horizon)."""
-    space = Space(FIT_FIELDS[model])
+def fit_model(data: FitData, model: str, delays: list[int], starts: list[CarParams], cfg: FitConfig, *, steps: int,
+              one_step: bool = False, progress: Callable[[str], None] | None = None) -> list[tuple[CarParams, float]]:
+    """Fit one model's physical parameters from several (start, delay) pairs at once (vmapped);
+    returns (car, training loss at the full horizon) for each pair."""
+    fields = FIT_FIELDS[model]
+    space = Space(fields)
+    base = starts[0]
     train = _as_arrays(data.train)
     n = len(data.train)
-    rng = np.random.default_rng(cfg.seed)
-    z0 = space.to_z(space.values(base))
-    starts = np.stack([z0] + [z0 + rng.normal(0.0, 0.7, z0.shape).astype(np.float32) for _ in range(cfg.starts - 1)])
+    zs = jnp.asarray(np.stack([space.to_z(space.values(c)) for c in starts]))
+    d = jnp.asarray(delays, jnp.int32)
+    z_starts = zs
+    states = jax.vmap(optax.scale_by_adam().init)(zs)
     last = 1 if one_step else data.horizon
     first = 1 if one_step else min(cfg.first_horizon, data.horizon)
-    schedule = optax.cosine_decay_schedule(cfg.learning_rate, steps, alpha=0.1)
-    opt = optax.adam(schedule)
-    loss_fn = lambda z, w, h: _batch_loss(model, delay, data.max_delay, cfg.substeps, space, base, z, None, w, h)  # noqa: E731
-
-    def objective(z, z_start, w, h):
-        return loss_fn(z, w, h) + cfg.prior * jnp.sum((z - z_start) ** 2)
-
-    @jax.jit
-    def update(zs, z_starts, opt_states, idx, step):
-        w = jax.tree_util.tree_map(lambda a: a[idx], train)
-        h = _horizon_at(step, steps, first, last, cfg.ramp_frac)
-
-        def one(z, z_start, st):
-            loss, g = jax.value_and_grad(objective)(z, z_start, w, h)
-            g = jnp.where(jnp.isfinite(g), g, 0.0)
-            upd, st = opt.update(g, st, z)
-            return optax.apply_updates(z, upd), st, loss
-
-        return jax.vmap(one)(zs, z_starts, opt_states)
-
-    @jax.jit
-    def full_loss(zs, w):
-        return jax.vmap(lambda z: loss_fn(z, w, last))(zs)
-
-    zs = jnp.asarray(starts)
-    z_starts = zs
-    states = jax.vmap(opt.init)(zs)
-    key_rng = np.random.default_rng(cfg.seed + 1)
+    rng = np.random.default_rng(cfg.seed + 1)
     t0 = time.monotonic()
     for i in range(steps):
-        idx = jnp.asarray(key_rng.integers(0, n, min(cfg.batch, n)))
-        zs, states, loss = update(zs, z_starts, states, idx, jnp.float32(i))
+        idx = jnp.asarray(rng.integers(0, n, min(cfg.batch, n)))
+        zs, states, loss = _physics_update(model, data.max_delay, cfg.substeps, fields, cfg.learning_rate, cfg.prior,
+                                           base, zs, z_starts, d, states, train, idx, jnp.float32(i), jnp.float32(steps),
+                                           first, last, jnp.float32(cfg.ramp_frac))
         if progress is not None and (i % 50 == 0 or i == steps - 1):
-            progress(f"{model} delay {delay}{' one-step' if one_step else ''}: step {i + 1}/{steps} "
-                     f"loss {float(jnp.min(loss)):.4f} ({(i + 1) / (time.monotonic() - t0):.0f} steps/s)")
-    # score every start on the same (up to 1024) training windows at the full horizon
-    sel = jnp.asarray(key_rng.choice(n, min(n, 1024), replace=False))
-    scores = np.asarray(full_loss(zs, jax.tree_util.tree_map(lambda a: a[sel], train)))
+            progress(f"{model}{' one-step' if one_step else ''} (delays {delays}): step {i + 1}/{steps} "
+                     f"loss {float(jnp.min(loss)):.4f} ({(i + 1) / (time.monotonic() - t0):.1f} steps/s)")
+    sel = jnp.asarray(rng.choice(n, min(n, 1024), replace=False))
+    scores = np.asarray(_physics_loss(model, data.max_delay, cfg.substeps, fields, base, zs, d,
+                                      jax.tree_util.tree_map(lambda a: a[sel], train), last))
     scores = np.where(np.isfinite(scores), scores, np.inf)
-    best = int(np.argmin(scores))
-    return space.car(zs[best], base), float(scores[best])
+    return [(space.car(zs[k], base), float(scores[k])) for k in range(len(starts))]
 
 
 def fit_residual(data: FitData, delay: int, cfg: FitConfig, car: CarParams,
                  progress: Callable[[str], None] | None = None) -> tuple[CarParams, Residual, float]:
     """The residual network on top of the fitted dynamic car, both refined together at the full horizon."""
-    space = Space(FIT_FIELDS["dynamic"])
+    fields = FIT_FIELDS["dynamic"]
+    space = Space(fields)
     train = _as_arrays(data.train)
     n = len(data.train)
     residual0 = init_residual(jax.random.PRNGKey(cfg.seed), cfg.residual_hidden)
-    z0 = jnp.asarray(space.to_z(space.values(car)))
-    params = {"z": z0, "net": residual0.params}
+    params = {"z": jnp.asarray(space.to_z(space.values(car))), "net": residual0.params}
     opt = optax.multi_transform(
         {"z": optax.adam(cfg.learning_rate * 0.1),
          "net": optax.adamw(optax.cosine_decay_schedule(cfg.residual_learning_rate, cfg.residual_steps, 0.1),
@@ -295,7 +316,7 @@ def fit_residual(data: FitData, delay: int, cfg: FitConfig, car: CarParams,
 
     def loss_fn(p, w):
         res = residual0.replace(params=p["net"])
-        return _batch_loss("dynamic", delay, data.max_delay, cfg.substeps, space, car, p["z"], res, w, data.horizon)
+        return _batch_loss("dynamic", data.max_delay, cfg.substeps, fields, car, p["z"], res, delay, w, data.horizon)
 
     @jax.jit
     def update(p, st, idx):
@@ -312,7 +333,7 @@ def fit_residual(data: FitData, delay: int, cfg: FitConfig, car: CarParams,
         params, st, loss = update(params, st, jnp.asarray(rng.integers(0, n, min(cfg.batch, n))))
         if progress is not None and (i % 50 == 0 or i == cfg.residual_steps - 1):
             progress(f"dynamic+residual: step {i + 1}/{cfg.residual_steps} loss {float(loss):.4f} "
-                     f"({(i + 1) / (time.monotonic() - t0):.0f} steps/s)")
+                     f"({(i + 1) / (time.monotonic() - t0):.1f} steps/s)")
     sel = jnp.asarray(rng.choice(n, min(n, 1024), replace=False))
     final = float(jax.jit(loss_fn)(params, jax.tree_util.tree_map(lambda a: a[sel], train)))
     return space.car(params["z"], car), residual0.replace(params=params["net"]), final
@@ -321,17 +342,25 @@ def fit_residual(data: FitData, delay: int, cfg: FitConfig, car: CarParams,
 # ----------------------------------------------------------------------------- evaluation
 
 
+def predict(data: FitData, windows: Windows, model: str, delay: int, car: CarParams, residual: Residual | None,
+            substeps: int = 4, chunk: int = 512) -> np.ndarray:
+    """(w, horizon, 5) open-loop predictions on ``windows``, in chunks padded to one shape (one compilation)."""
+    out = []
+    for a in range(0, len(windows), chunk):
+        part = windows.take(slice(a, a + chunk))
+        k = len(part)
+        pad = np.r_[np.arange(k), np.zeros(chunk - k, int)] if len(windows) > chunk else np.arange(k)
+        w = _as_arrays(part.take(pad))
+        out.append(np.asarray(_predict_jit(model, data.max_delay, substeps, car, residual, jnp.int32(delay), w))[:k])
+    return np.concatenate(out) if out else np.zeros((0, data.horizon, 5), np.float32)
+
+
 def evaluate(data: FitData, windows: Windows, model: str, delay: int, car: CarParams, residual: Residual | None,
-             substeps: int = 4, chunk: int = 512) -> dict:
+             substeps: int = 4) -> dict:
     """Open-loop errors on ``windows`` at 0.5, 1 and 2 s ahead (medians and 90th percentiles) and
     the normalised score the model is chosen by (median position plus speed error at 1 s, each over
     its goal of 0.5)."""
-    run = jax.jit(jax.vmap(lambda i, c, d: rollout(model, delay, data.max_delay, substeps, car, residual, i, c, d)))
-    preds = []
-    for a in range(0, len(windows), chunk):
-        w = windows.take(slice(a, a + chunk))
-        preds.append(np.asarray(run(jnp.asarray(w.init), jnp.asarray(w.controls), jnp.asarray(w.dt))))
-    pred = np.concatenate(preds)
+    pred = predict(data, windows, model, delay, car, residual, substeps)
     pos, yaw, spd, rate = (np.asarray(e) for e in errors(jnp.asarray(pred), jnp.asarray(windows.target)))
     out = {}
     for h in REPORT_HORIZONS_S:
@@ -346,38 +375,35 @@ def evaluate(data: FitData, windows: Windows, model: str, delay: int, car: CarPa
     return out
 
 
-def predict(data: FitData, windows: Windows, fit: ModelFit, substeps: int = 4) -> np.ndarray:
-    """(w, horizon, 5) predictions of a fitted model on ``windows`` (for plots)."""
-    run = jax.jit(jax.vmap(lambda i, c, d: rollout(fit.model, fit.delay, data.max_delay, substeps, fit.car,
-                                                   fit.residual, i, c, d)))
-    return np.asarray(run(jnp.asarray(windows.init), jnp.asarray(windows.controls), jnp.asarray(windows.dt)))
-
-
 def uncertainty(data: FitData, fit: ModelFit, cfg: FitConfig, windows: int = 512) -> dict[str, float]:
     """Each fitted parameter's uncertainty as the half-width of a uniform spread, a fraction of its
     value: the Laplace approximation in the unconstrained space (the inverse curvature of the summed
     loss, scaled by the mean loss as the error variance), counting one independent observation per
-    horizon of data since neighbouring windows overlap. Capped at 0.3."""
-    space = Space(FIT_FIELDS[fit.model])
+    horizon of data since neighbouring windows overlap. Capped at 0.3, which a parameter the data
+    cannot pin down (a flat direction of the loss) reaches."""
+    fields = FIT_FIELDS[fit.model]
+    space = Space(fields)
     z = jnp.asarray(space.to_z(space.values(fit.car)))
     n = len(data.train)
     sel = np.random.default_rng(cfg.seed + 3).choice(n, min(n, windows), replace=False)
     w = _as_arrays(data.train.take(sel))
-    loss = lambda zz: _batch_loss(fit.model, fit.delay, data.max_delay, cfg.substeps, space, fit.car, zz,  # noqa: E731
-                                  fit.residual, w, data.horizon)
+    loss = lambda zz: _batch_loss(fit.model, data.max_delay, cfg.substeps, fields, fit.car, zz,  # noqa: E731
+                                  fit.residual, fit.delay, w, data.horizon)
     hess = np.asarray(jax.jit(jax.hessian(loss))(z), np.float64)
-    mean = float(loss(z))
-    n_eff = max(n / data.horizon, 1.0)
-    hess = 0.5 * (hess + hess.T) + 1e-6 * np.eye(len(z))
-    try:
-        cov = np.linalg.inv(hess) * mean / n_eff
-    except np.linalg.LinAlgError:
+    mean = float(jax.jit(loss)(z))
+    if not (np.all(np.isfinite(hess)) and np.isfinite(mean)):
         return {}
-    var = np.clip(np.diag(cov), 0.0, None)
+    n_eff = max(n / data.horizon, 1.0)
+    # Each parameter moved alone, the others held at the fit (the diagonal of the curvature, not of
+    # its inverse): domain randomisation draws the parameters independently, and correlated ones
+    # (wheelbase and steering lock turn the car alike) each move freely only along their own axis.
+    # A flat or (short of full convergence) negative curvature leaves the parameter unpinned.
+    diag = np.diag(hess)
+    var = np.where(diag > 0, 2.0 * mean / (n_eff * np.maximum(diag, 1e-30)), np.inf)
     jac = np.asarray(jax.jacfwd(space.from_z)(z), np.float64).diagonal()
     values = space.values(fit.car)
     sd = np.abs(jac) * np.sqrt(var) / np.maximum(np.abs(values), 1e-9)
-    return {f: float(min(math.sqrt(3.0) * s, 0.3)) for f, s in zip(space.fields, sd) if np.isfinite(s)}
+    return {f: float(min(math.sqrt(3.0) * x, 0.3)) if np.isfinite(x) else 0.3 for f, x in zip(fields, sd)}
 
 
 # ----------------------------------------------------------------------------- all models
@@ -395,8 +421,10 @@ class FitResult:
         return self.fits[self.chosen]
 
 
-def fit_all(data: FitData, cfg: FitConfig = FitConfig(), progress: Callable[[str], None] | None = None) -> FitResult:
-    """Every model fitted and scored on the held-out episodes; the best by validation error at 1 s."""
+def fit_all(data: FitData, cfg: FitConfig = FitConfig(), progress: Callable[[str], None] | None = None,
+            models: tuple[str, ...] = ("kinematic", "dynamic")) -> FitResult:
+    """Every model fitted and scored on the held-out episodes; the best by validation error at 1 s.
+    Without "dynamic" in ``models`` only the kinematic model is fitted (the dynamic ones start from it)."""
     t_start = time.monotonic()
     base = initial_car(data)
     fits: dict[str, ModelFit] = {}
@@ -406,20 +434,34 @@ def fit_all(data: FitData, cfg: FitConfig = FitConfig(), progress: Callable[[str
                               evaluate(data, data.val, model, delay, car, residual, cfg.substeps),
                               time.monotonic() - t0)
 
-    # The input delay: the kinematic model fitted at each candidate, scored on validation.
-    delay_scores, kin = {}, {}
-    for d in range(min(cfg.max_delay, data.max_delay) + 1):
-        t0 = time.monotonic()
-        car, loss = fit_model(data, "kinematic", d, cfg, steps=cfg.delay_steps, base=base, progress=progress)
-        kin[d] = (car, loss, t0)
-        delay_scores[d] = evaluate(data, data.val, "kinematic", d, car, None, cfg.substeps)["score"]
-    delay = min(delay_scores, key=lambda d: (delay_scores[d], d))
+    def perturbed(car: CarParams, fields, k: int) -> list[CarParams]:
+        space = Space(fields)
+        z0 = space.to_z(space.values(car))
+        rng = np.random.default_rng(cfg.seed)
+        zs = [z0] + [z0 + rng.normal(0.0, 0.7, z0.shape).astype(np.float32) for _ in range(k - 1)]
+        return [space.car(jnp.asarray(z), car) for z in zs]
+
+    # The input delay: the kinematic model fitted at every candidate delay at once (vmapped, from
+    # the same starts), each delay's best start scored on validation.
+    delays = list(range(min(cfg.max_delay, data.max_delay) + 1))
     t0 = time.monotonic()
-    car, loss = fit_model(data, "kinematic", delay, cfg, steps=cfg.steps, base=kin[delay][0], progress=progress)
+    starts = perturbed(base, KINEMATIC_FIELDS, cfg.delay_starts)
+    runs = fit_model(data, "kinematic", [d for d in delays for _ in starts], starts * len(delays), cfg,
+                     steps=cfg.steps, progress=progress)
+    per_delay = {d: min(runs[i * len(starts):(i + 1) * len(starts)], key=lambda r: r[1]) for i, d in enumerate(delays)}
+    delay_scores = {d: evaluate(data, data.val, "kinematic", d, per_delay[d][0], None, cfg.substeps)["score"]
+                    for d in delays}
+    delay = min(delay_scores, key=lambda d: (delay_scores[d], d))
+    car, loss = per_delay[delay]
     add("kinematic", "kinematic", delay, car, None, loss, t0)
+    if "dynamic" not in models:
+        fits["kinematic"].spread = uncertainty(data, fits["kinematic"], cfg)
+        return FitResult(fits, "kinematic", delay_scores, (time.monotonic() - t_start) / 60.0)
     t0 = time.monotonic()
     dyn_base = base.replace(**{f: getattr(car, f) for f in KINEMATIC_FIELDS})
-    car_d, loss_d = fit_model(data, "dynamic", delay, cfg, steps=cfg.steps, base=dyn_base, progress=progress)
+    starts = perturbed(dyn_base, FIT_FIELDS["dynamic"], cfg.starts)
+    car_d, loss_d = min(fit_model(data, "dynamic", [delay] * cfg.starts, starts, cfg, steps=cfg.steps,
+                                  progress=progress), key=lambda r: r[1])
     add("dynamic", "dynamic", delay, car_d, None, loss_d, t0)
     if cfg.residual and cfg.residual_steps:
         t0 = time.monotonic()
@@ -427,8 +469,8 @@ def fit_all(data: FitData, cfg: FitConfig = FitConfig(), progress: Callable[[str
         add("dynamic+residual", "dynamic", delay, car_r, res, loss_r, t0)
     if cfg.one_step:
         t0 = time.monotonic()
-        car_1, loss_1 = fit_model(data, "dynamic", delay, cfg, steps=cfg.steps, base=dyn_base, one_step=True,
-                                  progress=progress)
+        car_1, loss_1 = min(fit_model(data, "dynamic", [delay] * cfg.starts, starts, cfg, steps=cfg.steps,
+                                      one_step=True, progress=progress), key=lambda r: r[1])
         add("dynamic (one-step)", "dynamic", delay, car_1, None, loss_1, t0)
     candidates = [n for n in fits if n != "dynamic (one-step)"]
     chosen = min(candidates, key=lambda n: fits[n].val["score"])

@@ -1,0 +1,107 @@
+"""The fit recovers a known car from its own telemetry, picks its input delay, and its multi-step
+loss predicts seconds ahead where a one-step fit drifts."""
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from surrogate import fit as F
+from surrogate.car import PARAM_RANGES, CarParams, init_car_state, kinematic_step, speed
+from surrogate.fit_data import prepare
+from surrogate.residual import init_residual
+
+DT = 0.04
+# A car unlike the default: weaker engine, less grip, a slow steering rack, a progressive throttle.
+TRUE = CarParams(mu=0.8, max_steer=0.3, max_steer_rate=1.0, max_drive_force=5000.0, engine_power=60e3,
+                 max_brake_force=9000.0, drag_coef=0.6, throttle_gamma=1.5)
+TRUE_DELAY = 1
+
+
+def simulate(car, delay, seed, n=400):
+    """One recorded episode of ``car`` under smooth random controls, frames as the recorder keeps them."""
+    rng = np.random.default_rng(seed)
+    smooth = lambda x, k: np.convolve(x, np.ones(k) / k, "same")  # noqa: E731
+    steer = np.clip(smooth(rng.normal(0, 1.2, n), 15), -1, 1)
+    pedal = smooth(rng.normal(0.2, 1.5, n), 30)
+    ctrl = np.stack([steer, np.clip(pedal, 0, 1), np.clip(-pedal, 0, 1)], 1).astype(np.float32)
+    ctrl[0] = 0.0
+    # frame j + 1 says which controls the game applied; the car felt those of `delay` frames before
+    felt = np.concatenate([np.repeat(ctrl[:1], delay, 0), ctrl[:-delay]]) if delay else ctrl
+
+    def body(s, u):
+        s = kinematic_step(car, s, u, DT, 4)
+        return s, jnp.stack([s.x, s.y, s.yaw, speed(s), s.yaw_rate, s.ax, s.ay])
+
+    _, out = jax.lax.scan(body, init_car_state(0.0, 0.0, 0.0, 8.0), jnp.asarray(felt[1:]))
+    out = np.concatenate([[[0, 0, 0, 8.0, 0, 0, 0]], np.asarray(out)])
+    names = ("x", "y", "yaw", "speed", "yaw_rate", "accel_long", "accel_lat")
+    fields = {k: out[:, i].astype(float) for i, k in enumerate(names)}
+    fields.update(t=np.arange(n) * DT, seq=np.arange(n) + 10_000 * seed, steer=ctrl[:, 0].astype(float),
+                  throttle=ctrl[:, 1].astype(float), brake=ctrl[:, 2].astype(float))
+    return types.SimpleNamespace(episode=seed, fields=fields)
+
+
+@pytest.fixture(scope="module")
+def data():
+    th = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    track = {"name": "c", "closed": True, "x": list(300 * np.cos(th)), "y": list(300 * np.sin(th)),
+             "w_left": [10.0] * 64, "w_right": [10.0] * 64}
+    rec = types.SimpleNamespace(episodes=[simulate(TRUE, TRUE_DELAY, s) for s in range(5)], track=track, meta={},
+                                rejected=0, bad_lines=0)
+    return prepare([rec], ["synthetic"], horizon_s=1.0, max_delay=2, stride=2, val_fraction=0.2)
+
+
+def test_parameters_map_into_their_physical_ranges_with_finite_gradients():
+    space = F.Space(F.FIT_FIELDS["dynamic"])
+    values = space.values(CarParams())
+    back = np.asarray(space.from_z(jnp.asarray(space.to_z(values))))
+    np.testing.assert_allclose(back, values, rtol=1e-3, atol=1e-3)  # edges clipped by a hair
+    for z in (-30.0, 0.0, 30.0):  # far out in the unconstrained space: still inside the ranges
+        v = np.asarray(space.from_z(jnp.full(len(space.fields), z)))
+        for f, x in zip(space.fields, v):
+            lo, hi = PARAM_RANGES[f]
+            assert lo - 1e-6 * abs(lo) <= x <= hi * (1 + 1e-6), f
+    g = jax.grad(lambda z: jnp.sum(space.from_z(z)))(jnp.zeros(len(space.fields)))
+    assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_the_multi_step_fit_recovers_the_car_and_its_input_delay(data):
+    cfg = F.FitConfig(steps=150, delay_starts=1, starts=1, residual=False, one_step=False, horizon_s=1.0, max_delay=2,
+                      learning_rate=0.15)
+    res = F.fit_all(data, cfg, models=("kinematic",))
+    kin = res.fits["kinematic"]
+    assert kin.delay == TRUE_DELAY
+    assert min(res.delay_scores, key=res.delay_scores.get) == TRUE_DELAY
+    assert kin.val["pos_err_1s_median"] < 0.15 and kin.val["speed_err_1s_median"] < 0.1
+    # what the motion pins down: the accelerations the pedals give and the grip
+    assert float(kin.car.max_drive_force) == pytest.approx(TRUE.max_drive_force, rel=0.15)
+    assert float(kin.car.throttle_gamma) == pytest.approx(TRUE.throttle_gamma, rel=0.15)
+    assert res.chosen in ("kinematic", "dynamic")
+    assert set(res.best.spread) == set(F.FIT_FIELDS[res.best.model])
+    assert all(0.0 <= v <= 0.3 for v in res.best.spread.values())
+
+
+def test_a_one_step_fit_drifts_further_one_second_ahead_than_the_multi_step_fit(data):
+    cfg = F.FitConfig(steps=120, starts=1, horizon_s=1.0, max_delay=2)
+    start = F.initial_car(data)
+    multi = F.fit_model(data, "kinematic", [TRUE_DELAY], [start], cfg, steps=120)[0][0]
+    one = F.fit_model(data, "kinematic", [TRUE_DELAY], [start], cfg, steps=120, one_step=True)[0][0]
+    e_multi = F.evaluate(data, data.val, "kinematic", TRUE_DELAY, multi, None)
+    e_one = F.evaluate(data, data.val, "kinematic", TRUE_DELAY, one, None)
+    assert e_one["pos_err_1s_median"] > 1.5 * e_multi["pos_err_1s_median"]
+
+
+def test_an_untrained_residual_changes_no_prediction(data):
+    car = F.initial_car(data)
+    plain = F.predict(data, data.val, "kinematic", 1, car, None)
+    with_net = F.predict(data, data.val, "kinematic", 1, car, init_residual(jax.random.PRNGKey(0), (8,)))
+    np.testing.assert_allclose(with_net, plain, atol=1e-5)
+
+
+def test_window_loss_counts_only_the_steps_inside_the_horizon():
+    target = jnp.zeros((1, 6, 5))
+    pred = target.at[0, 3:, 0].set(100.0)  # wrong only from step 3 on
+    assert float(F.window_loss(pred, target, 3)[0]) == 0.0
+    assert float(F.window_loss(pred, target, 6)[0]) > 10.0
