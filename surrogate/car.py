@@ -125,7 +125,7 @@ PARAM_RANGES: dict[str, tuple[float, float]] = {
     "lf": (0.2, 3.0),  # m
     "lr": (0.2, 3.0),  # m
     "cg_height": (0.0, 1.2),  # m
-    "mu": (0.1, 12.0),  # ice .. slicks with downforce folded in .. a toy game car
+    "mu": (0.1, 20.0),  # ice .. slicks with downforce folded in .. a toy game car
     "tyre_B": (2.0, 30.0),  # 1/rad
     "tyre_C": (1.0, 2.5),
     "tyre_E": (-2.0, 1.0),  # E > 1 makes the force curve fold back on itself
@@ -135,7 +135,7 @@ PARAM_RANGES: dict[str, tuple[float, float]] = {
     "max_drive_force": (100.0, 400000.0),  # N
     "max_brake_force": (100.0, 1000000.0),  # N
     "brake_front_share": (0.0, 1.0),
-    "drag_coef": (0.01, 5.0),  # N/(m/s)^2; > 0 so a top speed exists
+    "drag_coef": (0.01, 20.0),  # N/(m/s)^2; > 0 so a top speed exists
     "rolling_resistance": (0.0, 5000.0),  # N
     "g": (9.7, 9.9),  # m/s^2, Earth's surface
     "rear_grip_ratio": (0.5, 2.0),
