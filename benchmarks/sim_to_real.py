@@ -1,0 +1,130 @@
+"""Does a driver trained on the fitted surrogate drive the game? The whole pipeline on the reference
+game (Gymnasium's CarRacing through the bridge, lockstep), each stage the user's own command:
+
+1. ``record_telemetry.py --policy probe --minutes M``   (the probe needs no car model)
+2. ``train_surrogate.py RUN --out FIT``
+3. ``train_crossq.py --backend surrogate --surrogate FIT/surrogate.json --budget-minutes T``
+4. ``evaluate.py --agent TRAIN --laps N --backend real`` (zero-shot on the game) and the same N laps
+   in the surrogate (``--backend surrogate``).
+With ``--control`` (the default) a second agent is trained the same way on the default car on the
+game's own track (no fit) and driven on the game too: the fit's worth is the difference.
+
+    python benchmarks/sim_to_real.py [--record-minutes 10] [--train-minutes 20] [--laps 10] [--no-control]
+
+Writes everything under ``--out`` (default runs/sim_to_real-<time>/) and ends with
+``game_clean_lap_rate=<f> game_mean_lap_s=<f> surrogate_mean_lap_s=<f> transfer_gap_pct=<f> baseline_game_lap_s=<f>``
+(plus ``control_game_clean_lap_rate=<f> control_game_mean_lap_s=<f>`` with the control). Lap times
+are means over clean laps; CarRacing ends an episode at the line, so its laps start from rest, and
+the surrogate's mean is taken over its laps from rest too where it drove any.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stage(name: str, cmd: list[str], log: Path) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(cmd)}", flush=True)
+    with log.open("w") as f:
+        r = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    tail = log.read_text().strip().splitlines()[-1:] or [""]
+    print(f"    -> {tail[0]}", flush=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{name} failed (exit {r.returncode}); see {log}")
+
+
+def mean_clean(report: dict, who: str, start: str | None = None) -> float:
+    laps = [lap for lap in report[who]["laps"] if lap.get("clean") and lap.get("time_s") is not None
+            and (start is None or lap.get("start") == start)]
+    return sum(lap["time_s"] for lap in laps) / len(laps) if laps else math.nan
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--record-minutes", type=float, default=10.0, help="game time recorded with the probe")
+    ap.add_argument("--train-minutes", type=float, default=20.0, help="wall-clock budget of each training run")
+    ap.add_argument("--laps", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-control", action="store_true", help="skip the unfitted default-car control")
+    ap.add_argument("--out", default="", help="default runs/sim_to_real-<time>")
+    ap.add_argument("--train-args", default="", help="extra train_crossq.py options, e.g. '--num-envs 8' for a test")
+    a = ap.parse_args(argv)
+    out = Path(a.out or f"runs/sim_to_real-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    game = subprocess.Popen([PY, "-m", "bridge.games.carracing", "--mode", "lockstep", "--address", address],
+                            cwd=ROOT, stdout=(out / "game.log").open("w"), stderr=subprocess.STDOUT)
+    extra = a.train_args.split()
+    try:
+        time.sleep(2.0)
+        rec, fit, train = out / "rec", out / "fit", out / "train"
+        stage("record", [PY, "scripts/record_telemetry.py", "--policy", "probe", "--address", address, "--dt", "0.04",
+                         "--minutes", str(a.record_minutes), "--same-seed", "--seed", "0", "--run-dir", str(rec),
+                         "--quiet"], out / "record.log")
+        stage("fit", [PY, "scripts/train_surrogate.py", str(rec), "--out", str(fit), "--no-progress"], out / "fit.log")
+        stage("train", [PY, "scripts/train_crossq.py", "--backend", "surrogate", "--surrogate",
+                        str(fit / "surrogate.json"), "--budget-minutes", str(a.train_minutes), "--run-dir", str(train),
+                        "--seed", str(a.seed), "--no-progress", *extra], out / "train.log")
+        reports = {}
+        for backend in ("real", "surrogate"):
+            where = out / f"eval-{backend}"
+            cmd = [PY, "scripts/evaluate.py", "--agent", str(train), "--laps", str(a.laps), "--backend", backend,
+                   "--out", str(where), "--no-progress"]
+            if backend == "real":
+                cmd += ["--address", address, "--game-seed", "0"]
+            stage(f"evaluate on the {'game' if backend == 'real' else 'surrogate'}", cmd, out / f"eval-{backend}.log")
+            reports[backend] = json.loads((where / "report.json").read_text())
+        control = None
+        if not a.no_control:
+            # The default car on the game's own track: what training without a fit gives.
+            sys.path.insert(0, str(ROOT))
+            from surrogate.surrogate_file import load_surrogate
+            from surrogate.track_io import save_track
+            track_csv = out / "game_track.csv"
+            save_track(load_surrogate(fit / "surrogate.json").track, track_csv)
+            ctrl = out / "control-train"
+            stage("control: train on the default car", [PY, "scripts/train_crossq.py", "--backend", "surrogate",
+                                                        "--track", str(track_csv), "--budget-minutes", str(a.train_minutes),
+                                                        "--run-dir", str(ctrl), "--seed", str(a.seed), "--no-progress",
+                                                        *extra], out / "control-train.log")
+            where = out / "control-eval-real"
+            stage("control: evaluate on the game", [PY, "scripts/evaluate.py", "--agent", str(ctrl), "--laps",
+                                                    str(a.laps), "--backend", "real", "--address", address,
+                                                    "--game-seed", "0", "--out", str(where), "--no-progress"],
+                  out / "control-eval-real.log")
+            control = json.loads((where / "report.json").read_text())
+    finally:
+        game.terminate()
+        game.wait(timeout=10)
+    g, s = reports["real"], reports["surrogate"]
+    game_mean = mean_clean(g, "agent")
+    sur_standing = mean_clean(s, "agent", "standing")
+    sur_mean = sur_standing if math.isfinite(sur_standing) else mean_clean(s, "agent")
+    line = (f"game_clean_lap_rate={g['agent']['clean_lap_rate']:.2f} game_mean_lap_s={game_mean:.2f} "
+            f"surrogate_mean_lap_s={sur_mean:.2f} transfer_gap_pct={100.0 * (game_mean / sur_mean - 1.0):.1f} "
+            f"baseline_game_lap_s={mean_clean(g, 'baseline'):.2f}")
+    if control is not None:
+        line += (f" control_game_clean_lap_rate={control['agent']['clean_lap_rate']:.2f} "
+                 f"control_game_mean_lap_s={mean_clean(control, 'agent'):.2f}")
+    (out / "summary.txt").write_text(line + "\n")
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
