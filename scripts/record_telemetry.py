@@ -79,6 +79,7 @@ from bridge.client import BridgeUnavailable
 from bridge.recorder import Recorder
 from bridge.sdk import DEFAULT_LOCKSTEP_ADDRESS, DEFAULT_PUB_ADDRESS, DEFAULT_PULL_ADDRESS
 from racerl_jax.probe import ProbeConfig, ProbePolicy
+from racerl_jax.config_io import name_value_overrides
 from racerl_jax.real_env import RealEnvConfig, RealGameEnv, telemetry_from
 from surrogate.baseline import BaselineParams, baseline_action, baseline_params_for
 from surrogate.car import CarParams, car_params_from_dict
@@ -151,17 +152,7 @@ class Config:
 
 def _overrides(option: str, items: tuple[str, ...], cls) -> dict[str, float]:
     """NAME=VALUE items as {name: number}, NAME a numeric field of the dataclass cls."""
-    names = [f.name for f in dataclasses.fields(cls) if f.name not in ("dt", "seed", "cruise_s")]
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or name not in names:
-            raise ValueError(f"{option} {item!r}: expected NAME=VALUE with NAME one of {', '.join(names)}")
-        try:
-            out[name] = float(value)
-        except ValueError:
-            raise ValueError(f"{option} {item!r}: {value!r} is not a number") from None
-    return out
+    return name_value_overrides(option, items, cls, exclude=("dt", "seed", "cruise_s"))
 
 
 POLICIES = ("probe", "baseline", "random")

@@ -18,6 +18,8 @@ What is dropped, never guessed (counted in ``DataStats.dropped``):
   the episode into segments: no window spans it;
 - windows with any frame off the track (the surrogate models the car on the track surface; grass
   and gravel are other physics) or the game's ``done`` frame.
+The track is the one the game served (``track.json``), else ``--track FILE``, else built from the
+recorded laps (``track_from_laps``).
 Episodes are split into training and validation as wholes, never frame by frame.
 """
 from __future__ import annotations
@@ -138,9 +140,106 @@ def track_from_reply(reply: Mapping, source: str) -> TrackData:
         raise FitDataError(str(e)) from None
 
 
-def pick_track(replies: Sequence[tuple[str, Mapping | None]], track_file: str | None) -> TrackData:
-    """The track to fit on: ``track_file`` if given, else the one every recording's game served.
-    Recordings of different tracks are refused: a fit is of one car on one track."""
+LAP_GATE_M = 25.0  # a lap closes where the car crosses the start gate within this distance of its centre
+LAP_MIN_M = 100.0  # shorter loops are not laps
+CAR_HALF_WIDTH_M = 0.9  # surrogate.env.EnvConfig.car_half_width: a car off the track is this far past the edge
+STATION_M = 2.0  # spacing of the centre line built from laps
+
+
+def _laps(x: np.ndarray, y: np.ndarray, gate: tuple[float, float, float]) -> list[np.ndarray]:
+    """Frame index ranges of the complete laps in one episode: between two forward crossings of the
+    gate (a line through (gx, gy) across the heading gh, LAP_GATE_M either side of its centre)."""
+    gx, gy, gh = gate
+    along = (x - gx) * math.cos(gh) + (y - gy) * math.sin(gh)
+    across = -(x - gx) * math.sin(gh) + (y - gy) * math.cos(gh)
+    cross = np.flatnonzero((along[:-1] < 0.0) & (along[1:] >= 0.0) & (np.abs(across[1:]) < LAP_GATE_M)) + 1
+    out = []
+    for a, b in zip(cross[:-1], cross[1:]):
+        length = float(np.sum(np.hypot(np.diff(x[a:b + 1]), np.diff(y[a:b + 1]))))
+        if length >= LAP_MIN_M:
+            out.append(np.arange(a, b + 1))
+    return out
+
+
+def _resample_closed(x: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
+    """(n, 2) points at equal arc-length fractions of a lap (first point = the gate crossing)."""
+    d = np.concatenate([[0.0], np.cumsum(np.hypot(np.diff(x), np.diff(y)))])
+    u = np.arange(n) / n * d[-1]
+    return np.stack([np.interp(u, d, x), np.interp(u, d, y)], axis=1)
+
+
+def _circular_smooth(a: np.ndarray, k: int) -> np.ndarray:
+    if k <= 1:
+        return a
+    pad = np.concatenate([a[-k:], a, a[:k]])
+    kernel = np.ones(k) / k
+    return np.convolve(pad, kernel, "same")[k:-k]
+
+
+def track_from_laps(episodes: Sequence[Mapping[str, np.ndarray]], name: str = "laps") -> TrackData:
+    """A centre line and widths built from the driven laps, for a game that serves no track.
+
+    The start gate is where the first moving frame was, across its heading. Every complete lap
+    (gate to gate, forwards) is resampled by arc-length fraction and the laps averaged: the centre
+    line is the mean driven line (the probe recorder drives the middle of the road). Each side's
+    width is the widest the laps went that side plus the car's half-width; where the game said the
+    car was off the track, the edge is pulled in to where the car was (less its half-width).
+    Refused with the fix when the recordings hold no complete lap."""
+    gate = None
+    laps = []
+    for f in episodes:
+        x, y = np.asarray(f["x"], float), np.asarray(f["y"], float)
+        if gate is None:
+            moving = np.flatnonzero(np.asarray(f["speed"], float) > 1.0)
+            if moving.size < 2:
+                continue
+            i = int(moving[0])
+            j = min(i + 5, len(x) - 1)
+            gate = (float(x[i]), float(y[i]), math.atan2(y[j] - y[i], x[j] - x[i]) if j > i else float(f["yaw"][i]))
+        on = np.asarray(f["on_track"], bool) if "on_track" in f else np.ones(len(x), bool)
+        laps += [(x[k], y[k], on[k]) for k in _laps(x, y, gate)]
+    if not laps:
+        raise FitDataError(
+            "no recording holds the game's track (track.json), no --track FILE was given, and the recordings hold "
+            "no complete lap to build one from: give the game's centre line as a TUM-format CSV with --track, or "
+            "record at least one whole lap (record_telemetry.py --minutes 10)"
+        )
+    length = float(np.median([np.sum(np.hypot(np.diff(lx), np.diff(ly))) for lx, ly, _ in laps]))
+    n = max(int(length / STATION_M), 16)
+    lines = np.stack([_resample_closed(lx, ly, n) for lx, ly, _ in laps])
+    centre = np.stack([_circular_smooth(lines.mean(axis=0)[:, k], 5) for k in range(2)], axis=1)
+    tangent = np.roll(centre, -1, axis=0) - np.roll(centre, 1, axis=0)
+    tangent /= np.maximum(np.linalg.norm(tangent, axis=1, keepdims=True), 1e-9)
+    normal = np.stack([-tangent[:, 1], tangent[:, 0]], axis=1)  # left of the driving direction
+    left = np.full(n, 0.0)
+    right = np.full(n, 0.0)
+    edge_l = np.full(n, np.inf)
+    edge_r = np.full(n, np.inf)
+    for lx, ly, on in laps:
+        p = np.stack([lx, ly], axis=1)
+        nearest = np.argmin(((p[:, None, :] - centre[None, :, :]) ** 2).sum(-1), axis=1)
+        offset = np.einsum("ij,ij->i", p - centre[nearest], normal[nearest])
+        np.maximum.at(left, nearest, np.where(on, offset, 0.0))
+        np.maximum.at(right, nearest, np.where(on, -offset, 0.0))
+        off = ~on
+        np.minimum.at(edge_l, nearest[off & (offset > 0)], offset[off & (offset > 0)] - CAR_HALF_WIDTH_M)
+        np.minimum.at(edge_r, nearest[off & (offset < 0)], -offset[off & (offset < 0)] - CAR_HALF_WIDTH_M)
+    k = max(int(20.0 / STATION_M), 1)  # widths vary over tens of metres, not from one frame to the next
+    w_left = np.minimum(_circular_smooth(left, k) + CAR_HALF_WIDTH_M, edge_l)
+    w_right = np.minimum(_circular_smooth(right, k) + CAR_HALF_WIDTH_M, edge_r)
+    w_left, w_right = np.maximum(w_left, CAR_HALF_WIDTH_M), np.maximum(w_right, CAR_HALF_WIDTH_M)
+    try:
+        return validate_track(TrackData(name, centre[:, 0], centre[:, 1], w_right, w_left),
+                              source=f"the track built from {len(laps)} recorded lap(s)")
+    except TrackFileError as e:
+        raise FitDataError(f"{e}; give the game's centre line with --track") from None
+
+
+def pick_track(replies: Sequence[tuple[str, Mapping | None]], track_file: str | None,
+               episodes: Sequence[Mapping[str, np.ndarray]] = ()) -> TrackData:
+    """The track to fit on: ``track_file`` if given, else the one every recording's game served,
+    else one built from the recorded laps (``track_from_laps``). Recordings of different tracks
+    are refused: a fit is of one car on one track."""
     if track_file:
         try:
             return load_track(track_file)
@@ -148,10 +247,7 @@ def pick_track(replies: Sequence[tuple[str, Mapping | None]], track_file: str | 
             raise FitDataError(str(e)) from None
     served = [(src, r) for src, r in replies if r is not None]
     if not served:
-        raise FitDataError(
-            "no recording holds the game's track (track.json) and no --track FILE was given: give the centre line "
-            "of the game's track as a TUM-format CSV with --track"
-        )
+        return track_from_laps(episodes)
     first_src, first = served[0]
     track = track_from_reply(first, f"{first_src}/track.json")
     for src, r in served[1:]:
@@ -294,7 +390,8 @@ def prepare(recordings: Sequence[Any], sources: Sequence[str], *, track_file: st
             raise FitDataError(f"{src}: no episode has two frames; record longer (record_telemetry.py --minutes)")
         periods.append((src, float(np.median(p))))
     dt = _period(periods)
-    track = pick_track([(src, rec.track) for rec, src in zip(recordings, sources)], track_file)
+    track = pick_track([(src, rec.track) for rec, src in zip(recordings, sources)], track_file,
+                       [ep.fields for rec in recordings for ep in rec.episodes])
     segments: list[Segment] = []
     for r, (rec, src) in enumerate(zip(recordings, sources)):
         for ep in rec.episodes:

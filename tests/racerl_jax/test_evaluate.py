@@ -14,7 +14,6 @@ import pytest
 import zmq
 
 from bridge.games.kinematic import KinematicCarGame
-from bridge.sdk import LockstepServer
 from racerl_jax import evaluate as ev
 from racerl_jax import train_racing as tr
 from racerl_jax.checkpoint import Checkpointer
@@ -259,22 +258,9 @@ def test_surrogate_evaluation_drives_the_runs_env_and_writes_report_plots_and_a_
     assert "holds its own track; leave --track out" in capsys.readouterr().err
 
 
-@pytest.fixture
-def game():
-    ctx = zmq.Context()
-    server = LockstepServer(KinematicCarGame(), "tcp://127.0.0.1:*", context=ctx)
-    stop = threading.Event()
-    th = threading.Thread(target=server.serve, kwargs={"stop": stop}, daemon=True)
-    th.start()
-    yield server.address
-    stop.set()
-    th.join(timeout=5)
-    ctx.destroy(linger=0)
-
-
-def test_game_evaluation_in_lockstep_drives_both_drivers_at_the_runs_control_period(run_dir, game, tmp_path, capsys):
+def test_game_evaluation_in_lockstep_drives_both_drivers_at_the_runs_control_period(run_dir, game_address, tmp_path, capsys):
     out = tmp_path / "game"
-    rc = ev.main(["--agent", str(run_dir / "checkpoints"), "--backend", "real", "--address", game, "--laps", "1",
+    rc = ev.main(["--agent", str(run_dir / "checkpoints"), "--backend", "real", "--address", game_address, "--laps", "1",
                   "--max-steps", "900", "--out", str(out), "--no-progress", *BASELINE])
     assert rc == 0
     line = _last_line(capsys)

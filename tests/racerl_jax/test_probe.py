@@ -4,15 +4,11 @@ Closed-loop checks run the probe on a small numpy kinematic car (with an optiona
 limit) on a circle, and on the kinematic example game through the bridge; the back-off rules are
 checked with the episode ends and slides they react to."""
 import math
-import threading
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import zmq
 
-from bridge.games.kinematic import KinematicCarGame
-from bridge.sdk import LockstepServer
 from racerl_jax.probe import MANOEUVRES, ProbeConfig, ProbePolicy
 from racerl_jax.real_env import RealEnvConfig, RealGameEnv
 from surrogate.env import EnvConfig
@@ -139,19 +135,6 @@ def test_bad_probe_settings_are_refused_with_the_setting_named():
 
 
 # ----------------------------------------------------------------------------- through the bridge
-
-
-@pytest.fixture
-def game_address():
-    ctx = zmq.Context()
-    server = LockstepServer(KinematicCarGame(), "tcp://127.0.0.1:*", context=ctx)
-    stop = threading.Event()
-    th = threading.Thread(target=server.serve, kwargs={"stop": stop}, daemon=True)
-    th.start()
-    yield server.address
-    stop.set()
-    th.join(timeout=5)
-    ctx.destroy(linger=0)
 
 
 def test_probe_drives_the_kinematic_game_over_speeds_pedals_and_both_steering_directions(game_address):

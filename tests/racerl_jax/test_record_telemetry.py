@@ -3,34 +3,17 @@ import importlib.util
 import json
 import os
 import sys
-import threading
 
 import numpy as np
 import pytest
-import zmq
 
-from bridge.games.kinematic import KinematicCarGame
 from bridge.recorder import read_run
-from bridge.sdk import LockstepServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _spec = importlib.util.spec_from_file_location("record_telemetry", os.path.join(ROOT, "scripts", "record_telemetry.py"))
 rt = importlib.util.module_from_spec(_spec)
 sys.modules["record_telemetry"] = rt  # dataclasses look their module up while the script loads
 _spec.loader.exec_module(rt)
-
-
-@pytest.fixture
-def game_address():
-    ctx = zmq.Context()
-    server = LockstepServer(KinematicCarGame(), "tcp://127.0.0.1:*", context=ctx)
-    stop = threading.Event()
-    th = threading.Thread(target=server.serve, kwargs={"stop": stop}, daemon=True)
-    th.start()
-    yield server.address
-    stop.set()
-    th.join(timeout=5)
-    ctx.destroy(linger=0)
 
 
 # The kinematic game's yaw rate follows the steering within a tick: the baseline's yaw-rate feedback,

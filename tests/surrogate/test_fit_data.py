@@ -110,10 +110,60 @@ def test_recordings_that_cannot_be_fitted_are_refused_with_the_fix(recs, message
         prepare(recs, [f"run{i}" for i in range(len(recs))], horizon_s=0.4)
 
 
-def test_recordings_without_a_track_need_a_track_file(tmp_path):
+def test_recordings_without_a_track_or_a_lap_need_a_track_file(tmp_path):
     rec = recording([episode(0), episode(1, seq0=1000)])
     rec.track = None
-    with pytest.raises(FitDataError, match="give the centre line .* with --track"):
+    with pytest.raises(FitDataError, match="no complete lap .* with --track"):
         prepare([rec], ["r"], horizon_s=0.4)
     data = prepare([rec], ["r"], horizon_s=0.4, track_file="oval")
     assert data.track.name == "oval"
+
+
+def laps_on(track_name="oval", laps=3.3, offsets=(1.5, -1.5), step=0.8):
+    """Frames of a car driving the track's centre line, one episode: lap k a constant
+    ``offsets[k % len(offsets)]`` metres to the left of it."""
+    from surrogate.track_io import load_track
+    t = load_track(track_name)
+    x, y = np.r_[t.x, t.x[0]], np.r_[t.y, t.y[0]]
+    d = np.concatenate([[0.0], np.cumsum(np.hypot(np.diff(x), np.diff(y)))])
+    s = np.arange(0.0, laps * d[-1], step)
+    px, py = np.interp(s % d[-1], d, x), np.interp(s % d[-1], d, y)
+    hx, hy = np.gradient(px), np.gradient(py)
+    norm = np.hypot(hx, hy)
+    lat = np.asarray(offsets)[(s // d[-1]).astype(int) % len(offsets)]
+    fx, fy = px - hy / norm * lat, py + hx / norm * lat
+    fields = {"x": fx, "y": fy, "speed": np.full(len(s), 20.0), "yaw": np.arctan2(hy, hx)}
+    return t, fields
+
+
+def test_a_track_is_built_from_the_recorded_laps_when_the_game_serves_none():
+    from surrogate.fit_data import track_from_laps
+    from surrogate.fit_data import _resample_closed
+    truth, fields = laps_on()  # complete laps 2 and 3 (gate to gate): 1.5 m right of the centre line, 1.5 m left
+    built = track_from_laps([fields])
+    assert built.length() == pytest.approx(truth.length(), rel=0.02)
+    # the centre line is the mean driven line, and the widths cover both laps plus the car's half-width
+    dense = _resample_closed(np.r_[truth.x, truth.x[0]], np.r_[truth.y, truth.y[0]], 5000)
+    d = np.min(np.hypot(built.x[:, None] - dense[None, :, 0], built.y[:, None] - dense[None, :, 1]), axis=1)
+    assert np.median(d) < 0.3
+    assert np.median(built.w_left) == pytest.approx(2.4, abs=0.3)
+    assert np.median(built.w_right) == pytest.approx(2.4, abs=0.3)
+
+
+def test_where_the_car_left_the_track_the_built_edge_comes_in():
+    from surrogate.fit_data import track_from_laps
+    _, fields = laps_on()
+    wide = track_from_laps([fields])
+    n = len(fields["x"])
+    fields["on_track"] = np.ones(n, bool)
+    fields["on_track"][n // 2: n // 2 + 10] = False  # off the track, 1.5 m right of the centre line
+    narrow = track_from_laps([fields])
+    assert wide.w_right.min() > 2.0 and narrow.w_right.min() < 1.0  # the right edge is within a car of there
+    assert narrow.w_left.min() == pytest.approx(wide.w_left.min(), abs=0.05)
+
+
+def test_without_a_track_or_a_complete_lap_the_fit_is_refused_with_the_fix():
+    from surrogate.fit_data import track_from_laps
+    _, fields = laps_on(laps=0.6)
+    with pytest.raises(FitDataError, match="no complete lap"):
+        track_from_laps([fields])
