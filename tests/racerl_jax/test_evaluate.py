@@ -17,6 +17,7 @@ from bridge.games.kinematic import KinematicCarGame
 from racerl_jax import evaluate as ev
 from racerl_jax import train_racing as tr
 from racerl_jax.checkpoint import Checkpointer
+from racerl_jax.saved_agent import AgentError
 from surrogate.car import CarParams
 from surrogate.surrogate_file import save_surrogate
 from surrogate.track_io import TrackData, save_track
@@ -94,29 +95,29 @@ def test_every_agent_path_form_finds_the_runs_agent_and_a_best_agent_is_preferre
 
 
 def test_bad_agent_paths_are_refused_naming_what_to_give(run_dir, tmp_path):
-    with pytest.raises(ev.EvaluateError, match="no such file or directory; give a run dir") as e:
+    with pytest.raises(AgentError, match="no such file or directory; give a run dir") as e:
         ev.load_agent(tmp_path / "nowhere")
     assert e.value.code == 2
-    with pytest.raises(ev.EvaluateError, match="is a file"):
+    with pytest.raises(AgentError, match="is a file"):
         ev.load_agent(run_dir / "config.json")
-    with pytest.raises(ev.EvaluateError, match="not a training run .no config.json"):
+    with pytest.raises(AgentError, match="not a training run .no config.json"):
         ev.load_agent(tmp_path)
-    with pytest.raises(ev.EvaluateError, match="no such file"):
+    with pytest.raises(AgentError, match="no such file"):
         ev.load_agent(run_dir / "checkpoints" / "999")
 
     empty = tmp_path / "empty_run"
     empty.mkdir()
     shutil.copy(run_dir / "config.json", empty)
-    with pytest.raises(ev.EvaluateError, match="holds no saved agent .*train it longer"):
+    with pytest.raises(AgentError, match="holds no saved agent .*train it longer"):
         ev.load_agent(empty)
 
     broken = tmp_path / "broken_run"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
-    with pytest.raises(ev.EvaluateError, match="cannot read it"):
+    with pytest.raises(AgentError, match="cannot read it"):
         ev.load_agent(broken)
     (broken / "config.json").write_text(json.dumps({"crossq": {}}))
-    with pytest.raises(ev.EvaluateError, match="not a run of train_crossq.py"):
+    with pytest.raises(AgentError, match="not a run of train_crossq.py"):
         ev.load_agent(broken)
 
     # A config that does not describe the saved networks: refused, naming config.json.
@@ -125,7 +126,7 @@ def test_bad_agent_paths_are_refused_naming_what_to_give(run_dir, tmp_path):
     cfg = json.loads((other / "config.json").read_text())
     cfg["crossq"]["actor_hidden"] = [32, 32]
     (other / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ev.EvaluateError, match="does not hold the agent that the run's config.json describes") as e:
+    with pytest.raises(AgentError, match="does not hold the agent that the run's config.json describes") as e:
         ev.load_agent(other)
     assert e.value.code == 1
 
