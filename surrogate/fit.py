@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from surrogate.car import MODELS, PARAM_RANGES, CarParams, CarState, speed
+from surrogate.car import MODELS, PARAM_RANGES, CarParams, CarState, speed, top_speed
 from surrogate.fit_data import FitData, Windows
 from surrogate.residual import Residual, apply_residual, init_residual
 
@@ -70,6 +70,9 @@ class FitConfig:
     max_delay: int = 3  # input delays tried: 0 .. max_delay frames
     residual: bool = True
     residual_hidden: tuple[int, ...] = (32, 32)
+    # Training's car is held to this many times the grip and speed the recordings reached
+    # (within_envelope); 0 leaves the fitted limits as they are.
+    envelope_margin: float = 1.2
     one_step: bool = True  # also fit (half the steps: it converges fast) and report the one-step model
     # A weak pull towards the starting point in the unconstrained space, for directions the data does
     # not pin down; at 1e-3 it outweighed the rollout loss near convergence and biased the delay.
@@ -82,6 +85,8 @@ class FitConfig:
                 raise ValueError(f"FitConfig.{name} = {getattr(self, name)}; expected an integer >= 1")
         if self.residual_steps < 0 or self.max_delay < 0:
             raise ValueError("FitConfig.residual_steps and max_delay must be >= 0")
+        if self.envelope_margin != 0.0 and self.envelope_margin < 1.0:
+            raise ValueError(f"FitConfig.envelope_margin = {self.envelope_margin}; expected >= 1 (or 0: off)")
         if not (0.0 < self.horizon_s <= 10.0):
             raise ValueError(f"FitConfig.horizon_s = {self.horizon_s}; expected seconds in (0, 10]")
 
@@ -408,6 +413,34 @@ def uncertainty(data: FitData, fit: ModelFit, cfg: FitConfig, windows: int = 512
     values = space.values(fit.car)
     sd = np.abs(jac) * np.sqrt(var) / np.maximum(np.abs(values), 1e-9)
     return {f: float(min(math.sqrt(3.0) * x, 0.3)) if np.isfinite(x) else 0.3 for f, x in zip(fields, sd)}
+
+
+# ----------------------------------------------------------------------------- the envelope
+
+
+def within_envelope(car: CarParams, data: FitData, margin: float) -> tuple[CarParams, dict]:
+    """The fitted car held to what the recordings showed, for training: grip at most ``margin``
+    times the largest lateral acceleration recorded (99.5th percentile), and a top speed at most
+    ``margin`` times the fastest recorded (more drag). A recording that never reached the car's
+    limits leaves them unmeasured; the fit can put them anywhere above what was seen, and a policy
+    trained on an extrapolated limit drives where the surrogate was never checked against the game.
+    Returns the car and what was changed."""
+    seg = data.segments
+    ay = np.concatenate([np.abs(s.accel_lat[s.usable]) for s in seg])
+    v = np.concatenate([s.speed[s.usable] for s in seg])
+    mu_cap = float(np.clip(margin * np.percentile(ay, 99.5) / float(car.g), *PARAM_RANGES["mu"]))
+    v_cap = margin * float(np.max(v))
+    changes = {}
+    if float(car.mu) > mu_cap:
+        changes["mu"] = (float(car.mu), mu_cap)
+        car = car.replace(mu=mu_cap)
+    if float(top_speed(car)) > v_cap:
+        drive = min(float(car.max_drive_force), float(car.engine_power) / v_cap)
+        drag = float(np.clip((drive - float(car.rolling_resistance)) / v_cap**2, *PARAM_RANGES["drag_coef"]))
+        if drag > float(car.drag_coef):
+            changes["drag_coef"] = (float(car.drag_coef), drag)
+            car = car.replace(drag_coef=drag)
+    return car, changes
 
 
 # ----------------------------------------------------------------------------- all models

@@ -105,3 +105,18 @@ def test_window_loss_counts_only_the_steps_inside_the_horizon():
     pred = target.at[0, 3:, 0].set(100.0)  # wrong only from step 3 on
     assert float(F.window_loss(pred, target, 3)[0]) == 0.0
     assert float(F.window_loss(pred, target, 6)[0]) > 10.0
+
+
+def test_training_car_is_held_to_the_grip_and_speed_the_recordings_reached(data):
+    from surrogate.car import top_speed
+    seen_ay = max(np.percentile(np.abs(s.accel_lat[s.usable]), 99.5) for s in data.segments)
+    seen_v = max(float(np.max(s.speed)) for s in data.segments)
+    wild = TRUE.replace(mu=10.0, drag_coef=0.05)  # far more grip and speed than was ever recorded
+    held, changed = F.within_envelope(wild, data, 1.2)
+    assert set(changed) == {"mu", "drag_coef"}
+    assert float(held.mu) * float(held.g) <= 1.2 * seen_ay * 1.01
+    assert float(top_speed(held)) == pytest.approx(1.2 * seen_v, rel=0.02)
+    same, none = F.within_envelope(held, data, 1.2)  # already inside: unchanged
+    assert none == {} and float(same.mu) == float(held.mu)
+    with pytest.raises(ValueError, match="envelope_margin"):
+        F.FitConfig(envelope_margin=0.5)
