@@ -62,6 +62,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-control", action="store_true", help="skip the unfitted default-car control")
     ap.add_argument("--out", default="", help="default runs/sim_to_real-<time>")
+    ap.add_argument("--fit-args", default="", help="extra train_surrogate.py options, e.g. '--grip-tolerance 0.05'")
     ap.add_argument("--train-args", default="", help="extra train_crossq.py options, e.g. '--num-envs 8' for a test")
     a = ap.parse_args(argv)
     out = Path(a.out or f"runs/sim_to_real-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
@@ -76,7 +77,8 @@ def main(argv=None) -> int:
         stage("record", [PY, "scripts/record_telemetry.py", "--policy", "probe", "--address", address, "--dt", "0.04",
                          "--minutes", str(a.record_minutes), "--same-seed", "--seed", "0", "--run-dir", str(rec),
                          "--quiet"], out / "record.log")
-        stage("fit", [PY, "scripts/train_surrogate.py", str(rec), "--out", str(fit), "--no-progress"], out / "fit.log")
+        stage("fit", [PY, "scripts/train_surrogate.py", str(rec), "--out", str(fit), "--no-progress",
+                      *a.fit_args.split()], out / "fit.log")
         stage("train", [PY, "scripts/train_crossq.py", "--backend", "surrogate", "--surrogate",
                         str(fit / "surrogate.json"), "--budget-minutes", str(a.train_minutes), "--run-dir", str(train),
                         "--seed", str(a.seed), "--no-progress", *extra], out / "train.log")

@@ -84,8 +84,9 @@ def parse_args(argv=None) -> SurrogateFitConfig:
     p.add_argument("--starts", type=int, default=d.starts, help="starting points fitted at once per model")
     p.add_argument("--horizon-s", type=float, default=d.horizon_s, help="longest rollout, s")
     p.add_argument("--max-delay", type=int, default=d.max_delay, help="input delays tried: 0 .. N frames")
-    p.add_argument("--envelope-margin", type=float, default=d.envelope_margin,
-                   help="hold the written car to this many times the grip and top speed recorded (0: off)")
+    p.add_argument("--grip-tolerance", type=float, default=d.grip_tolerance,
+                   help="write the car with the least grip whose held-out error is within this fraction of the "
+                        "fit's (0: the fitted grip)")
     p.add_argument("--no-residual", action="store_true", help="skip the learned residual")
     p.add_argument("--no-one-step", action="store_true", help="skip the one-step comparison fit")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -94,7 +95,7 @@ def parse_args(argv=None) -> SurrogateFitConfig:
     try:
         fit = F.FitConfig(steps=a.steps, delay_starts=a.delay_starts, residual_steps=a.residual_steps, batch=a.batch,
                           starts=a.starts, horizon_s=a.horizon_s, max_delay=a.max_delay, residual=not a.no_residual,
-                          one_step=not a.no_one_step, seed=a.seed, envelope_margin=a.envelope_margin)
+                          one_step=not a.no_one_step, seed=a.seed, grip_tolerance=a.grip_tolerance)
         return SurrogateFitConfig(runs=tuple(a.runs), out=a.out, track=a.track, val_fraction=a.val_fraction,
                                   stride=a.stride, fit=fit, progress=not a.no_progress)
     except ValueError as e:
@@ -156,10 +157,9 @@ def run(cfg: SurrogateFitConfig) -> dict[str, Any]:
     }
     delay = delay_control_steps(data, best.delay)
     car, capped = best.car, {}
-    if cfg.fit.envelope_margin:
-        car, capped = F.within_envelope(best.car, data, cfg.fit.envelope_margin)
-    written = F.evaluate(data, data.val, best.model, best.delay, car, best.residual, cfg.fit.substeps)
-    provenance["envelope"] = {"margin": cfg.fit.envelope_margin, "changed": capped}
+    if cfg.fit.grip_tolerance:
+        car, capped = F.least_grip(data, best, cfg.fit.grip_tolerance, cfg.fit.substeps)
+    provenance["least_grip"] = {"tolerance": cfg.fit.grip_tolerance, "changed": capped}
     out.mkdir(parents=True, exist_ok=True)
     save_surrogate(out / SURROGATE_FILE, best.model, car, data.track, delay_steps=delay, dt=data.control_period,
                    game_dt=data.game_dt, spread=best.spread, residual=best.residual, provenance=provenance)
@@ -176,16 +176,15 @@ def run(cfg: SurrogateFitConfig) -> dict[str, Any]:
                           "fitted": list(F.FIT_FIELDS[f.model]), "spread": f.spread}
                    for name, f in result.fits.items()},
         "envelope": data.envelope(),
-        "written": {"changed": {k: list(v) for k, v in capped.items()}, "validation": written},
+        "least_grip": {k: list(v) for k, v in capped.items()},
         "provenance": provenance,
     }
     (out / REPORT_JSON).write_text(json.dumps(report, indent=1) + "\n")
     text = report_text(result, data)
     if capped:
-        text += "\nwritten for training, held to the recorded envelope (x{:g}): {}; its errors 1 s ahead: pos {:.3f} m, " \
-                "speed {:.3f} m/s".format(cfg.fit.envelope_margin, ", ".join(f"{k} {a:.4g} -> {b:.4g}" for k, (a, b) in
-                                                                            capped.items()),
-                                          written["pos_err_1s_median"], written["speed_err_1s_median"])
+        text += (f"\nwritten for training with the least grip that fits within {100 * cfg.fit.grip_tolerance:g}%: mu "
+                 f"{capped['mu'][0]:.4g} -> {capped['mu'][1]:.4g} (score 1 s ahead {capped['score'][0]:.3f} -> "
+                 f"{capped['score'][1]:.3f})")
     (out / REPORT_TXT).write_text(text + "\n")
     plot_fit(data, result, out)
     print(text)

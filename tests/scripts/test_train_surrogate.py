@@ -59,7 +59,7 @@ def test_a_recording_becomes_a_surrogate_file_that_training_uses(tmp_path, capsy
     assert m.group(1) == chosen.replace(" ", "_")
     assert float(m.group(2)) == pytest.approx(report["models"][chosen]["validation"]["pos_err_1s_median"], abs=1e-3)
     assert chosen != "dynamic (one-step)"
-    assert "envelope" in json.loads((out / "surrogate.json").read_text())["provenance"]
+    assert json.loads((out / "surrogate.json").read_text())["provenance"]["least_grip"]["tolerance"] == 0.0
     for name in ("surrogate.json", "car.json", "report.txt", "fit_trajectories.png", "fit_errors.png"):
         assert (out / name).stat().st_size > 0, name
     text = (out / "report.txt").read_text()
