@@ -27,7 +27,7 @@ def name_value_overrides(option: str, items: tuple[str, ...], cls: type, exclude
         name, sep, value = item.partition("=")
         name = name.strip()
         if not sep or name not in names:
-            raise ValueError(f"{option} {item!r}: expected NAME=VALUE with NAME one of {', '.join(names)}")
+            raise ValueError(f"{option} {item!r}: expected name=value with a name from {', '.join(names)}")
         try:
             out[name] = float(value)
         except ValueError:

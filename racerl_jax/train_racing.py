@@ -25,7 +25,7 @@ from bridge.sdk import DEFAULT_LOCKSTEP_ADDRESS, DEFAULT_PUB_ADDRESS, DEFAULT_PU
 from racerl_jax import crossq
 from racerl_jax.checkpoint import CONFIG_FILE, Checkpointer, read_config
 from racerl_jax.crossq import AgentState, CrossQConfig
-from racerl_jax.config_io import dataclass_from_dict
+from racerl_jax.config_io import dataclass_from_dict, name_value_overrides
 from racerl_jax.train_loop import scale_action
 from surrogate.car import MODELS, PARAM_NAMES, CarParams
 from surrogate.env import PEDALS, EnvConfig, EnvParams, RacingEnv, action_bounds, make_params
@@ -304,23 +304,16 @@ def _widths(text: str) -> tuple[int, ...]:
 
 def _reward_weights(text: str) -> RewardWeights:
     """``name=value,...`` over the default weights, e.g. ``action_change=0.05,deviation=0``."""
-    names = [f.name for f in dataclasses.fields(RewardWeights)]
-    changes: dict[str, float] = {}
-    for item in (t.strip() for t in text.split(",")):
-        if not item:
-            continue
-        name, sep, value = item.partition("=")
-        name = name.strip()
-        if not sep or name not in names:
-            raise argparse.ArgumentTypeError(
-                f"{item!r}: expected name=value with a name from {', '.join(names)} (e.g. action_change=0.05)")
-        try:
-            changes[name] = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{item!r}: {value.strip()!r} is not a number") from None
-        # Each term carries its sign in the reward: a negative weight would reward crashing or jerking.
-        if not (math.isfinite(changes[name]) and changes[name] >= 0):
-            raise argparse.ArgumentTypeError(f"{item!r}: weights are finite and >= 0 (the reward applies the sign)")
+    items = tuple(t.strip() for t in text.split(",") if t.strip())
+    try:
+        changes = name_value_overrides("--reward", items, RewardWeights)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    # Each term carries its sign in the reward: a negative weight would reward crashing or jerking.
+    for name, v in changes.items():
+        if v < 0:
+            raise argparse.ArgumentTypeError(f"--reward {name}={v:g}: weights are finite and >= 0 (the reward applies "
+                                             "the sign)")
     return dataclasses.replace(DEFAULT_REWARD, **changes)
 
 
