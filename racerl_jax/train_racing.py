@@ -498,8 +498,12 @@ class LapEvaluator:
     the wall time of the first clean lap."""
 
     def __init__(self, drive: Callable[[AgentState], dict], limit_s: float, dt: float, run_dir: Path,
-                 t_start: float) -> None:
+                 t_start: float, track: Any = None, track_name: str = "") -> None:
+        from racerl_jax.run_log import EvalLapLog
+
         self.drive = drive
+        # Every evaluation's drive (and the track once) for the live dashboard.
+        self.lap_log = EvalLapLog(run_dir, dt, track, track_name, limit_s)
         self.limit_s = limit_s
         self.dt = dt
         self.run_dir = run_dir
@@ -517,7 +521,7 @@ class LapEvaluator:
     def on_surrogate(cls, setup: "RacingSetup", run_dir: Path, t_start: float, seed: int) -> "LapEvaluator":
         drive, key = make_lap_drive(setup.eval_env, setup.eval_steps), jax.random.PRNGKey(seed)
         return cls(lambda agent: drive(agent, setup.eval_params, key), setup.limit_s, setup.eval_env.config.dt,
-                   run_dir, t_start)
+                   run_dir, t_start, select_track(setup.eval_params.tracks, 0), setup.track_name)
 
     @property
     def best_lap_s(self) -> float:
@@ -531,6 +535,7 @@ class LapEvaluator:
         done_at = np.flatnonzero(traj["done"])
         first_episode = slice(0, int(done_at[0]) + 1 if done_at.size else len(traj["reward"]))
         lap_s = m["best_lap_s"]
+        self.lap_log.write(traj, int(agent.env_steps), wall_min * 60.0, lap_s)
         if math.isfinite(lap_s):
             if math.isnan(self.first_clean_lap_min):
                 self.first_clean_lap_min = wall_min
@@ -758,7 +763,7 @@ def _run_real(cfg: TrainConfig, run_dir: Path, t_start: float) -> dict[str, Any]
         loop = HostLoop(env, agent_cfg, seed=cfg.seed)
         eval_steps = cfg.eval_max_steps or int(math.ceil(cfg.eval_laps * limit / 0.6 / env_cfg.dt))
         evaluator = LapEvaluator(make_game_lap_drive(env, loop, eval_steps, cfg.seed), limit, env_cfg.dt, run_dir,
-                                 t_start)
+                                 t_start, env.track, name)
         result = train_host(loop, total_env_steps=cfg.total_env_steps, seed=cfg.seed,
                             chunk_env_steps=cfg.chunk_iterations, **_driver_options(cfg, run_dir, t_start, evaluator))
         return _finish(cfg, run_dir, t_start, result, evaluator, env.track, name, limit)
