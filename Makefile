@@ -1,10 +1,11 @@
 # Quickstart: `make run` (trains the CrossQ driver on the bundled default track, 20 min on a CPU) and `make test`.
-# Both create .venv with Python 3.11 and install the project on first use.
+# Both create .venv with Python 3.11 and install the project on first use; `make test` also installs
+# Debian's chromium (`make browser`) for the dashboard's browser test.
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run baseline test setup
+.PHONY: run baseline test setup browser
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,5 +21,10 @@ run: $(VENV)/.installed
 baseline: $(VENV)/.installed
 	$(BIN)/python scripts/drive_baseline.py
 
-test: $(VENV)/.installed
+# The dashboard's browser test drives Debian's chromium through Playwright (no Playwright download).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@test -x /usr/bin/chromium || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium)
+
+test: $(VENV)/.installed browser
 	$(BIN)/python -m pytest -n 2
