@@ -153,6 +153,21 @@ class EvalLapLog:
 # ----------------------------------------------------------------------------- host-loop steps
 
 
+def _last_episode(path: Path, tail: int = 4096) -> int:
+    """The ``ep`` of the last whole record of a steps file (-1 when there is none)."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - tail))
+        for line in reversed(f.read().split(b"\n")):
+            try:
+                ep = json.loads(line).get("ep")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(ep, int):
+                return ep
+    return -1
+
+
 class StepLog:
     """``steps.jsonl``: one record per env step of the host loop. Fields: ``w`` (wall clock, s),
     ``ep`` (episode number within this log), ``policy`` (the policy's action in the env's units),
@@ -163,7 +178,9 @@ class StepLog:
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self._file = JsonLines(Path(run_dir) / STEPS_FILE)
-        self.episode = 0
+        # A resumed run goes on from the last episode number in the file: its first episode is
+        # not the one the killed run was driving.
+        self.episode = _last_episode(self._file.path) + 1
         self._ended = False
 
     def new_episode(self) -> None:

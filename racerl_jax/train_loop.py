@@ -265,6 +265,16 @@ def make_evaluate(
 # ----------------------------------------------------------------------------- host loop
 
 
+@partial(jax.jit, static_argnames=("deterministic",))
+def act_and_value(agent: AgentState, obs: jax.Array, key: jax.Array,
+                  deterministic: bool = False) -> tuple[jax.Array, jax.Array]:
+    """``crossq.act``'s actions (the same for the same key) and the critics' mean value of them, in
+    one compiled call: the per-step record the dashboard shows (``racerl_jax.run_log.StepLog``)."""
+    action = crossq.act(agent, obs, key, deterministic)
+    q, _ = crossq.apply_critics(agent.config, agent.critic_params, agent.critic_stats, obs, action, train=False)
+    return action, jnp.mean(q, axis=0)
+
+
 # Donated: without it every step would copy the whole buffer (hundreds of MB at the default size).
 @partial(jax.jit, donate_argnums=0)
 def _host_insert(buffer: ReplayBuffer, batch: Transition) -> ReplayBuffer:
@@ -277,14 +287,18 @@ _host_updates = jax.jit(_maybe_update, static_argnums=(2, 3))
 class HostLoop:
     """Drives a non-JAX env (``gymnasium.Env`` or ``gymnasium.vector.VectorEnv``) with the same
     jitted ``act``/``update`` as the jit loop. Keeps the env's current observation between
-    calls to ``run`` so training can proceed in chunks."""
+    calls to ``run`` so training can proceed in chunks. With ``step_log`` (a
+    ``racerl_jax.run_log.StepLog``; ``train_host`` opens one in the run dir) every step of the
+    first env is recorded: the policy's and the applied action, the critics' value, safety events."""
 
-    def __init__(self, env: Any, config: CrossQConfig, seed: int = 0, updates_per_step: int | None = None) -> None:
+    def __init__(self, env: Any, config: CrossQConfig, seed: int = 0, updates_per_step: int | None = None,
+                 step_log: Any = None) -> None:
         import gymnasium as gym
         from gymnasium.vector import AutoresetMode, VectorEnv
 
         self.env = env
         self.config = config
+        self.step_log = step_log
         self.vector = isinstance(env, VectorEnv)
         self.same_step = False
         space = env.single_action_space if self.vector else env.action_space
@@ -323,20 +337,30 @@ class HostLoop:
         self.obs = np.asarray(obs, np.float32).reshape(self.num_envs, self.obs_size)
         self.resetting[:] = False
         self.running_return[:] = 0.0
+        if self.step_log is not None:
+            self.step_log.new_episode()
 
     def init_buffer(self) -> ReplayBuffer:
         return replay.init(self.config.buffer_size, self.obs_size, self.action_size)
 
-    def _env_step(self, env_action: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _env_step(self, env_action: np.ndarray,
+                  value: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Returns (next obs for acting, final obs for bootstrapping, reward, terminated, truncated)."""
         if not self.vector:
-            obs, reward, term, trunc, _ = self.env.step(env_action[0].reshape(self.env.action_space.shape))
+            obs, reward, term, trunc, info = self.env.step(env_action[0].reshape(self.env.action_space.shape))
+            if self.step_log is not None:  # before a reset replaces the env's frame
+                self.step_log.write(env_action[0], info.get("applied_action", env_action[0]),
+                                    None if value is None else float(value[0]), float(reward), bool(term or trunc),
+                                    info, getattr(self.env, "last_frame", None))
             final = np.asarray(obs, np.float32)[None]
             if term or trunc:
                 obs, _ = self.env.reset()
             return np.asarray(obs, np.float32)[None], final, np.array([reward]), np.array([term]), np.array([trunc])
         obs, reward, term, trunc, info = self.env.step(env_action.reshape((self.num_envs, *self.env.single_action_space.shape)))
         obs = np.asarray(obs, np.float32).reshape(self.num_envs, self.obs_size)
+        if self.step_log is not None:  # the first env's step
+            self.step_log.write(env_action[0], env_action[0], None if value is None else float(value[0]),
+                                float(np.asarray(reward)[0]), bool(np.asarray(term)[0] or np.asarray(trunc)[0]))
         final = obs.copy()
         if self.same_step and "final_obs" in info:
             for i in np.flatnonzero(info["_final_obs"]):
@@ -354,13 +378,16 @@ class HostLoop:
         metrics: dict[str, Any] = {}
         while steps < num_env_steps:
             key, k_act = jax.random.split(key)
+            value = None
             if int(agent.env_steps) < config.learning_starts:
                 action = np.asarray(jax.random.uniform(k_act, (self.num_envs, self.action_size), jnp.float32, -1.0, 1.0))
+            elif self.step_log is not None:
+                action, value = (np.asarray(a) for a in act_and_value(agent, jnp.asarray(self.obs), k_act))
             else:
                 action = np.asarray(crossq.act(agent, jnp.asarray(self.obs), k_act, deterministic=False))
             # numpy: no device round trip
             env_action = scale_action(action, self.low, self.high, config.action_overshoot, xp=np)
-            next_obs, final_obs, reward, term, trunc = self._env_step(env_action)
+            next_obs, final_obs, reward, term, trunc = self._env_step(env_action, value)
             valid = ~self.resetting
             n_valid = int(valid.sum())
             if n_valid:
@@ -440,7 +467,9 @@ def train_host(
     **driver: Any,
 ) -> TrainResult:
     """Train CrossQ with a :class:`HostLoop` (a Gymnasium env, the real game) under the same
-    driver as :func:`train`: budget, evaluation, logs, checkpoints of agent and buffer, resume."""
+    driver as :func:`train`: budget, evaluation, logs, checkpoints of agent and buffer, resume;
+    with a ``run_dir``, every step in ``steps.jsonl`` (``racerl_jax.run_log.StepLog``) unless the
+    loop already has a step log."""
     _check_totals(total_env_steps, loop.num_envs, 1)
     key, k_agent = jax.random.split(jax.random.PRNGKey(seed))
     agent = crossq.init_agent(k_agent, loop.obs_size, loop.action_size, loop.config)
@@ -458,8 +487,18 @@ def train_host(
 
     meta = {"crossq": loop.config.to_dict(), "num_envs": loop.num_envs, "updates_per_step": loop.updates_per_step,
             "seed": seed, "host_loop": True}
-    return drive(run, carry, loop.num_envs, total_env_steps=total_env_steps,
-                 chunk_iterations=max(1, chunk_env_steps // loop.num_envs), run_meta=meta, **driver)
+    own_log = driver.get("run_dir") is not None and loop.step_log is None
+    if own_log:
+        from racerl_jax.run_log import StepLog
+
+        loop.step_log = StepLog(driver["run_dir"])
+    try:
+        return drive(run, carry, loop.num_envs, total_env_steps=total_env_steps,
+                     chunk_iterations=max(1, chunk_env_steps // loop.num_envs), run_meta=meta, **driver)
+    finally:
+        if own_log:
+            loop.step_log.close()
+            loop.step_log = None
 
 
 def _check_totals(total_env_steps: int, num_envs: int, chunk_iterations: int) -> None:

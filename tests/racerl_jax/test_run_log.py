@@ -135,3 +135,57 @@ def test_lap_evaluator_writes_every_evaluation_and_the_track_for_the_dashboard(t
     recs = _lines(tmp_path / run_log.EVAL_LAPS_FILE)
     assert [r["env_steps"] for r in recs] == [100, 200] and recs[1]["x"][-1] == 50.0 and recs[1]["lap_s"] is None
     assert json.loads((tmp_path / run_log.TRACK_FILE).read_text())["limit_s"] == 35.0
+
+
+def test_step_log_of_a_resumed_run_numbers_its_episodes_after_the_last_one_in_the_file(tmp_path):
+    log = run_log.StepLog(tmp_path)
+    for done in (False, True, False):
+        log.write(np.zeros(2), np.zeros(3), None, 0.0, done)
+    log.close()
+    with open(tmp_path / run_log.STEPS_FILE, "ab") as f:
+        f.write(b'{"w": 1, "ep": 7')  # killed mid-write
+    log = run_log.StepLog(tmp_path)
+    log.write(np.zeros(2), np.zeros(3), None, 0.0, False)
+    log.close()
+    assert [r["ep"] for r in _lines_skipping_cut(tmp_path / run_log.STEPS_FILE)] == [0, 0, 1, 2]
+
+
+def _lines_skipping_cut(path):
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def test_host_loop_records_every_step_with_the_policys_action_and_the_critics_value(tmp_path):
+    import gymnasium as gym
+    import jax
+
+    from racerl_jax import crossq, train_loop
+    from racerl_jax.crossq import CrossQConfig
+
+    config = CrossQConfig.cpu(critic_hidden=(8, 8), actor_hidden=(8, 8), batch_size=4, learning_starts=10,
+                              buffer_size=100)
+    log = run_log.StepLog(tmp_path)
+    # no updates: what is recorded, not what is learned, is under test (and compiling them is slow)
+    loop = train_loop.HostLoop(gym.make("Pendulum-v1", max_episode_steps=20), config, seed=0, updates_per_step=0,
+                               step_log=log)
+    # jitted: eagerly, its few hundred small ops are compiled one by one (seconds each on a busy CPU)
+    agent = jax.jit(crossq.init_agent, static_argnums=(1, 2, 3))(jax.random.PRNGKey(0), loop.obs_size,
+                                                                 loop.action_size, config)
+    agent, _, key, _ = loop.run(agent, loop.init_buffer(), jax.random.PRNGKey(1), 30)
+    log.close()
+    recs = _lines(tmp_path / run_log.STEPS_FILE)
+    assert len(recs) == 30
+    assert all(r["value"] is None for r in recs[:10]) and all(isinstance(r["value"], float) for r in recs[10:])
+    assert [r["ep"] for r in (recs[19], recs[20])] == [0, 1] and recs[19]["end"] == "done"
+    assert all(r["policy"] == r["applied"] and -2.0 <= r["policy"][0] <= 2.0 for r in recs)  # no safety layer here
+    # the value is the critics' mean for the action the policy took (the same key gives the same action)
+    obs = np.zeros((1, loop.obs_size), np.float32)
+    a, q = train_loop.act_and_value(agent, obs, key)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(crossq.act(agent, obs, key, deterministic=False)))
+    qs, _ = crossq.apply_critics(config, agent.critic_params, agent.critic_stats, obs, a, train=False)
+    np.testing.assert_allclose(np.asarray(q), np.asarray(qs).mean(axis=0), rtol=1e-6)
