@@ -523,6 +523,7 @@ def drive(
     eval_fn: Callable[[AgentState], Mapping[str, float]] | None = None,
     eval_every_env_steps: int | None = None,
     checkpoint_every_env_steps: int | None = None,
+    checkpoint_every_seconds: float | None = None,
     resume: bool = True,
     extra_config: Mapping[str, Any] | None = None,
     progress_metric: str = "episode_return",
@@ -541,8 +542,10 @@ def drive(
 
     With ``run_dir``: logs (metrics.jsonl, TensorBoard, learning-curve PNG), ``run_meta`` and
     ``extra_config`` (the calling command's settings) as config.json, orbax checkpoints of the
-    carry every ``checkpoint_every_env_steps`` and on SIGINT/SIGTERM, and resumption from the
-    latest checkpoint when ``resume``. ``eval_fn(agent)`` returns metrics merged into the
+    carry every ``checkpoint_every_env_steps`` and every ``checkpoint_every_seconds`` of wall clock
+    (whichever comes first: on the game a run of env steps can take an hour, and a hard kill loses
+    what came after the last checkpoint) and on SIGINT/SIGTERM, and resumption from the latest
+    checkpoint when ``resume``. ``eval_fn(agent)`` returns metrics merged into the
     history; ``progress_metric`` names the metric the progress bar shows.
     """
     from tqdm import tqdm
@@ -564,6 +567,9 @@ def drive(
     env_steps = int(carry.agent.env_steps)
     next_eval = _next_multiple(env_steps, eval_every_env_steps)
     next_ckpt = _next_multiple(env_steps, checkpoint_every_env_steps)
+    if checkpoint_every_seconds is not None and not checkpoint_every_seconds > 0:
+        raise ValueError(f"checkpoint_every_seconds must be > 0, got {checkpoint_every_seconds}")
+    last_ckpt_t = start
     # With a wall-clock budget the bar runs over the budget's seconds (its ETA is then the end of the
     # run); without one, over env steps.
     by_time = max_wall_seconds is not None
@@ -617,9 +623,11 @@ def drive(
             if max_wall_seconds is not None and time.monotonic() - start >= max_wall_seconds:
                 stop_reason = "wall_clock"
                 break
-            if manager is not None and next_ckpt is not None and env_steps >= next_ckpt:
+            due_by_time = checkpoint_every_seconds is not None and time.monotonic() - last_ckpt_t >= checkpoint_every_seconds
+            if manager is not None and (due_by_time or (next_ckpt is not None and env_steps >= next_ckpt)):
                 manager.save(env_steps, carry)
                 next_ckpt = _next_multiple(env_steps, checkpoint_every_env_steps)
+                last_ckpt_t = time.monotonic()
         bar.close()
         if manager is not None:
             manager.save(env_steps, carry)  # final / on signal / on wall-clock stop

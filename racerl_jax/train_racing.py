@@ -23,7 +23,7 @@ import numpy as np
 
 from bridge.sdk import DEFAULT_LOCKSTEP_ADDRESS, DEFAULT_PUB_ADDRESS, DEFAULT_PULL_ADDRESS
 from racerl_jax import crossq
-from racerl_jax.checkpoint import CONFIG_FILE, Checkpointer, read_config
+from racerl_jax.checkpoint import CONFIG_FILE, Checkpointer, read_config, write_json_atomic
 from racerl_jax.crossq import AgentState, CrossQConfig
 from racerl_jax.config_io import dataclass_from_dict, name_value_overrides
 from racerl_jax.train_loop import scale_action
@@ -52,9 +52,12 @@ DEFAULT_REWARD = RewardWeights(progress=0.1, deviation=0.002, action_change=0.02
                                pedal_overlap=0.0)
 
 # Fields the command line does not set (reward weights, network widths) are still in the saved
-# config; fields that only steer this invocation may differ on resume and are not saved with the
-# run's settings (summary.json records them).
-_PER_INVOCATION = ("budget_minutes", "resume", "run_dir", "total_env_steps", "progress")
+# config; fields that do not shape what is learned (how long, how often to evaluate or checkpoint,
+# how the run reports) may differ on resume and are not saved with the run's settings (summary.json
+# records them): a user resuming after a crash repeats what shaped the run, not every option.
+_PER_INVOCATION = ("budget_minutes", "resume", "run_dir", "total_env_steps", "progress", "eval_every_env_steps",
+                   "eval_laps", "eval_max_steps", "checkpoint_every_env_steps", "checkpoint_every_minutes",
+                   "chunk_iterations")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +157,9 @@ class TrainConfig:
     eval_laps: int = 2  # laps an evaluation drives (the second is a flying lap)
     eval_max_steps: int = 0  # 0 = enough for eval_laps at 60% of the reference pace
     checkpoint_every_env_steps: int = 100_000
+    # Also a checkpoint after this many minutes of wall clock since the last: what a hard kill (a
+    # spot instance taken without notice, a power cut) can lose, on the game as on the surrogate.
+    checkpoint_every_minutes: float = 10.0
     chunk_iterations: int = 100  # iterations per jitted call: the granularity of the budget check
     progress: bool = True
 
@@ -202,6 +208,7 @@ class TrainConfig:
         need(self.eval_laps >= 1, "eval_laps", "must be >= 1")
         need(self.eval_max_steps >= 0, "eval_max_steps", "must be >= 0")
         need(self.checkpoint_every_env_steps >= 1, "checkpoint_every_env_steps", "must be >= 1")
+        need(self.checkpoint_every_minutes > 0, "checkpoint_every_minutes", "must be > 0")
         need(self.chunk_iterations >= 1, "chunk_iterations", "must be >= 1")
         if self.surrogate and self.track and self.backend == "surrogate":
             raise ValueError(
@@ -387,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-laps", type=int, default=d.eval_laps)
     p.add_argument("--eval-max-steps", type=int, default=d.eval_max_steps, help="0: enough for --eval-laps")
     p.add_argument("--checkpoint-every-env-steps", type=int, default=d.checkpoint_every_env_steps)
+    p.add_argument("--checkpoint-every-minutes", type=float, default=d.checkpoint_every_minutes,
+                   help="also checkpoint after this much wall clock since the last (bounds what a hard kill loses)")
     p.add_argument("--chunk-iterations", type=int, default=d.chunk_iterations, help="iterations per jitted call")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -651,8 +660,9 @@ def plot_best_lap(track: Any, track_name: str, limit_s: float, evaluator: LapEva
 
 def prepare_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
     """Refuse to mix runs: a run dir holding a run is continued only with --resume and the same
-    settings (those that shape the state or the learning). ``train`` then writes them into the run's
-    config.json under ``"command"``, beside the agent's resolved config."""
+    settings (those that shape the state or the learning; the rest, ``_PER_INVOCATION``, may
+    differ). ``train`` then writes them into the run's config.json under ``"command"``, beside the
+    agent's resolved config."""
     path = run_dir / CONFIG_FILE
     if not path.exists():
         return
@@ -668,6 +678,10 @@ def prepare_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
             + ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
             + "; use the run's settings or a new --run-dir"
         )
+    if saved != new:
+        # A run saved before a setting became per-invocation (or before a setting existed): its
+        # config.json is brought to today's form, which says the same about what shaped the run.
+        write_json_atomic(path, {**json.loads(path.read_text()), "command": new})
 
 
 FINAL_RESERVE_S = 10.0  # the final evaluation and the plots, inside the budget
@@ -715,6 +729,7 @@ def _driver_options(cfg: TrainConfig, run_dir: Path, t_start: float, evaluator: 
     remaining = cfg.budget_minutes * 60.0 - (time.monotonic() - t_start) - FINAL_RESERVE_S
     return dict(max_wall_seconds=max(remaining, 1.0), run_dir=run_dir, eval_fn=evaluator,
                 eval_every_env_steps=cfg.eval_every_env_steps, checkpoint_every_env_steps=cfg.checkpoint_every_env_steps,
+                checkpoint_every_seconds=60.0 * cfg.checkpoint_every_minutes,
                 resume=cfg.resume, extra_config={"command": cfg.run_settings()}, progress_metric="eval_lap_s",
                 progress=cfg.progress, lr_schedule=cosine_decay(cfg.lr_final) if cfg.lr_final != 1.0 else None,
                 entropy_schedule=entropy_schedule(cfg))

@@ -102,3 +102,70 @@ def test_sigterm_stops_between_chunks_and_saves(tmp_path):
 def test_wall_clock_budget_stops_the_run(tmp_path):
     result = _train(tmp_path, 10_000, max_wall_seconds=0.0)
     assert result.stop_reason == "wall_clock" and int(result.carry.agent.env_steps) == 100
+
+
+# ----------------------------------------------------------------------------- atomic checkpoints
+
+
+def _state(v: float):
+    return {"w": np.full((3,), v, np.float32), "n": np.full((), v, np.int32)}
+
+
+def test_a_step_cut_mid_write_is_never_resumed_from_and_does_not_block_the_next_save(tmp_path):
+    d = tmp_path / "ck"
+    with checkpoint.Checkpointer(d) as ckpt:
+        ckpt.save(100, _state(1.0))
+        ckpt.save(200, _state(2.0))
+    # What a kill leaves: Orbax's temporary dir of a save in progress, and a step dir missing the
+    # commit file written last (a copy or a filesystem that renamed before the contents landed).
+    (d / "300.orbax-checkpoint-tmp-1700000000/default").mkdir(parents=True)
+    (d / "300.orbax-checkpoint-tmp-1700000000/default/_METADATA").write_text("{")
+    (d / "400/default").mkdir(parents=True)
+    with checkpoint.Checkpointer(d) as ckpt:
+        assert ckpt.all_steps() == [100, 200] and ckpt.latest_step() == 200
+        restored = ckpt.restore(_state(0.0))
+        assert int(restored["n"]) == 2 and restored["w"].tolist() == [2.0] * 3
+        assert ckpt.save(300, _state(3.0))  # the resumed run saves on past where the cut save was
+        assert ckpt.latest_step() == 300
+    names = sorted(p.name for p in d.iterdir())
+    assert not any("orbax-checkpoint-tmp" in n for n in names) and "400.incomplete" in names
+
+
+def test_a_committed_step_that_does_not_read_back_is_set_aside_and_the_one_before_restored(tmp_path):
+    d = tmp_path / "ck"
+    with checkpoint.Checkpointer(d) as ckpt:
+        ckpt.save(100, _state(1.0))
+        ckpt.save(200, _state(2.0))
+    for f in (d / "200" / "default").rglob("*"):  # its data lost after the commit (a disk that did not flush)
+        if f.is_file() and f.name not in ("commit_success.txt", "_METADATA", "_sharding"):
+            f.unlink()
+    with checkpoint.Checkpointer(d) as ckpt:
+        restored = ckpt.restore(_state(0.0))
+        assert int(restored["n"]) == 1
+        assert ckpt.all_steps() == [100] and (d / "200.unreadable").is_dir()
+        assert ckpt.save(150, _state(1.5)) and ckpt.all_steps() == [100, 150]
+
+
+def test_a_changed_config_is_reported_and_sets_no_checkpoint_aside(tmp_path):
+    d = tmp_path / "ck"
+    with checkpoint.Checkpointer(d) as ckpt:
+        ckpt.save(100, _state(1.0))
+        ckpt.save(200, _state(2.0))
+        with pytest.raises(ValueError, match="does not match the state built from the current config"):
+            ckpt.restore({"w": np.zeros((5,), np.float32), "n": np.zeros((), np.int32)})
+        assert ckpt.all_steps() == [100, 200]
+
+
+def test_a_save_supersedes_later_steps_left_by_a_run_resumed_from_before_them(tmp_path):
+    # The best agent after a kill: the lost part of the run saved one at step 250, the resumed run
+    # drives a better lap at 240; that one must be kept (Orbax alone refuses a step below its latest).
+    with checkpoint.Checkpointer(tmp_path / "best", max_to_keep=1) as ckpt:
+        ckpt.save(250, _state(2.5))
+        assert ckpt.save(240, _state(2.4)) and ckpt.all_steps() == [240]
+        assert int(ckpt.restore(_state(0.0))["n"]) == 2
+
+
+def test_checkpoints_also_come_every_so_many_seconds_of_wall_clock(tmp_path):
+    _train(tmp_path, 300, checkpoint_every_env_steps=10_000, checkpoint_every_seconds=1e-6)
+    with checkpoint.Checkpointer(tmp_path / "checkpoints") as ckpt:
+        assert ckpt.all_steps() == [100, 200, 300]  # every chunk (100 env steps), and the final one

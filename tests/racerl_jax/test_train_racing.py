@@ -40,7 +40,7 @@ def test_every_command_line_option_sets_its_config_field():
         "--reward", "action_change=0.05, deviation=0", "--pedals", "separate",
         "--smooth-temporal", "0.7", "--smooth-spatial", "0.2", "--lr-final", "0.1",
         "--gamma", "0.995", "--entropy-per-action", "-2", "--entropy-per-action-final", "-3.5",
-        "--renorm-warmup-steps", "500", "--fit-spread", "2",
+        "--renorm-warmup-steps", "500", "--fit-spread", "2", "--checkpoint-every-minutes", "2.5",
     ])  # fmt: skip
     expected = dict(
         backend="surrogate", track="technical", model="kinematic", num_envs=7, budget_minutes=2.5, run_dir="r",
@@ -50,7 +50,7 @@ def test_every_command_line_option_sets_its_config_field():
         total_env_steps=5000, matmul_precision="default", progress=False,
         reward=dataclasses.replace(tr.DEFAULT_REWARD, action_change=0.05, deviation=0.0), pedals="separate",
         smooth_temporal=0.7, smooth_spatial=0.2, lr_final=0.1, gamma=0.995, entropy_per_action=-2.0,
-        entropy_per_action_final=-3.5, renorm_warmup_steps=500, fit_spread=2.0,
+        entropy_per_action_final=-3.5, renorm_warmup_steps=500, fit_spread=2.0, checkpoint_every_minutes=2.5,
     )  # fmt: skip
     assert {k: getattr(cfg, k) for k in expected} == expected
     assert tr.parse_args([]) == tr.TrainConfig()  # no options: the dataclass defaults
@@ -95,6 +95,22 @@ def test_resume_accepts_a_run_saved_before_newer_settings_and_refuses_a_changed_
         tr.prepare_run_dir(dataclasses.replace(as_it_ran, smooth_temporal=0.5, pedals="combined", lr_final=0.1,
                                                renorm_warmup_steps=100_000, entropy_per_action_final=-3.0,
                                                entropy_per_action=-3.0), tmp_path)
+
+
+def test_resume_accepts_different_checkpoint_and_evaluation_settings_and_brings_an_older_config_to_todays_form(tmp_path):
+    # The case: a run saved its checkpoint interval among its settings (as runs did before
+    # it became per-invocation); resuming without repeating --checkpoint-every-env-steps goes on.
+    cfg = tr.resolve(tr.TrainConfig(run_dir=str(tmp_path), resume=True))
+    old_form = {**cfg.run_settings(), "checkpoint_every_env_steps": 20_000, "eval_every_env_steps": 5_000,
+                "chunk_iterations": 50}
+    (tmp_path / "config.json").write_text(json.dumps({"crossq": {"kept": 1}, "command": old_form}))
+    tr.prepare_run_dir(cfg, tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved == {"crossq": {"kept": 1}, "command": cfg.run_settings()}
+    assert "checkpoint_every_env_steps" not in saved["command"] and "budget_minutes" not in saved["command"]
+    tr.prepare_run_dir(dataclasses.replace(cfg, checkpoint_every_minutes=1.0, eval_laps=1, budget_minutes=3.0), tmp_path)
+    with pytest.raises(SystemExit, match=r"learning_rate 0.0003 -> 0.001"):
+        tr.prepare_run_dir(dataclasses.replace(cfg, learning_rate=1e-3), tmp_path)
 
 
 def test_saved_config_with_an_unknown_field_or_reward_weight_is_refused_naming_it():
@@ -257,7 +273,11 @@ def test_tiny_run_writes_everything_and_resume_continues_the_counters(tmp_path, 
     assert summary["env_steps"] == 400 and summary["updates"] == 2 * (100 - 24)  # learning from step 100
 
     # Resuming: counters continue from the checkpoint (a fresh start would log from step 100).
-    summary2 = tr.main([*TINY, "--run-dir", str(run_dir), "--total-env-steps", "800", "--resume"])
+    # Settings that do not shape what is learned may differ on resume (a user resuming after a crash
+    # does not repeat them): here the checkpoint and evaluation intervals and the chunk length.
+    per_invocation = [*TINY, "--checkpoint-every-env-steps", "100000", "--checkpoint-every-minutes", "3",
+                      "--eval-every-env-steps", "300", "--eval-laps", "1"]
+    summary2 = tr.main([*per_invocation, "--run-dir", str(run_dir), "--total-env-steps", "800", "--resume"])
     assert LAST_LINE.match(_last_line(capsys))
     assert summary2["env_steps"] == 800 and summary2["updates"] == 2 * (200 - 24)
     rows2 = read_metrics(run_dir / "metrics.jsonl")[len(rows):]
