@@ -1,10 +1,11 @@
 """The dashboard's page and its callbacks (Dash): one page over one or more run directories.
 
 The browser polls (``dcc.Interval``, ``refresh_ms``); each poll asks the server to read what the
-runs appended since the last one (``Run.refresh``: a few new lines, never the whole file) and
-returns a small stamp of version counters. The views are callbacks on that stamp, each rebuilt only
-when the part of a run it shows changed; the map's track (thousands of points) goes to a browser
-once, after which only its moving traces are sent (a ``Patch``).
+runs appended since the last one (``Run.refresh``: a few new lines, never the whole file) and gets
+the car views back only when what they show changed. Each run keeps version counters per part
+(metrics, evaluations, live steps, track, configs); the training curves and the replay sliders
+are rebuilt only when their parts' counters move. The map's track (thousands of points) goes to a
+browser once, after which only its moving traces are sent (a ``Patch``).
 """
 
 from __future__ import annotations
@@ -60,10 +61,8 @@ class Board:
                 r.name = str(Path(r.path).resolve())
         self.lock = threading.Lock()
         self.last_refresh = 0.0
-        self.stamp: dict[str, Any] = {}
-        self._training_key: Any = None
 
-    def refresh(self) -> dict[str, Any]:
+    def refresh(self) -> None:
         with self.lock:
             now = time.monotonic()
             # Several open pages poll independently: one read of the files serves them all.
@@ -71,8 +70,6 @@ class Board:
                 for r in self.runs:
                     r.refresh()
                 self.last_refresh = now
-                self.stamp = {str(i): dict(r.versions) for i, r in enumerate(self.runs)}
-            return self.stamp
 
     def run(self, i: Any) -> Run:
         try:
@@ -147,24 +144,17 @@ def build_app(config: DashboardConfig) -> Dash:
         dcc.Graph(id="training", config={"displaylogo": False}),
         html.H4("settings that differ between the runs", style={"margin": "8px 0 4px"}),
         html.Div(id="config-diff", style={"fontSize": "12px"}),
-        dcc.Store(id="stamp"),
+        dcc.Store(id="stamp-slow"),
+        dcc.Store(id="stamp-replay"),
+        dcc.Store(id="shown"),
         dcc.Store(id="map-key"),
         dcc.Interval(id="tick", interval=config.refresh_ms),
     ])
 
-    @app.callback(Output("stamp", "data"), Input("tick", "n_intervals"), State("stamp", "data"))
-    def poll(_n, old):
-        stamp = board.refresh()
-        return no_update if stamp == old else stamp
-
-    @app.callback(Output("training", "figure"), Output("config-diff", "children"), Input("stamp", "data"),
+    @app.callback(Output("training", "figure"), Output("config-diff", "children"), Input("stamp-slow", "data"),
                   Input("xkey", "value"))
-    def training(stamp, x_key):
-        key = (x_key, [(v.get("metrics"), v.get("config"), v.get("track")) for v in (stamp or {}).values()])
-        if key == board._training_key:
-            return no_update, no_update
+    def training(_stamp, x_key):
         with board.lock:
-            board._training_key = key
             fig = training_figure(board.runs, x_key if x_key in X_KEYS else "env_steps")
             names, rows = config_differences(board.runs)
         if len(names) < 2:
@@ -179,7 +169,7 @@ def build_app(config: DashboardConfig) -> Dash:
         return fig, table
 
     @app.callback(Output("item", "max"), Output("pos", "max"), Output("item-label", "children"),
-                  Output("replay-controls", "style"), Input("stamp", "data"), Input("run", "value"),
+                  Output("replay-controls", "style"), Input("stamp-replay", "data"), Input("run", "value"),
                   Input("mode", "value"), Input("item", "value"))
     def replay_range(_stamp, run_i, mode, item):
         if mode != "replay":
@@ -192,20 +182,33 @@ def build_app(config: DashboardConfig) -> Dash:
         label = labels[int(item or 0)] if labels and int(item or 0) < len(labels) else "nothing recorded yet"
         return max(len(labels) - 1, 0), max(n - 1, 0), f"{label} ({len(labels)} in all)", {"display": "block"}
 
+    # One request per poll: the poll itself reads the runs and, only when what this page shows
+    # changed (or the user moved a control), rebuilds the car views. The training curves and the
+    # replay sliders hang on stamps that change only when their parts do.
     @app.callback(Output("map", "figure"), Output("map-key", "data"), Output("lap", "figure"),
-                  Output("decisions", "figure"), Output("status", "children"),
-                  Input("stamp", "data"), Input("run", "value"), Input("mode", "value"), Input("item", "value"),
-                  Input("pos", "value"), State("map-key", "data"))
-    def car(stamp, run_i, mode, item, pos, map_key):
+                  Output("decisions", "figure"), Output("status", "children"), Output("shown", "data"),
+                  Output("stamp-slow", "data"), Output("stamp-replay", "data"),
+                  Input("tick", "n_intervals"), Input("run", "value"), Input("mode", "value"), Input("item", "value"),
+                  Input("pos", "value"), State("map-key", "data"), State("shown", "data"), State("stamp-slow", "data"),
+                  State("stamp-replay", "data"))
+    def car(_n, run_i, mode, item, pos, map_key, shown, slow_old, replay_old):
+        board.refresh()
         with board.lock:
             run = board.run(run_i)
+            v = run.versions
+            slow = [[r.versions[k] for k in ("metrics", "config", "evals", "track")] for r in board.runs]
+            replay = [v["live"], v["evals"]] if mode == "replay" else replay_old
+            now = [str(run_i), mode, item, pos, v["live"], v["evals"], v["track"]]
+            stamps = (no_update if slow == slow_old else slow, no_update if replay == replay_old else replay)
+            if now == shown:
+                return (no_update,) * 6 + stamps
             if mode == "replay":
                 trace = run.replay(int(item or 0))
                 cursor = int(pos or 0)
             else:
                 trace, cursor = run.live(config.window_steps), None
             best = run.best_lap()
-            key = [str(run_i), run.versions["track"]]
+            key = [str(run_i), v["track"]]
             if key == map_key:  # the browser has this track: send the moving traces only
                 fig = Patch()
                 for k, tr in enumerate(map_moving(trace, best, cursor)):
@@ -213,7 +216,7 @@ def build_app(config: DashboardConfig) -> Dash:
             else:
                 fig = map_figure(run.track, trace, best, cursor)
             return (fig, key, lap_figure(run.track, trace, best, cursor), decisions_figure(trace, cursor),
-                    _status(run, trace, best, mode))
+                    _status(run, trace, best, mode), now) + stamps
 
     return app
 

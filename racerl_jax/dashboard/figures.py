@@ -13,7 +13,7 @@ import numpy as np
 
 from racerl_jax.dashboard.data import Run, Trace, Track
 
-MAP_POINTS = 800  # driven-line markers drawn on the map at most (SVG markers are what costs)
+MAP_POINTS = 500  # driven-line markers drawn on the map at most (SVG markers are what costs)
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 GREY = "#9a9a9a"
 
@@ -98,7 +98,7 @@ def map_moving(trace: Trace | None, best: Trace | None, cursor: int | None) -> l
     """Map traces 3-6: best lap, driven line, car, safety events."""
     out = [{"type": "scatter", "mode": "lines", "x": arr(best["x"] if best else []),
             "y": arr(best["y"] if best else []), "name": "best lap", "hoverinfo": "skip",
-            "line": {"color": "#bbbbbb", "width": 3}}]
+            "line": {"color": "#c8c8c8", "width": 2}}]
     if trace is None or len(trace) == 0:
         return out + [{"type": "scatter", "x": [], "y": [], "name": n} for n in ("driven line", "car", "safety")]
     n = len(trace)
@@ -219,7 +219,7 @@ PANELS = (
     ("critic loss", ("critic_loss",)),
     ("actor loss", ("actor_loss",)),
     ("entropy coefficient", ("alpha",)),
-    ("learning-rate factor", ("lr_scale",)),
+    ("learning rate", ("lr_scale",)),
     ("env steps / s", ("env_steps_per_s",)),
     ("updates / s", ("updates_per_s",)),
 )
@@ -249,9 +249,11 @@ def training_figure(runs: Sequence[Run], x_key: str) -> dict:
                                       "font": {"size": 11}})
         for i, run in enumerate(runs):
             color = COLORS[i % len(COLORS)]
+            # the logged factor times the run's base learning rate (the factor alone without one)
+            scale = _base_lr(run) if keys == ("lr_scale",) else 1.0
             for j, key in enumerate(keys):
                 pts = [(m.get(x_key), m.get(key)) for m in run.metrics]
-                pts = [(a, b) for a, b in pts if isinstance(a, (int, float)) and isinstance(b, (int, float))]
+                pts = [(a, b * scale) for a, b in pts if isinstance(a, (int, float)) and isinstance(b, (int, float))]
                 if not pts:
                     continue
                 xs, ys = zip(*pts)
@@ -271,6 +273,12 @@ def training_figure(runs: Sequence[Run], x_key: str) -> dict:
     layout["xaxis7"]["title"] = layout["xaxis8"]["title"] = layout["xaxis9"]["title"] = {"text": X_KEYS[x_key],
                                                                                         "font": {"size": 10}}
     return {"data": data, "layout": layout}
+
+
+def _base_lr(run: Run) -> float:
+    cfg = run.config.value if isinstance(run.config.value, dict) else {}
+    lr = (cfg.get("crossq") or {}).get("learning_rate") if isinstance(cfg.get("crossq"), dict) else None
+    return float(lr) if isinstance(lr, (int, float)) and lr > 0 else 1.0
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:

@@ -73,7 +73,7 @@ def _count(page, graph: str, trace: str) -> int:
     return page.evaluate(JS_COUNT, [graph, trace])
 
 
-def test_the_page_shows_the_recording_on_the_map_and_follows_telemetry_and_metrics_as_they_are_written(server):
+def test_the_page_shows_the_recording_follows_telemetry_and_metrics_as_they_are_written_and_replays_laps(server):
     sync_api = _need_browser()
     with sync_api.sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(str(server["tmp"] / "profile"), executable_path=CHROMIUM,
@@ -113,5 +113,14 @@ def test_the_page_shows_the_recording_on_the_map_and_follows_telemetry_and_metri
             assert shot.stat().st_size > 10_000
             if os.environ.get("RACERL_DASHBOARD_SCREENSHOT"):  # e.g. docs/img/dashboard.png for the README
                 shutil.copyfile(shot, os.environ["RACERL_DASHBOARD_SCREENSHOT"])
+
+            # replay: the recorded episode, then the evaluation laps, one slider step each
+            page.get_by_text("replay", exact=True).click()
+            label = "() => document.getElementById('item-label').innerText"
+            page.wait_for_function(f"() => ({label})().startsWith('episode 0 (5 in all)')", timeout=10_000)
+            page.locator("#item [role=slider]").first.focus()
+            page.keyboard.press("ArrowRight")
+            page.wait_for_function(f"() => ({label})().startsWith('eval 0 @ 10000 steps, lap 1')", timeout=10_000)
+            page.wait_for_function(f"() => ({JS_COUNT})(['lap', 'this lap']) > 500", timeout=10_000)  # a whole lap
         finally:
             ctx.close()
