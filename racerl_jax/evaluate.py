@@ -721,8 +721,9 @@ def build_parser():
                    "CarRacing: 0 keeps the track it serves)")
     p.add_argument("--track", default="", help="a track (bundled name or TUM CSV) in place of the run's: on the "
                    "game, its centre line when it serves none")
+    # argparse formats help strings with %: the percent sign is doubled.
     p.add_argument("--max-steps", type=int, default=d.max_steps,
-                   help=f"control steps per driver at most (0: the laps at {SLOW_PACE:.0%} of the reference pace)")
+                   help=f"control steps per driver at most (0: the laps at {SLOW_PACE:.0%}% of the reference pace)")
     p.add_argument("--out", default=d.out, help="where report.json and the plots go (default: "
                    "<run dir>/eval-<backend>-<time>)")
     p.add_argument("--seed", type=int, default=d.seed)
