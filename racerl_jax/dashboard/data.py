@@ -141,6 +141,10 @@ class StepLog:
         self.events: list[tuple[int, str]] = []
         self.episodes: list[tuple[object, int]] = []  # (episode id, first row)
         self.ends: dict[int, str] = {}  # row -> why the episode ended
+        self.fastest: tuple[float, int, int] | None = None  # (lap time, first row, row after) of the fastest lap
+        self._scanned = 0  # rows looked at for start-line crossings
+        self._lap_from: int | None = None  # the row where the lap being driven started
+        self._starts: set[int] = set()  # first rows of episodes
 
     def __len__(self) -> int:
         return len(self.rows["w"])
@@ -148,6 +152,29 @@ class StepLog:
     def _start(self, ep: object) -> None:
         if not self.episodes or self.episodes[-1][0] != ep:
             self.episodes.append((ep, len(self)))
+            self._starts.add(len(self))
+
+    def scan_laps(self, length: float) -> None:
+        """The laps driven in the stream, start line to start line within an episode (lap distance
+        drops by more than half a lap where the car crosses it); keeps the fastest. Looks at the
+        rows added since the last call only."""
+        d, t, w = self.rows["dist"], self.rows["t"], self.rows["w"]
+        for j in range(self._scanned, len(self)):
+            if j in self._starts:
+                self._lap_from = None
+            elif d[j - 1] - d[j] > 0.5 * length:
+                if self._lap_from is not None:
+                    a, b = (t[self._lap_from], t[j]) if math.isfinite(t[j] - t[self._lap_from]) else (w[self._lap_from], w[j])
+                    if self.fastest is None or b - a < self.fastest[0]:
+                        self.fastest = (b - a, self._lap_from, j)
+                self._lap_from = j
+        self._scanned = len(self)
+
+    def fastest_lap(self) -> Trace | None:
+        if self.fastest is None:
+            return None
+        lap_s, lo, hi = self.fastest
+        return _trace(f"fastest lap driven: {lap_s:.2f} s", self.rows, lo, hi, self.policy, self.events, lap_s)
 
     def add_steps(self, recs: list[dict]) -> None:
         """``steps.jsonl`` records (racerl_jax.run_log.StepLog)."""
@@ -328,6 +355,8 @@ class Run:
         self.steps.add_steps(steps)
         self.steps.add_telemetry(frames)
         self.steps.fill_distance(self.track, start)
+        if self.track is not None:
+            self.steps.scan_laps(self.track.length)
         return bool(steps or frames or again_s or again_t)
 
     def _read_best_npz(self) -> bool:
@@ -370,13 +399,14 @@ class Run:
         return "training run" if self.config.value is not None or self.metrics else "empty"
 
     def best_lap(self) -> Trace | None:
-        """The fastest clean lap: of the evaluations, else best_lap.npz."""
+        """The fastest clean lap of the evaluations, else best_lap.npz, else the fastest lap driven
+        in the step stream (a recording, or a game run before its first clean evaluation lap)."""
         laps = [t for t in self.laps if math.isfinite(t.lap_s)]
         if laps:
             return min(laps, key=lambda t: t.lap_s)
         if self.best_npz is not None:
             return self.best_npz
-        return None
+        return self.steps.fastest_lap()
 
     def limit_s(self) -> float:
         if self.track is not None and math.isfinite(self.track.limit_s):

@@ -121,3 +121,19 @@ def test_figures_draw_the_runs_metrics_with_the_learning_rate_and_list_the_confi
         for f in (figures.map_figure(run.track, trace, best, None), figures.lap_figure(run.track, trace, best, 5),
                   figures.decisions_figure(trace, 5)):
             assert f["data"] or f["layout"]["annotations"]
+
+
+def test_the_fastest_lap_of_a_recording_is_found_from_start_line_to_start_line_within_an_episode(tmp_path, oval):
+    lap_frames = int(oval.length / 0.4)  # 20 m/s at 50 Hz
+    rec = synthetic.recording(tmp_path / "rec", 0, oval)
+    for i in range(2 * lap_frames + 10):  # from the line: one whole lap, then most of a second
+        rec.frame(synthetic.frame(oval, i))
+    half = int(oval.length / 2 / 0.5)
+    for i in range(half, half + lap_frames):  # a new, faster episode from half way: it crosses the line once
+        rec.frame(synthetic.frame(oval, i, episode=1, speed=25.0))
+    rec.close()
+    run = Run(tmp_path / "rec")
+    run.refresh()
+    best = run.best_lap()
+    assert best is not None and best.lap_s == pytest.approx(oval.length / 20.0, abs=0.05)
+    assert len(best) == pytest.approx(lap_frames, abs=2)
