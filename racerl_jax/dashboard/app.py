@@ -20,9 +20,10 @@ from typing import Any
 
 from dash import Dash, Input, Output, Patch, State, dcc, html, no_update
 
-from racerl_jax.dashboard.data import Run, Trace
-from racerl_jax.dashboard.figures import (X_KEYS, config_differences, decisions_figure, lap_figure, map_figure,
-                                          map_moving, training_figure)
+from racerl_jax.dashboard.data import Run
+from racerl_jax.dashboard.traces import Trace
+from racerl_jax.dashboard.figures import (X_KEYS, config_differences, current_lap, decisions_figure, lap_figure,
+                                          map_figure, map_moving, training_figure)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,8 +93,6 @@ def _status(run: Run, trace: Trace | None, best: Trace | None, mode: str) -> lis
             parts.append(f" · env steps: {int(last['env_steps'])}")
     lap = ""
     if trace is not None and len(trace):
-        from racerl_jax.dashboard.figures import current_lap
-
         seg = current_lap(trace, run.track) if mode == "live" else slice(0, len(trace))
         t = trace["t"][seg]
         now = float(t[-1] - t[0]) if len(t) else math.nan

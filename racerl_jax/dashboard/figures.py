@@ -11,7 +11,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from racerl_jax.dashboard.data import Run, Trace, Track
+from racerl_jax.dashboard.data import Run
+from racerl_jax.dashboard.track import Track
+from racerl_jax.dashboard.traces import Trace
 
 MAP_POINTS = 500  # driven-line markers drawn on the map at most (SVG markers are what costs)
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")

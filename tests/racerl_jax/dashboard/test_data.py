@@ -1,12 +1,11 @@
 import json
-import math
 import os
 
 import numpy as np
 import pytest
 
 from racerl_jax.dashboard import synthetic
-from racerl_jax.dashboard.data import Run, Track
+from racerl_jax.dashboard.data import Run
 
 
 @pytest.fixture(scope="module")
@@ -88,39 +87,6 @@ def test_the_server_side_reader_never_writes_into_the_run_dir(tmp_path, oval):
         run.refresh()
         run.live(100), run.replay(0), run.best_lap()
     assert _listing(tmp_path) == before
-
-
-def test_track_projection_follows_the_segments_between_the_track_files_points(oval):
-    track = Track(oval.track_doc())
-    d = np.linspace(0.0, 300.0, 301)
-    xy = np.array([oval.pose(v)[:2] for v in d])
-    np.testing.assert_allclose((track.project(xy[:, 0], xy[:, 1]) + 1.0) % track.length - 1.0, d, atol=0.05)
-    assert math.isnan(track.project(np.array([np.nan]), np.array([0.0]))[0])
-    with pytest.raises(ValueError, match="w_left"):
-        Track({"x": [0, 1, 2], "y": [0, 1, 0]})
-
-
-def test_figures_draw_the_runs_metrics_with_the_learning_rate_and_list_the_config_differences(tmp_path, oval):
-    from racerl_jax.dashboard import figures
-
-    runs = []
-    for name, lr in (("a", 3e-4), ("b", 1e-3)):
-        log, path = synthetic.training_run(tmp_path / name, oval, evals=1, steps=10, learning_rate=lr)
-        log.close()
-        runs.append(Run(path))
-        runs[-1].refresh()
-    fig = figures.training_figure(runs, "env_steps")
-    lr = [t for t in fig["data"] if t["name"] == "b: lr_scale"][0]
-    got = np.frombuffer(__import__("base64").b64decode(lr["y"]["bdata"]), "<f4")
-    np.testing.assert_allclose(got, 1e-3 * np.array([1.0, 0.99, 0.98]), rtol=1e-6)
-    names, rows = figures.config_differences(runs)
-    assert names == ["a", "b"] and rows == [["crossq.learning_rate", "0.0003", "0.001"]]
-    # every car view draws from a run without failing, and says when there is nothing to draw
-    for run in runs + [Run(tmp_path / "none")]:
-        trace, best = run.live(3000), run.best_lap()
-        for f in (figures.map_figure(run.track, trace, best, None), figures.lap_figure(run.track, trace, best, 5),
-                  figures.decisions_figure(trace, 5)):
-            assert f["data"] or f["layout"]["annotations"]
 
 
 def test_the_fastest_lap_of_a_recording_is_found_from_start_line_to_start_line_within_an_episode(tmp_path, oval):
