@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 
@@ -39,12 +40,21 @@ def make_trace(label: str, rows: dict[str, list], lo: int, hi: int, policy: list
     pol = None
     if policy is not None:
         seg = policy[lo:hi]
-        width = max((len(p) for p in seg), default=0)
-        if width:
+        try:
+            pol = np.array(seg, dtype=float)  # None (a non-finite action) reads as NaN
+        except ValueError:  # rows of different widths
+            pol = None
+        if pol is None or pol.ndim != 2:
+            width = max((len(p) for p in seg), default=0)
             pol = np.full((len(seg), width), np.nan)
             for i, p in enumerate(seg):
                 pol[i, :len(p)] = [np.nan if v is None else v for v in p]
-    ev = [(i - lo, r) for i, r in (events or []) if lo <= i < hi]
+        if pol.shape[1] == 0:
+            pol = None
+    # events are in row order: an hour of a game run holds 100k+ of them, a window a few
+    events = events or []
+    a, b = bisect.bisect_left(events, (lo, "")), bisect.bisect_left(events, (hi, ""))
+    ev = [(i - lo, r) for i, r in events[a:b]]
     return Trace(label, cols, pol, ev, lap_s)
 
 
