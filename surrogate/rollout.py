@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from surrogate.env import EnvParams, EnvState, RacingEnv, batch_reset, game_controls
-from surrogate.track import Track, interp, project_global, reference_xy
+from surrogate.track import Track, interp, project_path, reference_xy
 
 # policy(obs, state, key) -> action; the baseline reads the state, a learned agent the obs.
 Policy = Callable[[jax.Array, EnvState, jax.Array], jax.Array]
@@ -96,9 +96,6 @@ def lap_metrics(traj: dict[str, np.ndarray]) -> dict[str, float]:
     }
 
 
-_project_all = jax.jit(jax.vmap(project_global, in_axes=(None, 0, 0, 0)))
-
-
 def lap_trace(track: Track, x: np.ndarray, y: np.ndarray, dt: float) -> dict[str, np.ndarray]:
     """Where a driven stretch (poses ``x``, ``y`` one control period ``dt`` apart, in driving order)
     gains and loses time against the reference: per pose its distance along the centre line from
@@ -113,7 +110,8 @@ def lap_trace(track: Track, x: np.ndarray, y: np.ndarray, dt: float) -> dict[str
         raise ValueError(f"lap_trace: dt = {dt!r}; give the control period in seconds (> 0)")
     s_pts, length = np.asarray(track.s, np.float64), float(track.length)
     v_ref = np.maximum(np.asarray(track.ref_speed, np.float64), 0.1)
-    pos = _project_all(track, x, y, np.zeros_like(x))
+    # Pose by pose near the one before, as the env does: through a crossing the car keeps its branch.
+    pos = project_path(track, x, y)
     s = np.unwrap(np.asarray(pos.s, np.float64), period=length)
     # The reference's time point to point on its own line, at the mean of the two points' speeds.
     rx, ry = (np.asarray(a, np.float64) for a in reference_xy(track))

@@ -190,18 +190,10 @@ def _frenet_from(c0x, c0y, c1x, c1y, n0x, n0y, n1x, n1y, x, y):
     return t, lateral
 
 
-def _project_onto(track: Track, x, y, yaw, seg) -> TrackPos:
-    """Nearest of the candidate segments ``seg`` (int32 array) by point-to-segment distance,
-    then track coordinates from that segment or a neighbour (see ``_frenet``)."""
+def _project_from(track: Track, x, y, yaw, near) -> TrackPos:
+    """Track coordinates of a pose from segment ``near`` (the nearest of those searched) or a
+    neighbour (see ``_frenet``)."""
     m = track.x.shape[0]
-    seg = jnp.mod(seg, m)
-    nxt = (seg + 1) % m
-    ax, ay = track.x[seg], track.y[seg]
-    ex, ey = track.x[nxt] - ax, track.y[nxt] - ay
-    rx, ry = x - ax, y - ay
-    t = jnp.clip((rx * ex + ry * ey) / (ex * ex + ey * ey), 0.0, 1.0)
-    dx, dy = rx - t * ex, ry - t * ey
-    near = seg[jnp.argmin(dx * dx + dy * dy)]
     # Near a vertex the nearest segment may be the neighbour of the one whose normals enclose
     # the pose; the enclosing one has 0 <= t <= 1.
     cand = (near + jnp.array([0, -1, 1], jnp.int32)) % m
@@ -224,8 +216,62 @@ def project(track: Track, x, y, yaw, idx_hint, window: int = 16) -> TrackPos:
 
 
 def project_global(track: Track, x, y, yaw) -> TrackPos:
-    """Project a pose by searching every segment (for resets and checks)."""
-    return _project_onto(track, x, y, yaw, jnp.arange(track.x.shape[0], dtype=jnp.int32))
+    """Project a pose by searching every segment (for resets, teleports and checks).
+
+    Where the centre line crosses itself (an overpass) a car near the crossing is about as near
+    to both branches, and only its heading tells which it is on: of the stretches whose nearest
+    point lies within a track width of the nearest of all (each stretch's local minimum of the
+    distance), the one running closest to the car's ``yaw`` is chosen. On a track that does not
+    cross itself that is the nearest stretch for any car not facing backwards."""
+    m = track.x.shape[0]
+    seg = jnp.arange(m, dtype=jnp.int32)
+    nxt = (seg + 1) % m
+    ax, ay = track.x, track.y
+    ex, ey = track.x[nxt] - ax, track.y[nxt] - ay
+    rx, ry = x - ax, y - ay
+    t = jnp.clip((rx * ex + ry * ey) / (ex * ex + ey * ey), 0.0, 1.0)
+    dx, dy = rx - t * ex, ry - t * ey
+    dist = jnp.sqrt(dx * dx + dy * dy)
+    nearest = jnp.argmin(dist)
+    reach = dist[nearest] + track.w_left[nearest] + track.w_right[nearest]
+    stretch = (dist <= jnp.roll(dist, 1)) & (dist <= jnp.roll(dist, -1)) & (dist <= reach)
+    agree = jnp.where(stretch, jnp.cos(yaw - track.heading), -2.0)
+    # The nearest segment is itself a local minimum, so some stretch always qualifies.
+    return _project_from(track, x, y, yaw, jnp.argmax(agree).astype(jnp.int32))
+
+
+PATH_WINDOW = 32  # segments searched per pose by ``project_path``: twice the env's default
+
+
+def project_path(track: Track, x, y) -> TrackPos:
+    """Track coordinates of a driven stretch (poses in driving order, a control period or so
+    apart), each pose searched near the one before as the env does: a car driving through a
+    crossing (an overpass) stays on its own branch. The first pose, and any that jumped out of
+    the search window, are found globally, where the direction of travel tells the branches of a
+    crossing apart (for the first pose, that of its first metre). The heading error is that of the
+    direction of travel (from neighbouring poses). Shapes (n,)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    moved = np.flatnonzero(np.hypot(x - x[0], y - y[0]) > 1.0)
+    yaw0 = np.arctan2(y[moved[0]] - y[0], x[moved[0]] - x[0]) if moved.size else 0.0
+    travel = np.arctan2(np.gradient(y), np.gradient(x)) if x.size > 1 else np.zeros_like(x)
+    f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    return _project_path(track, f32(x), f32(y), f32(travel), jnp.float32(yaw0))
+
+
+@jax.jit
+def _project_path(track: Track, x, y, yaw, yaw0) -> TrackPos:
+    tables = single_tables(track, PATH_WINDOW)
+    start = project_global(track, x[0], y[0], yaw0)
+
+    def step(hint, pose):
+        near, here = project_tables(tables, 0, *pose, hint, PATH_WINDOW)
+        # A pose that jumped beyond the window (a game's dropped frames) is searched for
+        # globally, as the real-game env does.
+        lost = jnp.abs(near.lateral) > here.field("w_left") + here.field("w_right") + 5.0
+        pos = jax.lax.cond(lost, lambda: project_global(track, *pose), lambda: near)
+        return pos.idx, pos
+
+    return jax.lax.scan(step, start.idx, (x, y, yaw))[1]
 
 
 def arc_delta(track: Track, s_old, s_new):

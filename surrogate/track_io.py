@@ -96,6 +96,9 @@ def load_track(name_or_path: str | Path) -> TrackData:
 def validate_track(data: TrackData, source: str | None = None, rows: list[int] | None = None) -> TrackData:
     """Check a closed centre line; returns it with repeated consecutive points removed.
 
+    The line may cross itself at an angle (an overpass, as on Suzuka) but not run over itself
+    along a stretch (see ``_check_no_overlap``).
+
     ``rows`` maps point index to the line number in ``source`` so errors can point at the file.
     """
     src = source or data.name
@@ -120,40 +123,132 @@ def validate_track(data: TrackData, source: str | None = None, rows: list[int] |
         raise TrackFileError(
             f"{src}: {arr.shape[0]} distinct centre-line points; a closed track needs at least {MIN_POINTS}"
         )
-    hit = _first_self_intersection(arr[:, 0], arr[:, 1])
-    if hit is not None:
-        i, j = hit
-        raise TrackFileError(
-            f"{src}: the centre line crosses itself (segment from {where(i)} intersects segment from {where(j)}); "
-            "a track must be a simple closed loop"
-        )
+    _check_no_overlap(arr[:, 0], arr[:, 1], arr[:, 2] + arr[:, 3], src, where)
     return TrackData(data.name, arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy(), arr[:, 3].copy())
 
 
-def _first_self_intersection(x: np.ndarray, y: np.ndarray) -> tuple[int, int] | None:
-    """First pair (i, j) of non-adjacent closed-polyline segments that properly intersect."""
-    n = x.shape[0]
+# A centre line may cross itself at an angle: a bridge carries one part of the lap over another
+# (Suzuka's figure-eight). The env's projection searches only near the car's last position, so it
+# follows the car along its own branch through the crossing. What stays refused is a line that
+# runs over itself along a stretch (a stretch listed twice, a line that doubles back, a crossing
+# so shallow that both branches share the road for tens of metres): there two parts of the lap
+# lie on the same tarmac and nothing tells them apart.
+MIN_CROSSING_DEG = 25.0
+# Sharper than this between consecutive points the line reverses (a spike), whatever the spacing.
+MAX_TURN_DEG = 150.0
+# A crossing closes a loop; one shorter than this many track widths (a circle of one width's
+# radius) folds its own tarmac over itself: a knot in the data, not an overpass.
+MIN_LOOP_WIDTHS = 2.0 * math.pi
+
+
+def _check_no_overlap(x: np.ndarray, y: np.ndarray, width: np.ndarray, src: str, where) -> None:
+    """Raise TrackFileError where the closed line reverses, crosses itself at a shallow angle or in
+    a short loop, or runs within half the track's width of another of its stretches nearly
+    parallel to it; crossings at an angle pass."""
     p = np.stack([x, y], 1)
-    q = np.roll(p, -1, axis=0)
+    e = np.roll(p, -1, axis=0) - p
+    seg = np.hypot(e[:, 0], e[:, 1])
+    heading = np.arctan2(e[:, 1], e[:, 0])
+    # The turn at point i, from segment i - 1 to segment i.
+    turn = np.degrees(np.abs(np.angle(np.exp(1j * (heading - np.roll(heading, 1))))))
+    if turn.max() > MAX_TURN_DEG:
+        i = int(np.argmax(turn))
+        raise TrackFileError(
+            f"{where(i)}: the centre line turns back on itself here ({turn[i]:.0f} degrees between consecutive "
+            f"points; at most {MAX_TURN_DEG:.0f}); remove the stray point or fix the order of the rows"
+        )
+    s = chord_param(x, y)
+    length = s[-1]
+    for i, j, angle in _self_crossings(p, e, seg):
+        if angle < MIN_CROSSING_DEG:
+            raise TrackFileError(
+                f"{src}: the centre line crosses itself at {angle:.0f} degrees (segment from {where(i)} and "
+                f"segment from {where(j)}); a crossing (an overpass) must be at least {MIN_CROSSING_DEG:.0f} "
+                "degrees, a shallower one shares the road along a stretch: check for a stretch listed twice"
+            )
+        loop = min(s[j] - s[i], length - (s[j] - s[i]))
+        need = MIN_LOOP_WIDTHS * max(width[i], width[j])
+        if loop < need:
+            raise TrackFileError(
+                f"{src}: the centre line crosses itself after a loop of only {loop:.1f} m (segment from {where(i)} "
+                f"and segment from {where(j)}); a loop through an overpass must be at least {need:.0f} m "
+                f"({MIN_LOOP_WIDTHS:.1f} track widths): remove the knot from the file"
+            )
+    hit = _closest_overlap(p, e, seg, s, width)
+    if hit is not None:
+        i, j, dist, same_way = hit
+        raise TrackFileError(
+            f"{src}: the centre line runs over itself: {where(i)} lies {dist:.1f} m from the stretch at {where(j)}, "
+            f"which runs {'the same way' if same_way else 'the opposite way'} (tracks here are "
+            f"{width[i]:.1f} m wide); a track may cross itself at an angle (an overpass) but not share the road "
+            "along a stretch: check the file for a stretch listed twice or a line that doubles back"
+        )
+
+
+def _segment_cross(o, u, v):
+    return (u[..., 0] - o[..., 0]) * (v[..., 1] - o[..., 1]) - (u[..., 1] - o[..., 1]) * (v[..., 0] - o[..., 0])
+
+
+def _self_crossings(p: np.ndarray, e: np.ndarray, seg: np.ndarray) -> list[tuple[int, int, float]]:
+    """Every pair (i, j), i < j, of non-adjacent closed-polyline segments that cross, with the
+    acute angle between them in degrees."""
+    n = p.shape[0]
+    q = p + e
     idx = np.arange(n)
+    out = []
     for start in range(0, n, 256):
         i = idx[start : start + 256, None]
         j = idx[None, :]
         a, b = p[i[:, 0]][:, None, :], q[i[:, 0]][:, None, :]
         c, d = p[None, :, :], q[None, :, :]
-
-        def cross(o, u, v):
-            return (u[..., 0] - o[..., 0]) * (v[..., 1] - o[..., 1]) - (u[..., 1] - o[..., 1]) * (v[..., 0] - o[..., 0])
-
-        d1, d2 = cross(a, b, c), cross(a, b, d)
-        d3, d4 = cross(c, d, a), cross(c, d, b)
-        inter = (d1 * d2 < 0) & (d3 * d4 < 0)
+        # Half-open sides (> 0 against <= 0): a crossing through a vertex, as a file's rounding
+        # can leave one, counts once, for one of the two segments that share the vertex.
+        inter = ((_segment_cross(a, b, c) > 0) != (_segment_cross(a, b, d) > 0)) & (
+            (_segment_cross(c, d, a) > 0) != (_segment_cross(c, d, b) > 0))
         adjacent = (np.abs(i - j) <= 1) | (np.abs(i - j) == n - 1)
         inter &= ~adjacent & (j > i)
-        if inter.any():
-            ii, jj = np.argwhere(inter)[0]
-            return int(start + ii), int(jj)
-    return None
+        for ii, jj in np.argwhere(inter):
+            ii = int(start + ii)
+            sin = abs(e[ii, 0] * e[jj, 1] - e[ii, 1] * e[jj, 0]) / (seg[ii] * seg[jj])
+            out.append((ii, int(jj), math.degrees(math.asin(min(1.0, sin)))))
+    return out
+
+
+def _closest_overlap(p, e, seg, s, width) -> tuple[int, int, float, bool] | None:
+    """The closest pair of a point i lying within half its track width of a segment j that is far
+    from it along the lap and runs within MIN_CROSSING_DEG of parallel (or antiparallel) to the
+    line at i: (i, j, distance, whether j runs the same way); None if there is none. At a crossing
+    at an angle the nearby part of the other branch runs across, so it is never flagged."""
+    n = p.shape[0]
+    length = s[-1]
+    d_close = 0.5 * width
+    # Along a curve turning at most 180 degrees the straight-line distance is at least 2/pi of the
+    # arc: beyond this arc distance the line's own neighbourhood is farther than d_close.
+    exclude = 0.6 * math.pi * d_close
+    tangent = np.roll(p, -1, axis=0) - np.roll(p, 1, axis=0)
+    tangent /= np.hypot(tangent[:, 0], tangent[:, 1])[:, None]
+    sin_max = math.sin(math.radians(MIN_CROSSING_DEG))
+    worst = None
+    for start in range(0, n, 256):
+        rows = np.arange(start, min(n, start + 256))
+        r = p[rows][:, None, :] - p[None, :, :]
+        # A segment within d_close of the point starts within d_close plus its own length of it:
+        # a cheap filter before the exact distances.
+        near = r[..., 0] ** 2 + r[..., 1] ** 2 < (d_close[rows][:, None] + seg[None]) ** 2
+        a, j = np.nonzero(near)
+        i = rows[a]
+        rx, ry = r[a, j, 0], r[a, j, 1]
+        t = np.clip((rx * e[j, 0] + ry * e[j, 1]) / (seg[j] * seg[j]), 0.0, 1.0)
+        dist = np.hypot(rx - t * e[j, 0], ry - t * e[j, 1])
+        along = np.abs(s[i] - (s[j] + t * seg[j]))
+        along = np.minimum(along, length - along)
+        sin = np.abs(tangent[i, 0] * e[j, 1] - tangent[i, 1] * e[j, 0]) / seg[j]
+        bad = np.flatnonzero((dist < d_close[i]) & (along > exclude[i]) & (sin < sin_max))
+        if bad.size:
+            k = bad[np.argmin(dist[bad])]
+            if worst is None or dist[k] < worst[2]:
+                worst = (int(i[k]), int(j[k]), float(dist[k]), bool(tangent[i[k]] @ e[j[k]] > 0.0))
+    return worst
 
 
 # Before smoothing, centre lines are interpolated at this step (TUM's spline approximation does

@@ -279,3 +279,84 @@ def test_projection_edges_and_lookahead_jit_and_vmap_over_1000_cars():
     assert np.all(np.asarray(ok))  # |lat| <= 4 < half width - 0.5 everywhere on this track
     # Lookahead points lie ahead of the car, about d metres away.
     np.testing.assert_allclose(np.hypot(la["centre_dx"], la["centre_dy"])[:, 0], np.hypot(5.0, lat), rtol=0.1)
+
+
+# ---------------------------------------------------------------- a track that crosses itself
+
+SUZUKA = TUM_DIR / "Suzuka.csv"
+CROSSING_TRACKS = [
+    pytest.param("figure8", id="figure8"),
+    pytest.param(SUZUKA, id="Suzuka", marks=pytest.mark.skipif(
+        not SUZUKA.is_file(), reason=f"{SUZUKA} is absent (the TUM racetrack database beside the checkout)")),
+]
+
+
+def _on_line(t: Track, s: np.ndarray, lateral: float):
+    """Poses at arc lengths ``s`` (wrapping) ``lateral`` metres left of the centre line, heading along it."""
+    x, y, h = (np.asarray(a, np.float64) for a in (t.x, t.y, t.heading))
+    u = np.mod(s, float(t.length)) / float(t.ds)
+    i0 = np.floor(u).astype(int) % x.size
+    i1, f = (i0 + 1) % x.size, u - np.floor(u)
+    heading = h[i0] + f * np.angle(np.exp(1j * (h[i1] - h[i0])))
+    cx, cy = x[i0] * (1 - f) + x[i1] * f, y[i0] * (1 - f) + y[i1] * f
+    return cx - np.sin(heading) * lateral, cy + np.cos(heading) * lateral, heading
+
+
+def _crossing(t: Track) -> tuple[float, float]:
+    """Arc lengths of the two passes through the track's crossing: the closest pair of centre-line
+    points more than 100 m apart along the lap."""
+    x, y, s = (np.asarray(a, np.float64) for a in (t.x, t.y, t.s))
+    d = np.hypot(x[:, None] - x[None], y[:, None] - y[None])
+    gap = np.abs(s[:, None] - s[None])
+    d[np.minimum(gap, float(t.length) - gap) < 100.0] = np.inf
+    i, j = np.unravel_index(np.argmin(d), d.shape)
+    assert d[i, j] < float(t.ds), "the track does not cross itself"
+    return float(s[i]), float(s[j])
+
+
+@pytest.mark.parametrize("which", CROSSING_TRACKS)
+def test_a_car_driving_through_a_crossing_keeps_its_own_branch_on_both_passes(which):
+    t = make_track(load_track(which))
+    length = float(t.length)
+    # Both passes through the crossing and the first again; as many poses as _drive's other
+    # callers, so its compilation is shared.
+    s_true = _crossing(t)[0] - 60.0 + np.linspace(0.0, length + 120.0, N_STEPS)
+    f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    cx, cy = np.asarray(t.x, np.float64), np.asarray(t.y, np.float64)
+    # figure8 is 12 m wide (edges 6 m either side); Suzuka at least 7.8 m.
+    laterals = (-6.5, -3.5, 0.0, 3.5, 6.5) if which == "figure8" else (-3.5, 0.0, 3.5)
+    for lateral in laterals:
+        px, py, yaw = _on_line(t, s_true, lateral)
+        local, glob, travelled = _drive(t, f32(px), f32(py), f32(yaw))
+        np.testing.assert_array_less(np.abs(np.asarray(arc_delta(t, f32(np.mod(s_true, length)), local.s))), 0.05)
+        np.testing.assert_allclose(np.asarray(local.lateral), lateral, atol=0.02)
+        # Off track is judged on the car's own branch: 6.5 m off its centre line it is off, also
+        # where it is over the other branch's tarmac (below).
+        assert np.all(np.asarray(on_track(t, local)) == (abs(lateral) < 6.0))
+        assert float(travelled) == pytest.approx(s_true[-1] - s_true[0], abs=1.0)
+        # The global search, told the car's heading, agrees pose by pose.
+        np.testing.assert_array_less(np.abs(np.asarray(arc_delta(t, local.s, glob.s))), 2e-3)
+        if lateral:
+            # Off the centre line, some poses near the crossing are nearer the other branch's
+            # centre line than their own: the nearest point alone would jump branches.
+            dist = np.hypot(px[:, None] - cx[None], py[:, None] - cy[None])
+            nearest = np.argmin(dist, axis=1)
+            jump = np.abs(np.asarray(arc_delta(t, f32(np.asarray(t.s)[nearest]), f32(np.mod(s_true, length)))))
+            assert np.any(jump > 50.0)
+            if abs(lateral) > 6.0:
+                assert np.any((jump > 50.0) & (dist.min(axis=1) < 6.0))
+
+
+def test_at_a_crossing_the_global_search_takes_the_branch_the_car_heads_along():
+    t = make_track(load_track("figure8"))
+    s_a, s_b = _crossing(t)
+    for s_own, s_other in ((s_a, s_b), (s_b, s_a)):
+        for lateral in (0.0, 4.0, -4.0):
+            x, y, yaw = (float(v[0]) for v in _on_line(t, np.array([s_own]), lateral))
+            p = project_global_jit(t, x, y, yaw)
+            assert abs(float(arc_delta_jit(t, s_own, p.s))) < 0.5
+            assert float(p.lateral) == pytest.approx(lateral, abs=0.05)
+        # Facing along the other branch, the same spot on the centre line is that branch's.
+        x, y, _ = (float(v[0]) for v in _on_line(t, np.array([s_own]), 0.0))
+        _, _, yaw_other = _on_line(t, np.array([s_other]), 0.0)
+        assert abs(float(arc_delta_jit(t, s_other, project_global_jit(t, x, y, float(yaw_other[0])).s))) < 1.0
