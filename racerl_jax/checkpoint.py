@@ -20,10 +20,7 @@ import json
 import logging
 import os
 import shutil
-import signal
-import threading
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import jax
@@ -216,30 +213,3 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} not found: is {run_dir} a run dir written by racerl_jax.train?")
     return json.loads(path.read_text())
 
-
-class StopSignal:
-    """Context manager: SIGINT/SIGTERM set ``requested`` instead of killing the process, so the
-    training driver finishes its jitted chunk and saves. A second SIGINT interrupts at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.signum = signum
-
-    def __enter__(self) -> "StopSignal":
-        # Signal handlers can only be installed from the main thread; elsewhere the flag stays False.
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()

@@ -26,6 +26,7 @@ from racerl_jax import crossq, replay
 from racerl_jax.crossq import AgentState, CrossQConfig
 from racerl_jax.replay import ReplayBuffer, Transition
 from racerl_jax.envs import batched_step
+from racerl_jax.spot import SpotConfig
 
 # ----------------------------------------------------------------------------- shared pieces
 
@@ -422,7 +423,7 @@ class HostLoop:
 class TrainResult:
     carry: TrainCarry
     history: list[dict[str, float]]
-    stop_reason: str  # "steps", "wall_clock" or "signal"
+    stop_reason: str  # "steps", "wall_clock", "signal" or "spot" (racerl_jax.spot.INTERRUPTED: resume me)
 
 
 def train(
@@ -524,6 +525,7 @@ def drive(
     eval_every_env_steps: int | None = None,
     checkpoint_every_env_steps: int | None = None,
     checkpoint_every_seconds: float | None = None,
+    spot: SpotConfig | None = None,
     resume: bool = True,
     extra_config: Mapping[str, Any] | None = None,
     progress_metric: str = "episode_return",
@@ -544,13 +546,16 @@ def drive(
     ``extra_config`` (the calling command's settings) as config.json, orbax checkpoints of the
     carry every ``checkpoint_every_env_steps`` and every ``checkpoint_every_seconds`` of wall clock
     (whichever comes first: on the game a run of env steps can take an hour, and a hard kill loses
-    what came after the last checkpoint) and on SIGINT/SIGTERM, and resumption from the latest
-    checkpoint when ``resume``. ``eval_fn(agent)`` returns metrics merged into the
+    what came after the last checkpoint) and on a stop (``racerl_jax.spot``: SIGINT, SIGTERM, SIGBREAK,
+    and with ``spot`` a spot interruption notice, which ends the run with stop reason "spot"; a
+    rebalance recommendation only checkpoints), and resumption from the latest checkpoint when
+    ``resume``. ``eval_fn(agent)`` returns metrics merged into the
     history; ``progress_metric`` names the metric the progress bar shows.
     """
     from tqdm import tqdm
 
     from racerl_jax import checkpoint as ckpt
+    from racerl_jax import spot as spot_lib
     from racerl_jax.logs import RunLogger
 
     manager = logger = None
@@ -578,7 +583,7 @@ def drive(
                bar_format="{l_bar}{bar}| {elapsed}<{remaining} budget{postfix}" if by_time else None)
     stop_reason = "steps"
     latest: dict[str, float] = {}
-    with ckpt.StopSignal() as stop:
+    with spot_lib.StopSignal(spot) as stop:
         while env_steps < total_env_steps:
             iters = min(chunk_iterations, math.ceil((total_env_steps - env_steps) / num_envs))
             t0 = time.monotonic()
@@ -618,13 +623,14 @@ def drive(
                 refresh=False,
             )
             if stop.requested:
-                stop_reason = "signal"
+                stop_reason = stop.reason or "signal"
                 break
             if max_wall_seconds is not None and time.monotonic() - start >= max_wall_seconds:
                 stop_reason = "wall_clock"
                 break
             due_by_time = checkpoint_every_seconds is not None and time.monotonic() - last_ckpt_t >= checkpoint_every_seconds
-            if manager is not None and (due_by_time or (next_ckpt is not None and env_steps >= next_ckpt)):
+            due_by_notice = stop.take_checkpoint_request()
+            if manager is not None and (due_by_time or due_by_notice or (next_ckpt is not None and env_steps >= next_ckpt)):
                 manager.save(env_steps, carry)
                 next_ckpt = _next_multiple(env_steps, checkpoint_every_env_steps)
                 last_ckpt_t = time.monotonic()

@@ -26,6 +26,7 @@ from racerl_jax import crossq
 from racerl_jax.checkpoint import CONFIG_FILE, Checkpointer, read_config, write_json_atomic
 from racerl_jax.crossq import AgentState, CrossQConfig
 from racerl_jax.config_io import dataclass_from_dict, name_value_overrides
+from racerl_jax.spot import DEFAULT_METADATA_URL, EXIT_INTERRUPTED, INTERRUPTED, SpotConfig
 from racerl_jax.train_loop import scale_action
 from surrogate.car import MODELS, PARAM_NAMES, CarParams
 from surrogate.env import PEDALS, EnvConfig, EnvParams, RacingEnv, action_bounds, make_params
@@ -57,7 +58,7 @@ DEFAULT_REWARD = RewardWeights(progress=0.1, deviation=0.002, action_change=0.02
 # records them): a user resuming after a crash repeats what shaped the run, not every option.
 _PER_INVOCATION = ("budget_minutes", "resume", "run_dir", "total_env_steps", "progress", "eval_every_env_steps",
                    "eval_laps", "eval_max_steps", "checkpoint_every_env_steps", "checkpoint_every_minutes",
-                   "chunk_iterations")
+                   "chunk_iterations", "spot_metadata_url", "spot_poll_seconds")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +161,10 @@ class TrainConfig:
     # Also a checkpoint after this many minutes of wall clock since the last: what a hard kill (a
     # spot instance taken without notice, a power cut) can lose, on the game as on the surrogate.
     checkpoint_every_minutes: float = 10.0
+    # The EC2 instance metadata service the spot watcher polls (racerl_jax.spot); "" = off. Off AWS
+    # the first request fails within a second (in a thread) and the watcher turns itself off.
+    spot_metadata_url: str = DEFAULT_METADATA_URL
+    spot_poll_seconds: float = 5.0
     chunk_iterations: int = 100  # iterations per jitted call: the granularity of the budget check
     progress: bool = True
 
@@ -209,6 +214,7 @@ class TrainConfig:
         need(self.eval_max_steps >= 0, "eval_max_steps", "must be >= 0")
         need(self.checkpoint_every_env_steps >= 1, "checkpoint_every_env_steps", "must be >= 1")
         need(self.checkpoint_every_minutes > 0, "checkpoint_every_minutes", "must be > 0")
+        SpotConfig(self.spot_metadata_url, self.spot_poll_seconds)  # its own checks
         need(self.chunk_iterations >= 1, "chunk_iterations", "must be >= 1")
         if self.surrogate and self.track and self.backend == "surrogate":
             raise ValueError(
@@ -396,6 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every-env-steps", type=int, default=d.checkpoint_every_env_steps)
     p.add_argument("--checkpoint-every-minutes", type=float, default=d.checkpoint_every_minutes,
                    help="also checkpoint after this much wall clock since the last (bounds what a hard kill loses)")
+    p.add_argument("--spot-metadata-url", default=d.spot_metadata_url,
+                   help="EC2 instance metadata service polled for a spot interruption notice ('' = off; off AWS it "
+                   f"turns itself off after one failed probe); a notice, SIGTERM or SIGINT checkpoints and exits "
+                   f"with status {EXIT_INTERRUPTED}: run the same command with --resume to continue")
+    p.add_argument("--spot-poll-seconds", type=float, default=d.spot_poll_seconds)
     p.add_argument("--chunk-iterations", type=int, default=d.chunk_iterations, help="iterations per jitted call")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -730,6 +741,7 @@ def _driver_options(cfg: TrainConfig, run_dir: Path, t_start: float, evaluator: 
     return dict(max_wall_seconds=max(remaining, 1.0), run_dir=run_dir, eval_fn=evaluator,
                 eval_every_env_steps=cfg.eval_every_env_steps, checkpoint_every_env_steps=cfg.checkpoint_every_env_steps,
                 checkpoint_every_seconds=60.0 * cfg.checkpoint_every_minutes,
+                spot=SpotConfig(cfg.spot_metadata_url, cfg.spot_poll_seconds),
                 resume=cfg.resume, extra_config={"command": cfg.run_settings()}, progress_metric="eval_lap_s",
                 progress=cfg.progress, lr_schedule=cosine_decay(cfg.lr_final) if cfg.lr_final != 1.0 else None,
                 entropy_schedule=entropy_schedule(cfg))
@@ -818,18 +830,23 @@ def make_game_lap_drive(env: Any, loop: Any, steps: int, seed: int) -> Callable[
 
 def _finish(cfg: TrainConfig, run_dir: Path, t_start: float, result: Any, evaluator: LapEvaluator, track: Any,
             track_name: str, limit: float) -> dict[str, Any]:
-    """Final evaluation, plots, summary.json and the summary line."""
+    """Final evaluation, plots, summary.json and the summary line (without the evaluation and plots
+    when the run was interrupted)."""
     from racerl_jax.logs import METRICS_FILE, RunLogger
 
     agent = result.carry.agent
     env_steps, updates = int(agent.env_steps), int(agent.updates)
-    final = evaluator(agent)
-    logger = RunLogger(run_dir)
-    logger.log(env_steps, {"env_steps": env_steps, "updates": updates,
-                           "wall_s": time.monotonic() - t_start, **{f"eval_{k}": v for k, v in final.items()}})
-    logger.close()
-    curve = plot_learning_curve(run_dir / METRICS_FILE, run_dir / CURVE_PNG, limit)
-    lap_png = plot_best_lap(track, track_name, limit, evaluator, run_dir / BEST_LAP_PNG)
+    interrupted = result.stop_reason in INTERRUPTED
+    # Interrupted (a spot notice, a signal), the checkpoint is written and the seconds left belong to
+    # exiting: no final evaluation (on the game it drives laps) and no plots.
+    final = None if interrupted else evaluator(agent)
+    if final is not None:
+        logger = RunLogger(run_dir)
+        logger.log(env_steps, {"env_steps": env_steps, "updates": updates,
+                               "wall_s": time.monotonic() - t_start, **{f"eval_{k}": v for k, v in final.items()}})
+        logger.close()
+        curve = plot_learning_curve(run_dir / METRICS_FILE, run_dir / CURVE_PNG, limit)
+        lap_png = plot_best_lap(track, track_name, limit, evaluator, run_dir / BEST_LAP_PNG)
 
     best = evaluator.best_lap_s
     summary = {
@@ -845,12 +862,17 @@ def _finish(cfg: TrainConfig, run_dir: Path, t_start: float, result: Any, evalua
         "invocation": {k: v for k, v in cfg.to_dict().items() if k in _PER_INVOCATION},
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"stopped ({result.stop_reason}) after {env_steps} env steps, {updates} updates, "
-          f"{summary['wall_min']:.1f} min; final evaluation: lap {final['lap_s']:.2f} s, "
-          f"clean-lap rate {final['clean_lap_rate']:.2f}, deviation from the reference line {final['ref_deviation_m']:.2f} m, "
-          f"action change {final['action_change']:.4f}")
     best_agent = f"; best agent: {run_dir / BEST_AGENT_DIR}" if (run_dir / BEST_AGENT_DIR).is_dir() else ""
-    print(f"plots: {curve} {lap_png}; checkpoints: {run_dir / 'checkpoints'}{best_agent}")
+    if final is None:
+        print(f"interrupted ({result.stop_reason}) after {env_steps} env steps, {updates} updates, "
+              f"{summary['wall_min']:.1f} min; checkpoint written: {run_dir / 'checkpoints'}{best_agent}; exit status "
+              f"{EXIT_INTERRUPTED}: run the same command with --resume to continue")
+    else:
+        print(f"stopped ({result.stop_reason}) after {env_steps} env steps, {updates} updates, "
+              f"{summary['wall_min']:.1f} min; final evaluation: lap {final['lap_s']:.2f} s, clean-lap rate "
+              f"{final['clean_lap_rate']:.2f}, deviation from the reference line {final['ref_deviation_m']:.2f} m, "
+              f"action change {final['action_change']:.4f}")
+        print(f"plots: {curve} {lap_png}; checkpoints: {run_dir / 'checkpoints'}{best_agent}")
     print(summary_line(summary), flush=True)
     return summary
 

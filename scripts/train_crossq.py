@@ -7,6 +7,9 @@
 Writes config.json (the agent's config and the command's settings), checkpoints/, metrics.jsonl, tensorboard/, learning_curve.png,
 best_lap.png and summary.json to the run dir. The last line printed is
 first_clean_lap_min=<min> best_lap_s=<s> limit_s=<s> gap_pct=<%>.
+
+A spot interruption notice, SIGTERM or SIGINT (Windows: CTRL_BREAK, console close) checkpoints and
+exits with status 75 (racerl_jax.spot.EXIT_INTERRUPTED); the same command with --resume continues.
 """
 from __future__ import annotations
 
@@ -14,7 +17,10 @@ import time
 
 T_START = time.monotonic()  # before the imports: the budget and the first-lap time count them
 
+import sys  # noqa: E402
+
+from racerl_jax.spot import exit_code  # noqa: E402
 from racerl_jax.train_racing import main  # noqa: E402
 
 if __name__ == "__main__":
-    main(t_start=T_START)
+    sys.exit(exit_code(main(t_start=T_START)["stop_reason"]))
