@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import socket
 from typing import Sequence
 
 from racerl_jax.dashboard.app import DashboardConfig, serve
@@ -35,14 +35,20 @@ def parse_args(argv: Sequence[str] | None = None) -> DashboardConfig:
         raise SystemExit(f"python -m racerl_jax.dashboard: {e}") from None
 
 
+def check_port(host: str, port: int) -> None:
+    """Fail before building the app when the address cannot be served (taken, or not this machine's)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise SystemExit(f"python -m racerl_jax.dashboard: cannot serve on {host}:{port} ({e.strerror}); "
+                             "pick another --port (or --host)") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
-    try:
-        serve(config)
-    except OSError as e:  # the port is taken, or not ours to bind
-        print(f"python -m racerl_jax.dashboard: cannot serve on {config.host}:{config.port} ({e}); "
-              "pick another --port", file=sys.stderr)
-        return 2
+    check_port(config.host, config.port)
+    serve(config)
     return 0
 
 

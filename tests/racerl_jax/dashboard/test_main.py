@@ -21,3 +21,16 @@ def test_no_run_directory_is_a_usage_error(capsys):
     with pytest.raises(SystemExit):
         parse_args([])
     assert "RUN_DIR" in capsys.readouterr().err
+
+
+def test_a_port_in_use_is_refused_with_the_address_and_the_fix():
+    import socket
+
+    from racerl_jax.dashboard.__main__ import check_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit, match=f"cannot serve on 127.0.0.1:{port} .*pick another --port"):
+            check_port("127.0.0.1", port)
