@@ -5,6 +5,7 @@
    policy's action, the critics' value, the applied action, the pose, safety events). The env is
    wrapped to hand the loop what the game's env does (``last_frame``, ``applied_action``, safety
    reasons), so a record costs what it costs on the game. ``training_cost_pct`` is the loss of steps/s.
+   A surrogate run writes nothing per step, only each evaluation's drive: its time is printed too.
 2. Page load: a run directory written at 50 Hz (a host-loop step record each 20 ms, a metrics row
    each 2 s) for ``--seconds`` while the page is open in headless Chromium (Debian's ``chromium``,
    Playwright). The page's status line counts the steps logged; a MutationObserver in the page
@@ -87,6 +88,27 @@ def training_cost(steps: int, chunk: int = 250) -> tuple[float, float, float]:
         log.close()
     off, on = done[False] / spent[False], done[True] / spent[True]
     return off, on, 100.0 * (1.0 - on / off)
+
+
+def eval_record_ms(steps: int = 2400, repeats: int = 5) -> float:
+    """Milliseconds to write one evaluation's drive to eval_laps.jsonl (surrogate runs write
+    nothing per step: an evaluation of ``steps`` steps, two oval laps at 60% pace, every 20-40 s)."""
+    from racerl_jax import run_log
+
+    rng = np.random.default_rng(0)
+    lap = np.zeros(steps, bool)
+    lap[[steps // 2, steps - 1]] = True
+    traj = dict(x=rng.normal(size=steps) * 100, y=rng.normal(size=steps) * 100, speed=rng.random(steps) * 60,
+                action=rng.random((steps, 3)), lap_completed=lap, lap_time=np.where(lap, 35.0, np.nan),
+                lap_clean=lap, done=np.zeros(steps, bool))
+    with tempfile.TemporaryDirectory() as tmp:
+        log = run_log.EvalLapLog(tmp, dt=0.05)
+        t0 = time.perf_counter()
+        for k in range(repeats):
+            log.write(traj, 10_000 * k, 30.0 * k, 35.0)
+        ms = (time.perf_counter() - t0) / repeats * 1000.0
+        log.close()
+    return ms
 
 
 # ----------------------------------------------------------------------------- 2. page load
@@ -196,6 +218,9 @@ def main(argv=None) -> None:
     if args.cost_steps:
         off, on, pct = training_cost(args.cost_steps)
         print(f"host loop: {off:.1f} steps/s without the step log, {on:.1f} with it: training_cost_pct={pct:.2f}")
+        ms = eval_record_ms()
+        print(f"surrogate run: {ms:.1f} ms to write an evaluation's drive (2400 steps), "
+              f"{100 * ms / 1000 / 20:.3f}% of a 20-s evaluation period")
     frames, p95, cpu, lat = page_load(args.seconds, args.port or _free_port())
     lat = np.asarray(lat)
     print(f"page updates after a write: median {np.median(lat):.0f} ms, p95 {p95:.0f} ms, max {lat.max():.0f} ms "
