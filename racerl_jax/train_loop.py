@@ -293,13 +293,19 @@ class HostLoop:
     first env is recorded: the policy's and the applied action, the critics' value, safety events."""
 
     def __init__(self, env: Any, config: CrossQConfig, seed: int = 0, updates_per_step: int | None = None,
-                 step_log: Any = None) -> None:
+                 step_log: Any = None, random_warmup: bool = True, update_fn: Callable | None = None) -> None:
+        """``random_warmup``: uniform random actions before ``config.learning_starts`` env steps
+        (False: the policy acts from the first step and learning waits: a fine-tune seeds its buffer
+        with the agent's own laps). ``update_fn``: in place of the plain updates, with the signature
+        of ``_maybe_update`` (a fine-tune's that mixes in surrogate transitions)."""
         import gymnasium as gym
         from gymnasium.vector import AutoresetMode, VectorEnv
 
         self.env = env
         self.config = config
         self.step_log = step_log
+        self.random_warmup = random_warmup
+        self.update_fn = _host_updates if update_fn is None else update_fn
         self.vector = isinstance(env, VectorEnv)
         self.same_step = False
         space = env.single_action_space if self.vector else env.action_space
@@ -380,7 +386,7 @@ class HostLoop:
         while steps < num_env_steps:
             key, k_act = jax.random.split(key)
             value = None
-            if int(agent.env_steps) < config.learning_starts:
+            if self.random_warmup and int(agent.env_steps) < config.learning_starts:
                 action = np.asarray(jax.random.uniform(k_act, (self.num_envs, self.action_size), jnp.float32, -1.0, 1.0))
             elif self.step_log is not None:
                 action, value = (np.asarray(a) for a in act_and_value(agent, jnp.asarray(self.obs), k_act))
@@ -401,8 +407,8 @@ class HostLoop:
                 )
                 buffer = _host_insert(buffer, batch)
                 agent = agent.replace(env_steps=agent.env_steps + n_valid)
-                agent, metrics = _host_updates(agent, buffer, self.updates_per_step * n_valid // self.num_envs, config,
-                                               jnp.float32(lr_scale), jnp.float32(entropy_shift))
+                agent, metrics = self.update_fn(agent, buffer, self.updates_per_step * n_valid // self.num_envs, config,
+                                                jnp.float32(lr_scale), jnp.float32(entropy_shift))
             done = (term | trunc) & valid
             self.running_return += np.where(valid, reward, 0.0)
             for i in np.flatnonzero(done):
@@ -465,15 +471,18 @@ def train_host(
     total_env_steps: int,
     seed: int = 0,
     chunk_env_steps: int = 500,
+    agent: AgentState | None = None,
     **driver: Any,
 ) -> TrainResult:
     """Train CrossQ with a :class:`HostLoop` (a Gymnasium env, the real game) under the same
-    driver as :func:`train`: budget, evaluation, logs, checkpoints of agent and buffer, resume;
+    driver as :func:`train`: budget, evaluation, logs, checkpoints of agent and buffer, resume
+    (a fresh agent, or ``agent`` to go on training one: a fine-tune);
     with a ``run_dir``, every step in ``steps.jsonl`` (``racerl_jax.run_log.StepLog``) unless the
     loop already has a step log."""
     _check_totals(total_env_steps, loop.num_envs, 1)
     key, k_agent = jax.random.split(jax.random.PRNGKey(seed))
-    agent = crossq.init_agent(k_agent, loop.obs_size, loop.action_size, loop.config)
+    if agent is None:
+        agent = crossq.init_agent(k_agent, loop.obs_size, loop.action_size, loop.config)
     carry = HostCarry(agent=agent, buffer=loop.init_buffer(), key=key)
 
     def run(carry: HostCarry, iterations: int, lr_scale: float = 1.0,
