@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from array import array
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,8 +33,8 @@ class Trace:
         return self.cols[key]
 
 
-def make_trace(label: str, rows: dict[str, list], lo: int, hi: int, policy: list | None = None,
-           events: list | None = None, lap_s: float = math.nan) -> Trace:
+def make_trace(label: str, rows: dict, lo: int, hi: int, policy: list | None = None,
+               events: list | None = None, lap_s: float = math.nan) -> Trace:
     cols = {k: np.asarray(rows[k][lo:hi], float) for k in COLUMNS}
     t = cols["t"] if np.isfinite(cols["t"]).all() and len(cols["t"]) else cols["w"]
     cols["t"] = t - t[0] if len(t) else t
@@ -63,7 +64,8 @@ class StepLog:
     growable columns, split into episodes."""
 
     def __init__(self) -> None:
-        self.rows: dict[str, list] = {k: [] for k in COLUMNS}
+        # float64 arrays, not lists: an hour at 50 Hz is 180k rows, 14 MB here against 60 MB of floats
+        self.rows: dict[str, array] = {k: array("d") for k in COLUMNS}
         self.policy: list[list] = []
         self.events: list[tuple[int, str]] = []
         self.episodes: list[tuple[object, int]] = []  # (episode id, first row)
