@@ -34,6 +34,7 @@ from bridge.recorder import read_run
 from surrogate import fit as F
 from surrogate.car import PARAM_UNITS, car_params_to_dict
 from surrogate.fit_data import FitData, FitDataError, prepare
+from surrogate.fit_regimes import format_regime_errors
 from surrogate.surrogate_file import save_surrogate
 
 SURROGATE_FILE = "surrogate.json"
@@ -89,13 +90,17 @@ def parse_args(argv=None) -> SurrogateFitConfig:
                         "fit's (0: the fitted grip)")
     p.add_argument("--no-residual", action="store_true", help="skip the learned residual")
     p.add_argument("--no-one-step", action="store_true", help="skip the one-step comparison fit")
+    p.add_argument("--balance", action="store_true",
+                   help="weigh every regime (pedal x steering x speed band) alike when drawing training windows, "
+                        "instead of in proportion to the time the recordings spent in it")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     try:
         fit = F.FitConfig(steps=a.steps, delay_starts=a.delay_starts, residual_steps=a.residual_steps, batch=a.batch,
                           starts=a.starts, horizon_s=a.horizon_s, max_delay=a.max_delay, residual=not a.no_residual,
-                          one_step=not a.no_one_step, seed=a.seed, grip_tolerance=a.grip_tolerance)
+                          one_step=not a.no_one_step, seed=a.seed, grip_tolerance=a.grip_tolerance,
+                          balance=a.balance)
         return SurrogateFitConfig(runs=tuple(a.runs), out=a.out, track=a.track, val_fraction=a.val_fraction,
                                   stride=a.stride, fit=fit, progress=not a.no_progress)
     except ValueError as e:
@@ -212,6 +217,7 @@ def report_text(result: F.FitResult, data: FitData) -> str:
         sp = best.spread.get(field)
         rows.append(f"  {field:<20} {float(getattr(best.car, field)):12.5g} {unit:<10}"
                     + (f" +-{100 * sp:.1f}%" if sp is not None else ""))
+    rows.append(format_regime_errors(best.val["regimes_1s"], 1.0))
     if data.stats.dropped:
         rows.append("left out: " + ", ".join(f"{k} {v}" for k, v in sorted(data.stats.dropped.items())))
     return "\n".join(rows)

@@ -18,6 +18,11 @@ Drivers (--policy):
             (Ornstein-Uhlenbeck, smooth, the default), gaussian (white) or none, of standard
             deviation --noise-scale. For a car you know (or have fitted): a car weaker than the one
             it plans for leaves the track.
+  agent     a trained driver (--agent RUN_DIR: a run dir, its best_agent/ or a checkpoint), with
+            its run's observation settings, control period (--dt is ignored) and pedals, plus the
+            exploration noise of --noise (as the baseline; --noise none for the agent alone). It
+            goes where the driver trained on a fit goes: record it on the game and fit again
+            (step 4 of the loop below).
   random    uniform random steering and pedal every control step (pedal biased forwards so the
             car moves); for a first look at a game, not for a good fit.
 
@@ -50,6 +55,11 @@ The loop for a game whose car nobody knows:
      the fitted car:               record_telemetry.py --policy baseline --car runs/fit-game/car.json \\
                                        --minutes 10 --run-dir runs/rec-game-2
      and fit both recordings together (train_surrogate.py runs/rec-game runs/rec-game-2 ...).
+  4. train on the fit (train_crossq.py --backend surrogate --surrogate runs/fit-game/surrogate.json),
+     record that driver on the game where it differs from the fit:
+                                   record_telemetry.py --policy agent --agent runs/crossq-... \
+                                       --minutes 5 --run-dir runs/rec-game-agent
+     and fit all recordings together again, then train on the new fit.
 --car takes a JSON object of surrogate.car.CarParams fields (any subset; the rest keep the
 defaults); the probe ignores it (it plans nothing for a car).
 
@@ -78,8 +88,11 @@ from bridge import protocol as P
 from bridge.client import BridgeUnavailable
 from bridge.recorder import Recorder
 from bridge.sdk import DEFAULT_LOCKSTEP_ADDRESS, DEFAULT_PUB_ADDRESS, DEFAULT_PULL_ADDRESS
+from racerl_jax.agent_driver import AgentDriver
 from racerl_jax.probe import ProbeConfig, ProbePolicy
+from racerl_jax.saved_agent import AgentError
 from racerl_jax.config_io import name_value_overrides
+from racerl_jax.envelope import Envelope, envelope_table
 from racerl_jax.real_env import RealEnvConfig, RealGameEnv, telemetry_from
 from surrogate.baseline import BaselineParams, baseline_action, baseline_params_for
 from surrogate.car import CarParams, car_params_from_dict
@@ -94,6 +107,7 @@ class Config:
     telemetry: str = DEFAULT_PUB_ADDRESS
     actions: str = DEFAULT_PULL_ADDRESS
     policy: str = "probe"
+    agent: str = ""  # --policy agent: the trained driver (a run dir, its best_agent/ or a checkpoint)
     noise: str = "ou"
     noise_scale: float = 0.15
     noise_theta: float = 2.0  # 1/s: how fast the OU noise reverts to zero (correlation time 1/theta)
@@ -120,6 +134,9 @@ class Config:
                   (self.episodes is None or self.episodes >= 1, f"--episodes {self.episodes}: expected >= 1"),
                   (self.steps is None or self.steps >= 1, f"--steps {self.steps}: expected >= 1"),
                   (0 < self.dt <= 0.2, f"--dt {self.dt}: expected a control period in (0, 0.2] s"),
+                  (self.policy != "agent" or bool(self.agent),
+                   "--policy agent needs --agent RUN_DIR (a training run, its best_agent/ or a checkpoint)"),
+                  (self.policy == "agent" or not self.agent, f"--agent is for --policy agent (not {self.policy})"),
                   ]
         for ok, msg in checks:
             if not ok:
@@ -155,7 +172,7 @@ def _overrides(option: str, items: tuple[str, ...], cls) -> dict[str, float]:
     return name_value_overrides(option, items, cls, exclude=("dt", "seed", "cruise_s"))
 
 
-POLICIES = ("probe", "baseline", "random")
+POLICIES = ("probe", "baseline", "agent", "random")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -171,8 +188,11 @@ def parse(argv=None) -> Config:
     p.add_argument("--telemetry", default=d.telemetry, help="real time: the plugin's telemetry PUB address")
     p.add_argument("--actions", default=d.actions, help="real time: the plugin's action PULL address")
     p.add_argument("--policy", default=d.policy, choices=POLICIES,
-                   help="the driver: probe needs no car model (for a car nobody knows); baseline plans for --car")
-    p.add_argument("--noise", default=d.noise, choices=["ou", "gaussian", "none"], help="exploration noise (baseline)")
+                   help="the driver: probe needs no car model (for a car nobody knows); baseline plans for --car; "
+                        "agent is a trained driver (--agent)")
+    p.add_argument("--agent", default=d.agent, metavar="RUN_DIR",
+                   help="--policy agent: a training run dir, its best_agent/ or one of its checkpoints")
+    p.add_argument("--noise", default=d.noise, choices=["ou", "gaussian", "none"], help="exploration noise (baseline, agent)")
     p.add_argument("--noise-scale", type=float, default=d.noise_scale,
                    help="standard deviation of the noise on steer and on the pedal (throttle - brake)")
     p.add_argument("--noise-theta", type=float, default=d.noise_theta, help="OU mean-reversion rate, 1/s")
@@ -230,110 +250,36 @@ class Noise:
         return self.x.copy()
 
 
-# ----------------------------------------------------------------------------- envelope
-
-
-class Envelope:
-    """How much of the car's envelope a recording covers: every recorded step's telemetry (speed,
-    accelerations, yaw rate) and applied controls, weighted by the game time it lasted."""
-
-    FIELDS = (("speed", "m/s"), ("accel_long", "m/s^2"), ("accel_lat", "m/s^2"), ("yaw_rate", "rad/s"),
-              ("steer", ""), ("throttle", ""), ("brake", ""))
-
-    def __init__(self, speed_bin: float = 2.0, min_bin_s: float = 0.5):
-        self.speed_bin, self.min_bin_s = speed_bin, min_bin_s
-        self._rows: list[tuple[float, ...]] = []
-        self._w: list[float] = []
-        self.lo = {k: math.inf for k, _ in self.FIELDS}
-        self.hi = {k: -math.inf for k, _ in self.FIELDS}
-
-    def add(self, tel, controls, dt: float) -> None:
-        row = (float(tel.speed), float(tel.accel_long), float(tel.accel_lat), float(tel.yaw_rate),
-               *map(float, controls))
-        if not all(map(math.isfinite, row)) or not dt > 0:
-            return
-        self._rows.append(row)
-        self._w.append(dt)
-        for (k, _), v in zip(self.FIELDS, row):
-            self.lo[k], self.hi[k] = min(self.lo[k], v), max(self.hi[k], v)
-
-    def postfix(self) -> dict[str, str]:
-        """Short ranges for a progress bar."""
-        if not self._rows:
-            return {}
-        r = lambda k, f="{:.0f}": f"{f.format(self.lo[k])}..{f.format(self.hi[k])}"  # noqa: E731
-        return {"v": r("speed"), "ax": r("accel_long", "{:.1f}"), "ay": r("accel_lat", "{:.1f}"),
-                "steer": r("steer", "{:.2f}")}
-
-    def summary(self) -> dict:
-        if not self._rows:
-            return {"seconds": 0.0}
-        a, w = np.asarray(self._rows), np.asarray(self._w)
-        out: dict = {"seconds": round(float(w.sum()), 2)}
-        for j, (k, unit) in enumerate(self.FIELDS):
-            q = np.quantile(a[:, j], [0.05, 0.5, 0.95])
-            out[k] = {"unit": unit, "min": round(float(a[:, j].min()), 3), "p5": round(float(q[0]), 3),
-                      "p50": round(float(q[1]), 3), "p95": round(float(q[2]), 3), "max": round(float(a[:, j].max()), 3)}
-        v = a[:, 0]
-        nbins = max(1, int(math.ceil(v.max() / self.speed_bin)))
-        hist, edges = np.histogram(v, bins=nbins, range=(0.0, nbins * self.speed_bin), weights=w)
-        out["speed_histogram"] = {"bin_mps": self.speed_bin, "edges_mps": [round(float(e), 2) for e in edges],
-                                  "seconds": [round(float(h), 2) for h in hist]}
-        # share of the speed bins from rest to the top speed with at least min_bin_s of data
-        out["speed_coverage"] = round(float(np.mean(hist >= self.min_bin_s)), 3)
-        thr, brk, st = a[:, 5], a[:, 6], a[:, 4]
-        share = lambda m: round(float(w[m].sum() / w.sum()), 4)  # noqa: E731
-        out["time_share"] = {
-            "full_throttle": share(thr >= 0.95), "part_throttle": share((thr > 0.05) & (thr < 0.95)),
-            "coast": share((thr <= 0.05) & (brk <= 0.05)), "brake_light": share((brk > 0.05) & (brk < 0.5)),
-            "brake_hard": share((brk >= 0.5) & (brk < 0.9)), "brake_full": share(brk >= 0.9),
-            "steer_left": share(st > 0.05), "steer_right": share(st < -0.05)}
-        return out
-
-
-def envelope_table(env: dict) -> str:
-    """The envelope summary as a text table."""
-    if not env.get("seconds"):
-        return "envelope: nothing recorded"
-    lines = [f"envelope covered ({env['seconds']:.1f} s of game time):",
-             f"  {'quantity':<18}{'min':>9}{'p5':>9}{'median':>9}{'p95':>9}{'max':>9}"]
-    for k, unit in Envelope.FIELDS:
-        r = env[k]
-        name = f"{k} ({unit})" if unit else k
-        lines.append(f"  {name:<18}" + "".join(f"{r[q]:>9.2f}" for q in ("min", "p5", "p50", "p95", "max")))
-    h = env["speed_histogram"]
-    bins = " ".join(f"{h['edges_mps'][i]:g}-{h['edges_mps'][i + 1]:g}:{s:.0f}" for i, s in enumerate(h["seconds"]))
-    lines.append(f"  speed histogram (s per {h['bin_mps']:g} m/s bin): {bins}")
-    lines.append(f"  speed coverage: {100 * env['speed_coverage']:.0f}% of the bins from rest to the top speed "
-                 "hold >= 0.5 s")
-    lines.append("  time share: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in env["time_share"].items()))
-    return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------- recording
 
 
 def run(cfg: Config) -> dict:
     """Record until ``cfg.minutes`` of game time or ``cfg.episode_limit`` episodes; returns the
     summary (also written to summary.json)."""
-    car = CarParams()
+    driver = AgentDriver.load(cfg.agent) if cfg.policy == "agent" else None
+    car = driver.car if driver is not None else CarParams()
     if cfg.car:
         car = car_params_from_dict(json.loads(Path(cfg.car).read_text()))
+    # the agent acts at the control period it trained at
+    dt = driver.env_config.dt if driver is not None else cfg.dt
     budget_s = None if cfg.minutes is None else 60.0 * cfg.minutes
     # the guard against a game whose clock stalls: 1.5 x the budget's worth of control steps
-    max_steps = None if budget_s is None else int(math.ceil(1.5 * budget_s / cfg.dt))
+    max_steps = None if budget_s is None else int(math.ceil(1.5 * budget_s / dt))
     step_limit = cfg.step_limit
-    env_cfg = EnvConfig(dt=cfg.dt, max_episode_steps=step_limit if step_limit is not None else max_steps + 1)
+    env_cfg = dataclasses.replace(driver.env_config if driver is not None else EnvConfig(dt=dt),
+                                  max_episode_steps=step_limit if step_limit is not None else max_steps + 1)
     rcfg = RealEnvConfig(mode=cfg.mode, address=cfg.address, telemetry_address=cfg.telemetry,
                          action_address=cfg.actions, track_file=cfg.track, env=env_cfg, car=car)
     run_dir = Path(cfg.run_dir or f"runs/telemetry-{time.strftime('%Y%m%d-%H%M%S')}")
     rng = np.random.default_rng(cfg.seed)
     bp = dataclasses.replace(baseline_params_for(car), **cfg.baseline_overrides())
     drive = jax.jit(baseline_action)
-    noise = Noise(cfg.noise, cfg.noise_scale, cfg.noise_theta, cfg.dt, rng)
+    noise = Noise(cfg.noise, cfg.noise_scale, cfg.noise_theta, dt, rng)
 
     env = RealGameEnv(rcfg)
-    period = env.ticks * env.hello["dt"] if cfg.mode == "lockstep" else cfg.dt
+    period = env.ticks * env.hello["dt"] if cfg.mode == "lockstep" else dt
+    agent_act = driver.policy(env.action_space.low, env.action_space.high, env.observation_space.shape) \
+        if driver is not None else None
     probe = ProbePolicy(env.track, cfg.probe_config(period)) if cfg.policy == "probe" else None
     envelope = Envelope()
     rec = None
@@ -361,13 +307,16 @@ def run(cfg: Config) -> dict:
             jax.block_until_ready(drive(tr, project_global(tr, warm.x, warm.y, warm.yaw), warm, bp))
         source = f"{cfg.mode}:{cfg.address if cfg.mode == 'lockstep' else cfg.telemetry}"
         meta = {"recorded_by": "scripts/record_telemetry.py", "config": dataclasses.asdict(cfg),
-                "hello": env.hello, "control_period_s": cfg.dt, "ticks_per_step": env.ticks}
+                "hello": env.hello, "control_period_s": dt, "ticks_per_step": env.ticks}
+        if driver is not None:
+            meta["agent"] = {"checkpoint": str(driver.saved.checkpoint), "env_steps": driver.saved.step,
+                             "source": driver.saved.source}
         rec = Recorder(run_dir, source=source, track=env.track_reply(), meta=meta)
         ep = 0
         while (cfg.episode_limit is None or ep < cfg.episode_limit) and not spent():
             seed = cfg.seed if cfg.same_seed else cfg.seed + ep
             ep += 1
-            _, info = env.reset(seed=seed)
+            obs, info = env.reset(seed=seed)
             rec.frame(env.last_frame)
             frames, last_seq, last_t = frames + 1, env.last_frame["seq"], env.last_frame["t"]
             episodes += 1
@@ -384,9 +333,11 @@ def run(cfg: Config) -> dict:
                     a = np.asarray(drive(env.track, env.track_pos, env.last_telemetry, bp))
                     n = noise()
                     act = game_controls(env_action(a, "combined", xp=np) + n, "combined", xp=np)
+                elif cfg.policy == "agent":
+                    act = driver.with_noise(agent_act(obs), noise())
                 else:
                     act = game_controls(np.array([rng.uniform(-1, 1), rng.uniform(-0.5, 1.0)]), "combined", xp=np)
-                _, _, term, trunc, info = env.step(act)
+                obs, _, term, trunc, info = env.step(act)
                 steps_total += 1
                 i += 1
                 applied = info["applied_action"]
@@ -453,6 +404,9 @@ def main(argv=None) -> int:
     except BridgeUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except AgentError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.code
     ends = ", ".join(f"{k} {v}" for k, v in sorted(s["episode_ends"].items()))
     print(f"recorded {s['frames']} frames in {s['episodes']} episodes ({s['steps']} steps, {s['game_s']} s of game "
           f"time, {s['wall_s']} s) into {s['run_dir']}; rejected frames {s['rejected_frames']}; laps completed "

@@ -18,11 +18,9 @@ from racerl_jax import evaluate as ev
 from racerl_jax import train_racing as tr
 from racerl_jax.checkpoint import Checkpointer
 from racerl_jax.saved_agent import AgentError
-from surrogate.car import CarParams
-from surrogate.surrogate_file import save_surrogate
-from surrogate.track_io import TrackData, save_track
+from surrogate.track_io import save_track
 
-from tests.racerl_jax.test_train_racing import TINY
+from tests.racerl_jax.conftest import game_track
 
 LAST_LINE = re.compile(r"^clean_lap_rate=(\S+) mean_lap_s=(\S+) best_lap_s=(\S+) limit_s=(\S+) gap_pct=(\S+)$")
 # The kinematic game's yaw rate follows the steering within a tick: the baseline's yaw-rate
@@ -30,25 +28,9 @@ LAST_LINE = re.compile(r"^clean_lap_rate=(\S+) mean_lap_s=(\S+) best_lap_s=(\S+)
 BASELINE = ["--baseline-param", "yaw_rate_gain=0"]
 
 
-def _game_track() -> TrackData:
-    t = KinematicCarGame().track()
-    return TrackData(t["name"], *(np.asarray(t[k], np.float64) for k in ("x", "y", "w_right", "w_left")))
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A tiny training run (TINY's options, a few hundred env steps) on a fitted surrogate of the
-    kinematic example game: its circle, a car of its geometry, its 2-tick control period (0.04 s)
-    and one step of input delay. Its checkpoints hold the agent; it drove no clean lap, so it has
-    no best_agent/."""
-    tmp = tmp_path_factory.mktemp("evaluate")
-    fit = save_surrogate(tmp / "kinematic.json", "kinematic", CarParams(lf=1.25, lr=1.25, max_steer=0.5),
-                         _game_track(), delay_steps=1, dt=0.04, game_dt=0.02)
-    tiny = [a for i, a in enumerate(TINY) if a not in ("--track", "--model") and TINY[i - 1] not in ("--track", "--model")]
-    run = tmp / "run"
-    tr.main([*tiny, "--surrogate", str(fit), "--run-dir", str(run), "--total-env-steps", "400", "--seed", "0"])
-    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit())[-1] == "400"
-    return run
+@pytest.fixture
+def run_dir(kinematic_run):
+    return kinematic_run
 
 
 def _last_line(capsys) -> str:
@@ -311,7 +293,7 @@ def test_game_evaluation_in_real_time_steps_on_the_clock_at_the_runs_control_per
     th.start()
     out = tmp_path / "rt"
     circle = tmp_path / "circle.csv"  # the game's centre line as a file: --track on a surrogate-file run
-    save_track(_game_track(), circle)
+    save_track(game_track(), circle)
     try:
         t0 = time.monotonic()
         rc = ev.main(["--agent", str(run_dir), "--backend", "real", "--mode", "realtime", "--address",

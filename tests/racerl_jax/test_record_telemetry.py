@@ -94,6 +94,29 @@ def test_minutes_and_episodes_bound_the_recording_together(game_address, tmp_pat
     assert s["game_s"] == pytest.approx(4.0)
 
 
+def test_agent_policy_drives_at_its_runs_control_period_deterministically_and_with_noise(
+        game_address, kinematic_run, tmp_path, capsys):
+    # --dt 0.06 is not the run's: the agent acts at the 0.04 s (2 ticks) it trained at
+    common = ["--address", game_address, "--policy", "agent", "--agent", str(kinematic_run), "--episodes", "2",
+              "--steps", "60", "--same-seed", "--dt", "0.06", "--quiet"]
+    rc = rt.main([*common, "--noise", "none", "--run-dir", str(tmp_path / "plain")])
+    assert rc == 0
+    rec = read_run(tmp_path / "plain")
+    assert rec.meta["control_period_s"] == pytest.approx(0.04) and rec.meta["ticks_per_step"] == 2
+    assert rec.meta["config"]["policy"] == "agent" and rec.meta["agent"]["env_steps"] == 400
+    a, b = rec.episodes
+    assert np.allclose(np.diff(a.fields["t"]), 0.04)
+    # the same start and a deterministic agent: the same drive twice, and it does steer and press pedals
+    n = min(len(a), len(b))
+    np.testing.assert_allclose(a.fields["steer"][:n], b.fields["steer"][:n], atol=1e-6)
+    assert np.abs(a.fields["steer"][1:]).max() > 0 and (a.fields["throttle"][1:] + a.fields["brake"][1:]).max() > 0
+    rc = rt.main([*common, "--noise", "gaussian", "--noise-scale", "0.3", "--run-dir", str(tmp_path / "noisy")])
+    assert rc == 0
+    c, _ = read_run(tmp_path / "noisy").episodes
+    m = min(len(a), len(c))
+    assert not np.allclose(a.fields["steer"][1:m], c.fields["steer"][1:m])
+
+
 def test_bad_options_are_refused_with_the_option_named():
     with pytest.raises(ValueError, match="--noise-scale"):
         rt.parse(["--noise-scale", "-1"])
@@ -108,4 +131,8 @@ def test_bad_options_are_refused_with_the_option_named():
         rt.parse(["--probe-param", "grip=2"])
     with pytest.raises(ValueError, match="--probe-param.*edge_frac.*fraction"):
         rt.parse(["--probe-param", "edge_frac=2"])
+    with pytest.raises(ValueError, match="--policy agent needs --agent"):
+        rt.parse(["--policy", "agent"])
+    with pytest.raises(ValueError, match="--agent is for --policy agent"):
+        rt.parse(["--agent", "runs/x"])
     assert rt.main(["--minutes", "0"]) == 2  # the command says so and exits, without a traceback

@@ -119,3 +119,16 @@ def test_least_grip_lowers_an_unmeasured_grip_while_the_held_out_error_stays_wit
     assert not strict or strict["score"][1] <= strict["score"][0]
     with pytest.raises(ValueError, match="grip_tolerance"):
         F.FitConfig(grip_tolerance=2.0)
+
+
+def test_balanced_sampling_draws_rare_regimes_more_often_and_is_off_by_default(data):
+    from surrogate.fit_regimes import window_regimes
+
+    assert F.sampling_probabilities(data, F.FitConfig()) is None
+    p = F.sampling_probabilities(data, F.FitConfig(balance=True))
+    keys = window_regimes(data.train, data.max_delay, data.dt)["key"]
+    assert p.shape == (len(data.train),) and p.sum() == pytest.approx(1.0)
+    # the rarest regime (with enough windows to count whole) gets as much weight as the commonest
+    ks, counts = np.unique(keys, return_counts=True)
+    big, rare = ks[np.argmax(counts)], ks[np.argmin(np.where(counts >= 20, counts, 10**9))]
+    assert p[keys == big].sum() == pytest.approx(p[keys == rare].sum(), rel=1e-5)
