@@ -6,10 +6,15 @@ game (Gymnasium's CarRacing through the bridge, lockstep), each stage the user's
 3. ``train_crossq.py --backend surrogate --surrogate FIT/surrogate.json --budget-minutes T``
 4. ``evaluate.py --agent TRAIN --laps N --backend real`` (zero-shot on the game) and the same N laps
    in the surrogate (``--backend surrogate``).
+With ``--rounds R`` (R > 1) the driver of each round but the last drives the game for the recorder
+(``record_telemetry.py --policy agent --minutes A``), the fit is redone on every recording so far and
+a fresh driver trained on it: the loop that brings the fit to where the driver goes. Each round's
+driver is evaluated on the game (``round<r>/eval-real``); the last line is the last round's.
 With ``--control`` (the default) a second agent is trained the same way on the default car on the
 game's own track (no fit) and driven on the game too: the fit's worth is the difference.
 
     python benchmarks/sim_to_real.py [--record-minutes 10] [--train-minutes 20] [--laps 10] [--no-control]
+                                     [--rounds 2 --agent-minutes 5]
 
 Writes everything under ``--out`` (default runs/sim_to_real-<time>/) and ends with
 ``game_clean_lap_rate=<f> game_mean_lap_s=<f> surrogate_mean_lap_s=<f> transfer_gap_pct=<f> baseline_game_lap_s=<f>``
@@ -61,6 +66,9 @@ def main(argv=None) -> int:
     ap.add_argument("--laps", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-control", action="store_true", help="skip the unfitted default-car control")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="fit-train rounds; each round but the last records its driver on the game for the next fit")
+    ap.add_argument("--agent-minutes", type=float, default=5.0, help="game time recorded with each round's driver")
     ap.add_argument("--out", default="", help="default runs/sim_to_real-<time>")
     ap.add_argument("--fit-args", default="", help="extra train_surrogate.py options, e.g. '--grip-tolerance 0.05'")
     ap.add_argument("--train-args", default="", help="extra train_crossq.py options, e.g. '--num-envs 8' for a test")
@@ -73,15 +81,40 @@ def main(argv=None) -> int:
     extra = a.train_args.split()
     try:
         time.sleep(2.0)
-        rec, fit, train = out / "rec", out / "fit", out / "train"
+        rec = out / "rec"
         stage("record", [PY, "scripts/record_telemetry.py", "--policy", "probe", "--address", address, "--dt", "0.04",
                          "--minutes", str(a.record_minutes), "--same-seed", "--seed", "0", "--run-dir", str(rec),
                          "--quiet"], out / "record.log")
-        stage("fit", [PY, "scripts/train_surrogate.py", str(rec), "--out", str(fit), "--no-progress",
-                      *a.fit_args.split()], out / "fit.log")
-        stage("train", [PY, "scripts/train_crossq.py", "--backend", "surrogate", "--surrogate",
-                        str(fit / "surrogate.json"), "--budget-minutes", str(a.train_minutes), "--run-dir", str(train),
-                        "--seed", str(a.seed), "--no-progress", *extra], out / "train.log")
+        recordings = [rec]
+        rounds = []
+        for r in range(1, a.rounds + 1):
+            # round 1 keeps the single-round layout (out/fit, out/train)
+            base = out if r == 1 else out / f"round{r}"
+            base.mkdir(exist_ok=True)
+            fit, train = base / "fit", base / "train"
+            stage(f"fit (round {r})", [PY, "scripts/train_surrogate.py", *map(str, recordings), "--out", str(fit),
+                                       "--no-progress", *a.fit_args.split()], base / "fit.log")
+            stage(f"train (round {r})", [PY, "scripts/train_crossq.py", "--backend", "surrogate", "--surrogate",
+                                         str(fit / "surrogate.json"), "--budget-minutes", str(a.train_minutes),
+                                         "--run-dir", str(train), "--seed", str(a.seed), "--no-progress", *extra],
+                  base / "train.log")
+            if r < a.rounds:  # the last round's driver is evaluated below
+                where = base / "eval-real" if r > 1 else out / "round1-eval-real"
+                stage(f"evaluate round {r} on the game",
+                      [PY, "scripts/evaluate.py", "--agent", str(train), "--laps", str(a.laps), "--backend", "real",
+                       "--address", address, "--game-seed", "0", "--out", str(where), "--no-progress"],
+                      base / "eval-real-round.log")
+                rounds.append(json.loads((where / "report.json").read_text()))
+                agent_rec = out / f"rec-agent{r}"
+                stage(f"record the round-{r} driver", [PY, "scripts/record_telemetry.py", "--policy", "agent",
+                                                       "--agent", str(train), "--address", address,
+                                                       "--minutes", str(a.agent_minutes), "--same-seed", "--seed", "0",
+                                                       "--run-dir", str(agent_rec), "--quiet"],
+                      out / f"record-agent{r}.log")
+                recordings.append(agent_rec)
+        for r, rep_r in enumerate(rounds, 1):
+            print(f"round {r}: game clean_lap_rate={rep_r['agent']['clean_lap_rate']:.2f} "
+                  f"mean_lap_s={mean_clean(rep_r, 'agent'):.2f}", flush=True)
         reports = {}
         for backend in ("real", "surrogate"):
             where = out / f"eval-{backend}"
@@ -120,6 +153,8 @@ def main(argv=None) -> int:
     line = (f"game_clean_lap_rate={g['agent']['clean_lap_rate']:.2f} game_mean_lap_s={game_mean:.2f} "
             f"surrogate_mean_lap_s={sur_mean:.2f} transfer_gap_pct={100.0 * (game_mean / sur_mean - 1.0):.1f} "
             f"baseline_game_lap_s={mean_clean(g, 'baseline'):.2f}")
+    if rounds:
+        line += f" rounds={len(rounds) + 1} round1_game_clean_lap_rate={rounds[0]['agent']['clean_lap_rate']:.2f}"
     if control is not None:
         line += (f" control_game_clean_lap_rate={control['agent']['clean_lap_rate']:.2f} "
                  f"control_game_mean_lap_s={mean_clean(control, 'agent'):.2f}")
