@@ -112,7 +112,6 @@ def build_app(config: DashboardConfig) -> Dash:
     # serve_locally (the default, said here because it matters): the page's JavaScript comes from
     # the installed package, not a CDN, so the dashboard works with no internet.
     app = Dash(__name__, title="racerl-jax dashboard", serve_locally=True, update_title=None)
-    app.board = board  # for tests and the benchmark
     options = [{"label": f"{r.name}", "value": str(i)} for i, r in enumerate(board.runs)]
     first = next((i for i, r in enumerate(board.runs) if r.steps.episodes or r.evals), 0)
     app.layout = html.Div(style={"fontFamily": "sans-serif", "margin": "8px 16px"}, children=[
