@@ -384,7 +384,8 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
         reward=tc.reward, car=car))
     try:
         limit = float(env.reference.lap_time_s)
-        dt = env_cfg.dt
+        # Game time of a step: whole ticks in lockstep (the agent's period rounded to them), else the period.
+        dt = env.ticks * env.hello["dt"] if cfg.game_mode == "lockstep" and env.hello else env_cfg.dt
         lap_steps = int(math.ceil(limit / 0.6 / dt))  # a lap at 60% of the reference pace
         episode_steps = cfg.episode_steps or 2 * lap_steps
         if episode_steps != env.env_config.max_episode_steps:

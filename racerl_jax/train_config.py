@@ -1,0 +1,404 @@
+"""``train_crossq.py``'s settings: ``TrainConfig`` (one dataclass, its defaults measured and argued
+beside each field), what the saved config resolves to, the agent's ``CrossQConfig`` built from it,
+and the command line that maps onto it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+
+from bridge.sdk import DEFAULT_LOCKSTEP_ADDRESS, DEFAULT_PUB_ADDRESS, DEFAULT_PULL_ADDRESS
+from racerl_jax.crossq import CrossQConfig
+from racerl_jax.config_io import dataclass_from_dict, name_value_overrides
+from racerl_jax.spot import DEFAULT_METADATA_URL, EXIT_INTERRUPTED, SpotConfig
+from surrogate.car import MODELS
+from surrogate.env import PEDALS, action_bounds
+from surrogate.reward import RewardWeights
+from surrogate.surrogate_file import load_surrogate
+from surrogate.track_io import DEFAULT_TRACK
+
+# ----------------------------------------------------------------------------- config
+
+# Reward for training (surrogate/reward.py's weights with the choices argued in the report):
+# progress pays for distance, a leaving-the-track penalty worth ~35 m of progress, a small pull
+# towards the reference line that guides early exploration and costs nothing at the optimum.
+DEFAULT_REWARD = RewardWeights(progress=0.1, deviation=0.002, action_change=0.02, off_track=5.0, stuck=0.0, time=0.0,
+                               pedal_overlap=0.0)
+
+# Fields the command line does not set (reward weights, network widths) are still in the saved
+# config; fields that do not shape what is learned (how long, how often to evaluate or checkpoint,
+# how the run reports) may differ on resume and are not saved with the run's settings (summary.json
+# records them): a user resuming after a crash repeats what shaped the run, not every option.
+_PER_INVOCATION = ("budget_minutes", "resume", "run_dir", "total_env_steps", "progress", "eval_every_env_steps",
+                   "eval_laps", "eval_max_steps", "checkpoint_every_env_steps", "checkpoint_every_minutes",
+                   "chunk_iterations", "spot_metadata_url", "spot_poll_seconds")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``train_crossq.py`` does. Defaults, measured on the shared 2-core CPU (cpu preset,
+    128-wide networks, ~400 updates/s alone, 100-250 when shared):
+
+    - 32 envs and 16 updates per iteration (update-to-data 0.5): the updates are the bottleneck on
+      a CPU, extra envs are almost free and their random starts spread the data over the track;
+    - episodes of 1,000 steps (50 s) from random starts at up to half the reference speed: the
+      whole track is seen from the first minute, not only the part after the start line;
+    - learning after 2,000 random steps (about 60 iterations), evaluation every 10,000 env steps
+      (about every 20-40 s), checkpoints every 100,000;
+    - ``DEFAULT_REWARD`` above, CAPS smoothness of the policy (``smooth_temporal``, below), and a
+      learning rate that decays to a tenth over the budget (``lr_final``, below).
+    """
+
+    backend: str = "surrogate"
+    # --backend real: where the game's plugin serves (bridge defaults); --track is then the game's
+    # centre line when the game serves none
+    game_mode: str = "lockstep"
+    address: str = DEFAULT_LOCKSTEP_ADDRESS
+    telemetry_address: str = DEFAULT_PUB_ADDRESS
+    action_address: str = DEFAULT_PULL_ADDRESS
+    game_seed: int = -1  # >= 0: every game episode is reset with this seed (CarRacing: 0 keeps its served track)
+    track: str = ""  # bundled name or CSV path; "" = the bundled default (or the surrogate file's)
+    surrogate: str = ""  # fitted-surrogate JSON (car + track); "" = default car on --track
+    model: str = ""  # "dynamic" | "kinematic"; "" = dynamic (or the surrogate file's)
+    num_envs: int = 32
+    budget_minutes: float = 20.0  # wall clock of the whole command, compilation included
+    total_env_steps: int = 100_000_000  # a cap; the budget normally ends the run
+    run_dir: str = ""  # "" = runs/crossq-<track>-<time>
+    resume: bool = False
+    seed: int = 0
+    preset: str = ""  # "cpu" | "paper"; "" = cpu on a CPU backend, paper otherwise
+    updates_per_iter: int = 16  # gradient updates per iteration (one step of every env)
+    batch_size: int = 0  # 0 = the preset's
+    # Actor and critics; 0 = the preset's (the paper's 1e-3). On the oval two of three runs at
+    # 1e-3 had their critic loss jump a hundredfold and stopped lapping for 170k+ env steps; two
+    # seeds at 3e-4 lapped steadily and by 300k env steps were faster than the 1e-3 runs at 700k.
+    learning_rate: float = 3e-4
+    # The learning rate at the end of the budget (the wall clock's or --total-env-steps', whichever
+    # ends the run first) as a fraction of --learning-rate, reached on a cosine; 1 keeps it constant.
+    # Oval, seed 0, 874k env steps: constant, the last third's evaluation laps spread over
+    # 35.19-36.74 s (mean 35.80); decaying to 0.1 on a cosine over the same steps, 35.00-35.59 s
+    # (mean 35.26) and a best lap of 35.00 s against 35.19; linearly to 0, 35.16-36.66 s.
+    lr_final: float = 0.1
+    gamma: float = 0.99  # discount per control step (the paper's)
+    # The policy's entropy goal per action dimension, which the temperature tuning holds it at; -1
+    # is the paper's (minus the action size). Lower means less exploration noise: the paper's goal
+    # leaves a tanh-Gaussian's steering noise at about 9% of full lock, and the critics then value a
+    # noisy driver. Oval, 874k env steps, -3 against -1: seed 0 1.0% against 1.8%, seed 1 2.4%
+    # against 2.6%, but seed 2's critics collapsed at 260k; so the default stays the paper's.
+    entropy_per_action: float = -1.0
+    # The entropy goal per action dimension at the end of the budget, reached on the learning
+    # rate's cosine: explore as the paper does while the laps are found, then drive with less
+    # noise. None (the default) keeps --entropy-per-action throughout.
+    entropy_per_action_final: float | None = None
+    buffer_size: int = 0  # replay capacity in transitions; 0 = the preset's (1M)
+    learning_starts: int = 2_000  # env steps of uniform random actions before learning
+    # Gradient updates with plain batch norm in the critics and actor before batch renormalisation's
+    # corrections start; None (the default) = the preset's (cpu: 10k; paper: 100k, which is 200k env
+    # steps here).
+    renorm_warmup_steps: int | None = None
+    critic_hidden: tuple[int, ...] = ()  # () = the preset's
+    actor_hidden: tuple[int, ...] = ()
+    episode_steps: int = 1_000  # training episode limit (random starts cover the rest of the track)
+    car_spread: float = 0.0  # domain randomisation of the car parameters (fraction)
+    # With --surrogate: each car parameter randomised by at least this many times its fit
+    # uncertainty (the surrogate file's spread, capped at 0.5); 0 turns it off.
+    fit_spread: float = 1.0
+    # Training episodes that start from rest (the rest start anywhere at up to half the reference
+    # speed): evaluation laps and the game start from rest, and a policy that has rarely been
+    # there can sit on the line.
+    standing_starts: float = 0.25
+    action_overshoot: float = 0.0  # see CrossQConfig (0.1 made a 20-min oval run fail to learn once)
+    # How the policy works the pedals (surrogate.env.PEDALS); the game always gets its two. With the
+    # smoothed policy (below) the game's two pedals were driven together (both above 5% on 56% of
+    # the best lap's steps, braking against a 0.9 throttle); one axis cannot, and on the oval
+    # (seed 0, two runs sharing the CPU) it lapped clean at 60k env steps and reached 35.25 s by
+    # 340k, where two pedals needed 771k for 35.29 s. (Unsmoothed, one run each: 3.7% against 2.9%.)
+    pedals: str = "combined"
+    # CAPS smoothness of the policy (CrossQConfig.smooth_temporal / smooth_spatial). Oval, two seeds,
+    # sharing the CPU three at a time: at 0.5 the steering changed 60x less per step on the best
+    # lap (no more bang-bang), both seeds lapped (first at 102k and 70k env steps) and stayed
+    # stable (best 35.61 s and 36.90 s); without it seed 0 collapsed after 37.15 s (critics' loss
+    # 0.01 -> 10) and seed 1 had not lapped by 230k. 2.0 never lapped; 0.1 had not by 131k; adding
+    # smooth_spatial 0.5 had not by 202k.
+    smooth_temporal: float = 0.5
+    smooth_spatial: float = 0.0
+    # Float32 matrix products at full precision. GPUs default to TF32 (10-bit mantissa) for them:
+    # on an H100 three of four runs with TF32 critics collapsed within two minutes, the same
+    # settings at full precision learned as on the CPU (README). No effect on a CPU.
+    matmul_precision: str = "highest"
+    reward: RewardWeights = DEFAULT_REWARD
+    eval_every_env_steps: int = 10_000
+    eval_laps: int = 2  # laps an evaluation drives (the second is a flying lap)
+    eval_max_steps: int = 0  # 0 = enough for eval_laps at 60% of the reference pace
+    checkpoint_every_env_steps: int = 100_000
+    # Also a checkpoint after this many minutes of wall clock since the last: what a hard kill (a
+    # spot instance taken without notice, a power cut) can lose, on the game as on the surrogate.
+    checkpoint_every_minutes: float = 10.0
+    # The EC2 instance metadata service the spot watcher polls (racerl_jax.spot); "" = off. Off AWS
+    # the first request fails within a second (in a thread) and the watcher turns itself off.
+    spot_metadata_url: str = DEFAULT_METADATA_URL
+    spot_poll_seconds: float = 5.0
+    chunk_iterations: int = 100  # iterations per jitted call: the granularity of the budget check
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "critic_hidden", tuple(int(w) for w in self.critic_hidden))
+        object.__setattr__(self, "actor_hidden", tuple(int(w) for w in self.actor_hidden))
+        if isinstance(self.reward, dict):
+            object.__setattr__(self, "reward", _reward_from_dict(self.reward))
+
+        def need(cond: bool, field: str, msg: str) -> None:
+            if not cond:
+                raise ValueError(f"TrainConfig.{field}={getattr(self, field)!r}: {msg}")
+
+        need(self.backend in ("surrogate", "real"), "backend", "expected 'surrogate' or 'real'")
+        need(self.game_mode in ("lockstep", "realtime"), "game_mode", "expected 'lockstep' or 'realtime'")
+        need(self.backend == "surrogate" or self.num_envs == 1 or self.num_envs == TrainConfig.num_envs, "num_envs",
+             "the real game drives one car: leave --num-envs out with --backend real")
+        need(self.model in ("", *MODELS), "model", f"expected one of {sorted(MODELS)}")
+        need(self.preset in ("", "cpu", "paper"), "preset", "expected 'cpu' or 'paper'")
+        need(self.matmul_precision in MATMUL_PRECISIONS, "matmul_precision", f"expected one of {MATMUL_PRECISIONS}")
+        need(self.num_envs >= 1, "num_envs", "must be >= 1")
+        need(self.budget_minutes > 0, "budget_minutes", "must be > 0")
+        need(self.total_env_steps >= 1, "total_env_steps", "must be >= 1")
+        need(self.updates_per_iter >= 0, "updates_per_iter", "must be >= 0")
+        need(self.batch_size == 0 or self.batch_size >= 2, "batch_size", "must be >= 2 (or 0 for the preset's)")
+        need(self.learning_rate >= 0, "learning_rate", "must be > 0 (or 0 for the preset's)")
+        need(0.0 <= self.lr_final <= 1.0, "lr_final", "must be a fraction in [0, 1] (1: a constant learning rate)")
+        need(0.0 < self.gamma < 1.0, "gamma", "must be in (0, 1): the discount per control step")
+        need(math.isfinite(self.entropy_per_action), "entropy_per_action", "must be a finite number (the paper's is -1)")
+        need(self.entropy_per_action_final is None or math.isfinite(self.entropy_per_action_final),
+             "entropy_per_action_final", "must be a finite number, or None to keep --entropy-per-action")
+        need(self.buffer_size >= 0, "buffer_size", "must be >= 1 (or 0 for the preset's)")
+        need(self.learning_starts >= 0, "learning_starts", "must be >= 0")
+        need(self.renorm_warmup_steps is None or self.renorm_warmup_steps >= 0, "renorm_warmup_steps",
+             "must be >= 0 gradient updates (or None for the preset's)")
+        need(all(w > 0 for w in self.critic_hidden + self.actor_hidden), "critic_hidden", "widths must be > 0")
+        need(self.episode_steps >= 1, "episode_steps", "must be >= 1")
+        need(0.0 <= self.car_spread < 1.0, "car_spread", "must be in [0, 1)")
+        need(0.0 <= self.fit_spread <= 10.0, "fit_spread", "must be in [0, 10] (times the fit's uncertainty; 0: off)")
+        need(0.0 <= self.standing_starts <= 1.0, "standing_starts", "must be a fraction in [0, 1]")
+        need(0.0 <= self.action_overshoot < 1.0, "action_overshoot", "must be in [0, 1)")
+        need(self.pedals in PEDALS, "pedals", f"expected one of {PEDALS}")
+        need(self.smooth_temporal >= 0, "smooth_temporal", "must be >= 0 (0 turns it off)")
+        need(self.smooth_spatial >= 0, "smooth_spatial", "must be >= 0 (0 turns it off)")
+        need(self.eval_every_env_steps >= 1, "eval_every_env_steps", "must be >= 1")
+        need(self.eval_laps >= 1, "eval_laps", "must be >= 1")
+        need(self.eval_max_steps >= 0, "eval_max_steps", "must be >= 0")
+        need(self.checkpoint_every_env_steps >= 1, "checkpoint_every_env_steps", "must be >= 1")
+        need(self.checkpoint_every_minutes > 0, "checkpoint_every_minutes", "must be > 0")
+        SpotConfig(self.spot_metadata_url, self.spot_poll_seconds)  # its own checks
+        need(self.chunk_iterations >= 1, "chunk_iterations", "must be >= 1")
+        if self.surrogate and self.track and self.backend == "surrogate":
+            raise ValueError(
+                f"TrainConfig: give --track or --surrogate, not both (the surrogate file {self.surrogate} holds its own track)"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["critic_hidden"] = list(self.critic_hidden)
+        d["actor_hidden"] = list(self.actor_hidden)
+        d["reward"] = {k: float(v) for k, v in dataclasses.asdict(self.reward).items()}
+        return d
+
+    def run_settings(self) -> dict[str, Any]:
+        """The settings that shape the run's state and learning: what a resume must keep."""
+        return {k: v for k, v in self.to_dict().items() if k not in _PER_INVOCATION}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        # Runs saved before these settings existed drove the game's two pedals, unsmoothed, at a
+        # constant learning rate, a constant entropy goal and the preset's renorm warm-up.
+        old = {"pedals": "separate", "smooth_temporal": 0.0, "smooth_spatial": 0.0, "lr_final": 1.0,
+               "entropy_per_action_final": None, "renorm_warmup_steps": None}
+        return dataclass_from_dict(cls, {**old, **d})
+
+
+MATMUL_PRECISIONS = ("default", "high", "highest")
+
+
+def _reward_from_dict(d: dict[str, Any]) -> RewardWeights:
+    return dataclass_from_dict(RewardWeights, {k: float(v) for k, v in d.items()})
+
+
+def resolve(cfg: TrainConfig) -> TrainConfig:
+    """Fill the "auto" fields (preset, model, track, run dir) so the saved config says what ran."""
+    preset = cfg.preset or ("cpu" if jax.default_backend() == "cpu" else "paper")
+    model, track, num_envs = cfg.model, cfg.track, cfg.num_envs
+    if cfg.backend == "real":  # the game's track unless --track; one car
+        model, num_envs = model or "dynamic", 1
+        name = Path(track).stem if track else "real"
+    elif cfg.surrogate:
+        fitted = load_surrogate(cfg.surrogate)
+        if model and model != fitted.model:
+            raise ValueError(
+                f"--model {model} differs from the model {fitted.model!r} of the surrogate file {cfg.surrogate}; "
+                "drop --model (the file's model is used)"
+            )
+        model, name = fitted.model, Path(cfg.surrogate).stem
+    else:
+        model, track = model or "dynamic", track or DEFAULT_TRACK
+        name = Path(track).stem
+    run_dir = cfg.run_dir or f"runs/crossq-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return dataclasses.replace(cfg, preset=preset, model=model, track=track, num_envs=num_envs, run_dir=run_dir)
+
+
+def _action_dims(cfg: TrainConfig) -> int:
+    """The agent's action size: steering and one or two pedal axes."""
+    return len(action_bounds(cfg.pedals)[0])
+
+
+def crossq_config(cfg: TrainConfig) -> CrossQConfig:
+    """The agent's config: the preset with this command's overrides."""
+    overrides: dict[str, Any] = {
+        "learning_starts": cfg.learning_starts,
+        "gamma": cfg.gamma,
+        "target_entropy": cfg.entropy_per_action * _action_dims(cfg),
+        "action_overshoot": cfg.action_overshoot,
+        "smooth_temporal": cfg.smooth_temporal,
+        "smooth_spatial": cfg.smooth_spatial,
+    }
+    if cfg.renorm_warmup_steps is not None:
+        overrides["renorm_warmup_steps"] = cfg.renorm_warmup_steps
+    if cfg.batch_size:
+        overrides["batch_size"] = cfg.batch_size
+    if cfg.learning_rate:
+        overrides["learning_rate"] = cfg.learning_rate
+    if cfg.buffer_size:
+        overrides["buffer_size"] = cfg.buffer_size
+    if cfg.critic_hidden:
+        overrides["critic_hidden"] = cfg.critic_hidden
+    if cfg.actor_hidden:
+        overrides["actor_hidden"] = cfg.actor_hidden
+    preset = cfg.preset or "cpu"
+    base = CrossQConfig.cpu if preset == "cpu" else CrossQConfig.paper
+    return base(**overrides)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer widths like 128,128, got {text!r}") from None
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive layer widths like 128,128, got {text!r}")
+    return widths
+
+
+def _reward_weights(text: str) -> RewardWeights:
+    """``name=value,...`` over the default weights, e.g. ``action_change=0.05,deviation=0``."""
+    items = tuple(t.strip() for t in text.split(",") if t.strip())
+    try:
+        changes = name_value_overrides("--reward", items, RewardWeights)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    # Each term carries its sign in the reward: a negative weight would reward crashing or jerking.
+    for name, v in changes.items():
+        if v < 0:
+            raise argparse.ArgumentTypeError(f"--reward {name}={v:g}: weights are finite and >= 0 (the reward applies "
+                                             "the sign)")
+    return dataclasses.replace(DEFAULT_REWARD, **changes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(
+        prog="train_crossq.py",
+        description="Train the CrossQ driver on the surrogate racing env; the last line printed is "
+        "first_clean_lap_min=... best_lap_s=... limit_s=... gap_pct=...",
+    )
+    p.add_argument("--backend", choices=["surrogate", "real"], default=d.backend,
+                   help="surrogate: thousands of simulated cars; real: the game through the bridge")
+    p.add_argument("--game-mode", choices=["lockstep", "realtime"], default=d.game_mode, help="--backend real")
+    p.add_argument("--address", default=d.address, help="--backend real: the plugin's lockstep (or hello/track) address")
+    p.add_argument("--telemetry-address", default=d.telemetry_address, help="--backend real, realtime: the plugin's PUB")
+    p.add_argument("--action-address", default=d.action_address, help="--backend real, realtime: the plugin's PULL")
+    p.add_argument("--game-seed", type=int, default=d.game_seed,
+                   help="--backend real: reset every episode with this seed (-1: random; CarRacing: 0 keeps its track)")
+    p.add_argument("--track", default=d.track, help=f"bundled track name or TUM-format CSV (default {DEFAULT_TRACK})")
+    p.add_argument("--surrogate", default=d.surrogate, help="fitted surrogate JSON (car and track); excludes --track")
+    p.add_argument("--model", choices=sorted(MODELS), default=None, help="car model (default dynamic)")
+    p.add_argument("--num-envs", type=int, default=d.num_envs)
+    p.add_argument("--budget-minutes", type=float, default=d.budget_minutes, help="wall clock of the whole command")
+    p.add_argument("--total-env-steps", type=int, default=d.total_env_steps)
+    p.add_argument("--run-dir", default=d.run_dir, help="default runs/crossq-<track>-<time>")
+    p.add_argument("--resume", action="store_true", help="continue from the run dir's latest checkpoint")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--preset", choices=["cpu", "paper"], default=None, help="CrossQ preset (default cpu on CPU)")
+    p.add_argument("--updates-per-iter", type=int, default=d.updates_per_iter)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="0: the preset's")
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="actor and critics; 0: the preset's")
+    p.add_argument("--lr-final", type=float, default=d.lr_final,
+                   help="learning rate at the end of the budget, as a fraction of --learning-rate (cosine decay; 1: constant)")
+    p.add_argument("--gamma", type=float, default=d.gamma,
+                   help="discount per control step; the horizon is about dt / (1 - gamma) seconds")
+    p.add_argument("--entropy-per-action", type=float, default=d.entropy_per_action,
+                   help="entropy per action dimension the temperature tuning holds the policy at (the paper's: -1); "
+                   "lower means less exploration noise")
+    p.add_argument("--entropy-per-action-final", type=float, default=d.entropy_per_action_final,
+                   help="the entropy goal per action dimension at the end of the budget, reached on the learning "
+                   "rate's cosine (default: --entropy-per-action throughout)")
+    p.add_argument("--buffer-size", type=int, default=d.buffer_size, help="replay capacity; 0: the preset's (1M)")
+    p.add_argument("--learning-starts", type=int, default=d.learning_starts)
+    p.add_argument("--renorm-warmup-steps", type=int, default=d.renorm_warmup_steps,
+                   help="gradient updates with plain batch norm before batch renormalisation's corrections start")
+    p.add_argument("--critic-hidden", type=_widths, default=None, help="e.g. 256,256 (default: the preset's)")
+    p.add_argument("--actor-hidden", type=_widths, default=None)
+    p.add_argument("--episode-steps", type=int, default=d.episode_steps)
+    p.add_argument("--car-spread", type=float, default=d.car_spread,
+                   help="domain randomisation: every car parameter scaled by U(1-s, 1+s) per episode")
+    p.add_argument("--fit-spread", type=float, default=d.fit_spread,
+                   help="with --surrogate: each car parameter randomised by at least this many times its fit "
+                        "uncertainty (0: off)")
+    p.add_argument("--standing-starts", type=float, default=d.standing_starts,
+                   help="fraction of training episodes that start from rest")
+    p.add_argument("--action-overshoot", type=float, default=d.action_overshoot,
+                   help="policy range beyond the controls' limits, as a fraction (then clipped)")
+    p.add_argument("--reward", type=_reward_weights, default=d.reward, metavar="NAME=VALUE,...",
+                   help="reward weights over the defaults: progress (per m), deviation (per m^2 from the reference "
+                   "line), action_change (per squared control change), off_track, stuck, time (per step); "
+                   f"default {','.join(f'{k}={v:g}' for k, v in dataclasses.asdict(DEFAULT_REWARD).items())}")
+    p.add_argument("--pedals", choices=PEDALS, default=d.pedals,
+                   help="combined: one pedal axis, throttle above zero and brake below; separate: the game's two")
+    p.add_argument("--smooth-temporal", type=float, default=d.smooth_temporal,
+                   help="weight of the policy's action change between consecutive states in the actor loss (CAPS); 0: off")
+    p.add_argument("--smooth-spatial", type=float, default=d.smooth_spatial,
+                   help="weight of the policy's action change under small observation noise (CAPS); 0: off")
+    p.add_argument("--matmul-precision", choices=MATMUL_PRECISIONS, default=d.matmul_precision,
+                   help="float32 matrix products on a GPU: highest (full float32), high or default (TF32)")
+    p.add_argument("--eval-every-env-steps", type=int, default=d.eval_every_env_steps)
+    p.add_argument("--eval-laps", type=int, default=d.eval_laps)
+    p.add_argument("--eval-max-steps", type=int, default=d.eval_max_steps, help="0: enough for --eval-laps")
+    p.add_argument("--checkpoint-every-env-steps", type=int, default=d.checkpoint_every_env_steps)
+    p.add_argument("--checkpoint-every-minutes", type=float, default=d.checkpoint_every_minutes,
+                   help="also checkpoint after this much wall clock since the last (bounds what a hard kill loses)")
+    p.add_argument("--spot-metadata-url", default=d.spot_metadata_url,
+                   help="EC2 instance metadata service polled for a spot interruption notice ('' = off; off AWS it "
+                   f"turns itself off after one failed probe); a notice, SIGTERM or SIGINT checkpoints and exits "
+                   f"with status {EXIT_INTERRUPTED}: run the same command with --resume to continue")
+    p.add_argument("--spot-poll-seconds", type=float, default=d.spot_poll_seconds)
+    p.add_argument("--chunk-iterations", type=int, default=d.chunk_iterations, help="iterations per jitted call")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
+    a = vars(build_parser().parse_args(argv))
+    a["progress"] = not a.pop("no_progress")
+    a["model"] = a["model"] or ""
+    a["preset"] = a["preset"] or ""
+    a["critic_hidden"] = a["critic_hidden"] or ()
+    a["actor_hidden"] = a["actor_hidden"] or ()
+    try:
+        return TrainConfig(**a)
+    except ValueError as e:
+        raise SystemExit(f"train_crossq.py: {e}") from None
