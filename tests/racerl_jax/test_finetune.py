@@ -92,7 +92,7 @@ def test_finetune_on_the_game_is_interrupted_by_a_spot_notice_then_the_same_comm
     run, _ = _source_run(tmp_path)
     out = tmp_path / "ft"
     args = ["--agent", str(run / "best_agent"), "--run-dir", str(out), "--address", game_address,
-            "--game-minutes", "0.1", "--seed-steps", "40", "--eval-every-env-steps", "60", "--eval-laps", "1",
+            "--game-minutes", "0.12", "--seed-steps", "40", "--eval-every-env-steps", "60", "--eval-laps", "1",
             "--final-laps", "1", "--eval-max-steps", "40", "--episode-steps", "100", "--chunk-env-steps", "30",
             "--checkpoint-every-env-steps", "60", "--buffer-size", "500", "--surrogate-ratio", "0.5",
             "--no-progress"]  # fmt: skip
@@ -110,9 +110,9 @@ def test_finetune_on_the_game_is_interrupted_by_a_spot_notice_then_the_same_comm
     m = LAST_LINE.match(lines[-1])
     assert m, lines[-1]
     assert "(resuming)" in lines[0] and not any("before fine-tuning" in line for line in lines)
-    assert summary["stop_reason"] == "steps" and summary["env_steps"] == 120  # 0.1 game minutes at 20 Hz
+    assert summary["stop_reason"] == "steps" and summary["env_steps"] == 120  # 7.2 game seconds, 3 ticks of 0.02 s a step
     assert summary["updates"] == SOURCE_UPDATES + 120 - 40 + 1  # learning from the 40th game step on
-    assert float(m.group(5)) == pytest.approx(summary["game_minutes"], abs=0.01) and summary["game_minutes"] >= 0.1
+    assert float(m.group(5)) == pytest.approx(summary["game_minutes"], abs=0.01) and summary["game_minutes"] >= 0.12
     rows = read_metrics(out / "metrics.jsonl")
     assert rows[len([r for r in rows if r["env_steps"] <= first["env_steps"]])]["env_steps"] == first["env_steps"] + 30
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
