@@ -355,6 +355,7 @@ def check_resume(cfg: FinetuneConfig, run_dir: Path) -> bool:
 
 def run(cfg: FinetuneConfig) -> dict[str, Any]:
     """The whole command; returns the summary (also written to summary.json)."""
+    from bridge.client import BridgeUnavailable
     from racerl_jax.real_env import RealEnvConfig, RealGameEnv
     from racerl_jax.train_loop import HostLoop, train_host
     from surrogate.car import CarParams
@@ -378,10 +379,15 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
                          "--surrogate") from None
     car = fitted.car if fitted else CarParams()
     env_cfg = env_config(tc, fitted, start="line")
-    env = RealGameEnv(RealEnvConfig(
-        mode=cfg.game_mode, address=cfg.address, telemetry_address=cfg.telemetry_address,
-        action_address=cfg.action_address, track_file=cfg.track or None, reset_seed=cfg.game_seed, env=env_cfg,
-        reward=tc.reward, car=car))
+    try:
+        env = RealGameEnv(RealEnvConfig(
+            mode=cfg.game_mode, address=cfg.address, telemetry_address=cfg.telemetry_address,
+            action_address=cfg.action_address, track_file=cfg.track or None, reset_seed=cfg.game_seed, env=env_cfg,
+            reward=tc.reward, car=car))
+    except (BridgeUnavailable, TimeoutError) as e:
+        raise SystemExit(f"finetune_real.py: no game answers ({e}); start the game's plugin in {cfg.game_mode} mode "
+                         "(the reference game: python -m bridge.games.carracing --mode lockstep), or give its "
+                         "--address (real time also --telemetry-address and --action-address)") from None
     try:
         limit = float(env.reference.lap_time_s)
         # Game time of a step: whole ticks in lockstep (the agent's period rounded to them), else the period.
