@@ -539,6 +539,7 @@ def drive(
     extra_config: Mapping[str, Any] | None = None,
     progress_metric: str = "episode_return",
     progress: bool = True,
+    plot_curve: bool = True,
     lr_schedule: Callable[[float], float] | None = None,
     entropy_schedule: Callable[[float], float] | None = None,
 ) -> TrainResult:
@@ -551,7 +552,8 @@ def drive(
     own budget, from where its env steps stand). It is logged as ``lr_scale``. ``entropy_schedule(f)``
     likewise gives what is added to the agent's target entropy, logged as ``entropy_shift``.
 
-    With ``run_dir``: logs (metrics.jsonl, TensorBoard, learning-curve PNG), ``run_meta`` and
+    With ``run_dir``: logs (metrics.jsonl, TensorBoard, and unless ``plot_curve`` is False (a command
+    that draws its own) the learning-curve PNG), ``run_meta`` and
     ``extra_config`` (the calling command's settings) as config.json, orbax checkpoints of the
     carry every ``checkpoint_every_env_steps`` and every ``checkpoint_every_seconds`` of wall clock
     (whichever comes first: on the game a run of env steps can take an hour, and a hard kill loses
@@ -649,7 +651,8 @@ def drive(
             manager.close()
     if logger is not None:
         logger.close()
-        logger.plot()
+        if plot_curve:
+            logger.plot()
     return TrainResult(carry=carry, history=history, stop_reason=stop_reason)
 
 

@@ -109,7 +109,7 @@ def _driver_options(cfg: TrainConfig, run_dir: Path, t_start: float, evaluator: 
                 checkpoint_every_seconds=60.0 * cfg.checkpoint_every_minutes,
                 spot=SpotConfig(cfg.spot_metadata_url, cfg.spot_poll_seconds),
                 resume=cfg.resume, extra_config={"command": cfg.run_settings()}, progress_metric="eval_lap_s",
-                progress=cfg.progress, lr_schedule=cosine_decay(cfg.lr_final) if cfg.lr_final != 1.0 else None,
+                progress=cfg.progress, plot_curve=False, lr_schedule=cosine_decay(cfg.lr_final) if cfg.lr_final != 1.0 else None,
                 entropy_schedule=entropy_schedule(cfg))
 
 
@@ -166,23 +166,25 @@ def _run_real(cfg: TrainConfig, run_dir: Path, t_start: float) -> dict[str, Any]
 
 def _finish(cfg: TrainConfig, run_dir: Path, t_start: float, result: Any, evaluator: LapEvaluator, track: Any,
             track_name: str, limit: float) -> dict[str, Any]:
-    """Final evaluation, plots, summary.json and the summary line (without the evaluation and plots
-    when the run was interrupted)."""
+    """Final evaluation, plots, summary.json and the summary line (without the evaluation and the
+    best lap's plot when the run was interrupted)."""
     from racerl_jax.logs import METRICS_FILE, RunLogger
 
     agent = result.carry.agent
     env_steps, updates = int(agent.env_steps), int(agent.updates)
     interrupted = result.stop_reason in INTERRUPTED
     # Interrupted (a spot notice, a signal), the checkpoint is written and the seconds left belong to
-    # exiting: no final evaluation (on the game it drives laps) and no plots.
+    # exiting: no final evaluation (on the game it drives laps).
     final = None if interrupted else evaluator(agent)
     if final is not None:
         logger = RunLogger(run_dir)
         logger.log(env_steps, {"env_steps": env_steps, "updates": updates,
                                "wall_s": time.monotonic() - t_start, **{f"eval_{k}": v for k, v in final.items()}})
         logger.close()
-        curve = plot_learning_curve(run_dir / METRICS_FILE, run_dir / CURVE_PNG, limit)
         lap_png = plot_best_lap(track, track_name, limit, evaluator, run_dir / BEST_LAP_PNG)
+    # The learning curve, once, here (the driver leaves it to the command); after the checkpoint, so
+    # an interrupted run that is killed while it draws loses only the picture.
+    curve = plot_learning_curve(run_dir / METRICS_FILE, run_dir / CURVE_PNG, limit)
 
     best = evaluator.best_lap_s
     summary = {
