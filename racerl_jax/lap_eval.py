@@ -65,11 +65,11 @@ def lap_slice(traj: dict[str, np.ndarray], i: int) -> slice:
 
 
 class LapEvaluator:
-    """``eval_fn`` for the training driver: ``drive(agent)`` returns a trajectory of the
-    deterministic policy from the start line (arrays over steps, as ``surrogate.rollout``'s), scored
-    here against the reference lap time; keeps the run's best clean lap and the agent that drove
-    it (in the run dir, so a resumed run keeps them; ``load_best_agent`` reads the agent back) and
-    the wall time of the first clean lap."""
+    """Scores evaluation laps: ``drive(agent)`` returns a trajectory of the deterministic policy
+    from the start line (arrays over steps, as ``surrogate.rollout``'s), scored here against the
+    reference lap time. It remembers the run's best clean lap (from the run dir's ``best_lap.npz``
+    when resumed), whether the last evaluation beat it (``improved``), and the wall time of the
+    first clean lap; writing the best lap and its agent is the training's (``save_best``)."""
 
     def __init__(self, drive: Callable[[AgentState], dict], limit_s: float, dt: float, run_dir: Path,
                  t_start: float, track: Any = None, track_name: str = "") -> None:
@@ -85,6 +85,7 @@ class LapEvaluator:
         self.best: dict[str, Any] | None = None
         self.first_clean_lap_min = float("nan")
         self.last_traj: dict[str, np.ndarray] | None = None
+        self.improved = False  # the last evaluation drove a new best clean lap
         path = run_dir / BEST_LAP_FILE
         if path.exists():
             with np.load(path) as f:
@@ -110,6 +111,7 @@ class LapEvaluator:
         first_episode = slice(0, int(done_at[0]) + 1 if done_at.size else len(traj["reward"]))
         lap_s = m["best_lap_s"]
         self.lap_log.write(traj, int(agent.env_steps), wall_min * 60.0, lap_s)
+        self.improved = False
         if math.isfinite(lap_s):
             if math.isnan(self.first_clean_lap_min):
                 self.first_clean_lap_min = wall_min
@@ -124,9 +126,7 @@ class LapEvaluator:
                     "first_clean_lap_min": np.float64(self.first_clean_lap_min),
                     **{k: traj[k][seg] for k in ("x", "y", "speed", "action", "ref_deviation")},
                 }
-                np.savez(self.run_dir / BEST_LAP_FILE, **self.best)
-                with Checkpointer(self.run_dir / BEST_AGENT_DIR, max_to_keep=1) as ckpt:
-                    ckpt.save(int(agent.env_steps), agent)
+                self.improved = True
         limit = self.limit_s
         return {
             "lap_s": lap_s,
@@ -142,6 +142,14 @@ class LapEvaluator:
             "distance_m": float(np.sum(traj["speed"][first_episode]) * self.dt),
             "wall_min": wall_min,
         }
+
+
+def save_best(run_dir: Path, best: dict[str, Any], agent: AgentState) -> None:
+    """The best clean lap (``best_lap.npz``, a ``LapEvaluator.best``) and the agent that drove it
+    (``best_agent/``), where a resumed run and ``load_best_agent`` find them."""
+    np.savez(run_dir / BEST_LAP_FILE, **best)
+    with Checkpointer(run_dir / BEST_AGENT_DIR, max_to_keep=1) as ckpt:
+        ckpt.save(int(agent.env_steps), agent)
 
 
 def load_best_agent(run_dir: str | Path) -> AgentState:

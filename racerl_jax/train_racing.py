@@ -18,13 +18,15 @@ from typing import Any, Callable, Sequence
 import jax
 
 from racerl_jax.checkpoint import CONFIG_FILE, write_json_atomic
+from racerl_jax.crossq import AgentState
 from racerl_jax.spot import EXIT_INTERRUPTED, INTERRUPTED, SpotConfig
 from surrogate.car import CarParams
 from surrogate.observation import ObsConfig  # noqa: F401  (re-exported)
 from surrogate.track import select_track
 from surrogate.surrogate_file import load_surrogate
 from racerl_jax.lap_eval import (  # noqa: F401  (the command's parts, importable from here)
-    BEST_AGENT_DIR, BEST_LAP_FILE, LapEvaluator, lap_slice, load_best_agent, make_game_lap_drive, make_lap_drive)
+    BEST_AGENT_DIR, BEST_LAP_FILE, LapEvaluator, lap_slice, load_best_agent, make_game_lap_drive, make_lap_drive,
+    save_best)
 from racerl_jax.racing_setup import RacingSetup, build_setup, car_spread, env_config  # noqa: F401
 from racerl_jax.run_plots import BEST_LAP_PNG, CURVE_PNG, plot_best_lap, plot_learning_curve  # noqa: F401
 from racerl_jax.train_config import (  # noqa: F401
@@ -104,13 +106,26 @@ def _run_surrogate(cfg: TrainConfig, run_dir: Path, t_start: float) -> dict[str,
 
 def _driver_options(cfg: TrainConfig, run_dir: Path, t_start: float, evaluator: LapEvaluator) -> dict[str, Any]:
     remaining = cfg.budget_minutes * 60.0 - (time.monotonic() - t_start) - FINAL_RESERVE_S
-    return dict(max_wall_seconds=max(remaining, 1.0), run_dir=run_dir, eval_fn=evaluator,
+    return dict(max_wall_seconds=max(remaining, 1.0), run_dir=run_dir, eval_fn=keeping_best(evaluator, run_dir),
                 eval_every_env_steps=cfg.eval_every_env_steps, checkpoint_every_env_steps=cfg.checkpoint_every_env_steps,
                 checkpoint_every_seconds=60.0 * cfg.checkpoint_every_minutes,
                 spot=SpotConfig(cfg.spot_metadata_url, cfg.spot_poll_seconds),
                 resume=cfg.resume, extra_config={"command": cfg.run_settings()}, progress_metric="eval_lap_s",
                 progress=cfg.progress, plot_curve=False, lr_schedule=cosine_decay(cfg.lr_final) if cfg.lr_final != 1.0 else None,
                 entropy_schedule=entropy_schedule(cfg))
+
+
+def keeping_best(evaluator: LapEvaluator, run_dir: Path) -> Callable[[AgentState], dict[str, float]]:
+    """The driver's ``eval_fn``: the evaluator's scores, and when it drove a new best clean lap, that
+    lap and the agent written to the run dir (the training keeps its best agent; the evaluator scores)."""
+
+    def eval_fn(agent: AgentState) -> dict[str, float]:
+        scores = evaluator(agent)
+        if evaluator.improved:
+            save_best(run_dir, evaluator.best, agent)
+        return scores
+
+    return eval_fn
 
 
 def cosine_ramp(f: float) -> float:
@@ -175,7 +190,7 @@ def _finish(cfg: TrainConfig, run_dir: Path, t_start: float, result: Any, evalua
     interrupted = result.stop_reason in INTERRUPTED
     # Interrupted (a spot notice, a signal), the checkpoint is written and the seconds left belong to
     # exiting: no final evaluation (on the game it drives laps).
-    final = None if interrupted else evaluator(agent)
+    final = None if interrupted else keeping_best(evaluator, run_dir)(agent)
     if final is not None:
         logger = RunLogger(run_dir)
         logger.log(env_steps, {"env_steps": env_steps, "updates": updates,

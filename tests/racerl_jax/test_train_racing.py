@@ -223,8 +223,11 @@ def test_the_agent_that_drove_the_best_lap_is_kept_and_loads_back(tmp_path):
     evaluator = tr.LapEvaluator(lambda agent: _lap_trajectory(next(laps)), 35.0, 0.05, tmp_path, 0.0)
     with pytest.raises(FileNotFoundError, match="not driven a clean evaluation lap"):
         tr.load_best_agent(tmp_path)
-    for agent in agents:
-        evaluator(agent)
+    evaluator(agents[0])  # the evaluator only scores: its first clean lap is a best, written by the training
+    assert evaluator.improved and not (tmp_path / tr.BEST_AGENT_DIR).exists()
+    eval_fn = tr.keeping_best(evaluator, tmp_path)
+    for agent in agents[1:]:
+        eval_fn(agent)
     assert evaluator.best_lap_s == pytest.approx(38.0, abs=0.05)
     best = tr.load_best_agent(tmp_path)
     assert int(best.env_steps) == 200
