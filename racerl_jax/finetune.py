@@ -146,7 +146,9 @@ def prepare_agent(agent: AgentState, cfg: FinetuneConfig, obs_size: int) -> Agen
                                  learning_rate=cfg.learning_rate or agent.config.learning_rate)
     out = agent.replace(config=config, env_steps=jnp.zeros_like(agent.env_steps))
     if cfg.critic_stats == "reset" or cfg.entropy == "reset":
-        fresh = crossq.init_agent(jax.random.PRNGKey(cfg.seed), obs_size, agent.action_size, config)
+        # Jitted: run eagerly the initialisation compiles each of its few hundred small ops.
+        fresh = jax.jit(crossq.init_agent, static_argnums=(1, 2, 3))(jax.random.PRNGKey(cfg.seed), obs_size,
+                                                                     agent.action_size, config)
         if cfg.critic_stats == "reset":
             out = out.replace(critic_stats=fresh.critic_stats)
         if cfg.entropy == "reset":

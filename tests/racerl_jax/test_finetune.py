@@ -19,6 +19,13 @@ LAST_LINE = re.compile(r"^clean_lap_rate=(\S+) mean_lap_s=(\S+) start_mean_lap_s
 CONFIG = crossq.CrossQConfig.cpu(critic_hidden=(16, 16), actor_hidden=(16, 16), batch_size=16, buffer_size=500)
 OBS = ObsConfig().size
 SOURCE_UPDATES = 1_234
+# One compiled call: run eagerly the initialisation compiles each of its few hundred ops.
+_init = jax.jit(lambda key: crossq.init_agent(key, OBS, 2, CONFIG))
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    return _source_run(tmp_path_factory.mktemp("finetune"))
 
 
 def _source_run(tmp_path):
@@ -26,7 +33,7 @@ def _source_run(tmp_path):
     replay buffer (rewards of -1: told apart from the game's in the mixing test)."""
     run = tmp_path / "source"
     write_config(run, {"crossq": CONFIG.to_dict(), "command": TrainConfig(pedals="combined").run_settings()})
-    agent = crossq.init_agent(jax.random.PRNGKey(0), OBS, 2, CONFIG)
+    agent = _init(jax.random.PRNGKey(0))
     agent = agent.replace(env_steps=jnp.int32(50_000), updates=jnp.int32(SOURCE_UPDATES),
                           log_alpha=jnp.float32(np.log(0.01)),  # statistics a surrogate run learned:
                           critic_stats=jax.tree.map(lambda x: x + 1, agent.critic_stats))
@@ -41,8 +48,8 @@ def _source_run(tmp_path):
     return run, agent
 
 
-def test_critic_statistics_and_entropy_are_kept_by_default_or_reset_on_request(tmp_path):
-    _, agent = _source_run(tmp_path)
+def test_critic_statistics_and_entropy_are_kept_by_default_or_reset_on_request(source):
+    _, agent = source
     kept = ft.prepare_agent(agent, ft.FinetuneConfig(agent="x", seed_steps=7), OBS)
     assert int(kept.env_steps) == 0 and int(kept.updates) == SOURCE_UPDATES  # game steps from zero, updates go on
     assert kept.config.learning_starts == 7 and kept.config.buffer_size == 200_000
@@ -51,15 +58,15 @@ def test_critic_statistics_and_entropy_are_kept_by_default_or_reset_on_request(t
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     reset = ft.prepare_agent(agent, ft.FinetuneConfig(agent="x", critic_stats="reset", entropy="reset"), OBS)
     assert float(jnp.exp(reset.log_alpha)) == pytest.approx(CONFIG.init_entropy_coef)
-    fresh = crossq.init_agent(jax.random.PRNGKey(0), OBS, 2, CONFIG)
+    fresh = _init(jax.random.PRNGKey(0))
     for a, b in zip(jax.tree.leaves(reset.critic_stats), jax.tree.leaves(fresh.critic_stats)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     for a, b in zip(jax.tree.leaves(reset.critic_params), jax.tree.leaves(agent.critic_params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the weights are the surrogate's either way
 
 
-def test_mixed_batches_draw_the_set_share_from_the_surrogate_buffer(tmp_path):
-    run, _ = _source_run(tmp_path)
+def test_mixed_batches_draw_the_set_share_from_the_surrogate_buffer(source):
+    run, _ = source
     surrogate = ft.load_surrogate_buffer(load_agent(run), OBS, 2)
     assert int(surrogate.size) == 300
     game = replay.add_batch(replay.init(100, OBS, 2), replay.Transition(
@@ -88,8 +95,8 @@ def test_bad_options_and_a_changed_resume_are_refused_naming_the_fix(tmp_path):
 
 
 def test_finetune_on_the_game_is_interrupted_by_a_spot_notice_then_the_same_command_resumes_and_ends_with_the_line(
-        tmp_path, game_address, capsys):
-    run, _ = _source_run(tmp_path)
+        tmp_path, source, game_address, capsys):
+    run, _ = source
     out = tmp_path / "ft"
     args = ["--agent", str(run / "best_agent"), "--run-dir", str(out), "--address", game_address,
             "--game-minutes", "0.12", "--seed-steps", "40", "--eval-every-env-steps", "60", "--eval-laps", "1",

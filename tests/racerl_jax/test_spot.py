@@ -12,8 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import struct
 
 from racerl_jax import checkpoint, spot, train_loop
 from racerl_jax.crossq import CrossQConfig
@@ -152,21 +154,61 @@ def _train(run_dir, total, **kw):
                             run_dir=run_dir, progress=False, **kw)
 
 
+@struct.dataclass
+class Counters:
+    env_steps: jax.Array
+    updates: jax.Array
+
+
+@struct.dataclass
+class Carry:
+    """The training driver's view of a state: an agent with its counters (and here nothing else)."""
+
+    agent: Counters
+
+
+def count_steps(carry: Carry, iterations: int, lr_scale: float = 1.0, entropy_shift: float = 0.0):
+    """A chunk of 2 envs x ``iterations`` steps that takes 10 ms: the driver's stop path without a compile."""
+    time.sleep(0.01)
+    a = carry.agent
+    return Carry(Counters(a.env_steps + 2 * iterations, a.updates + iterations)), {}
+
+
+def _drive(run_dir, **kw):
+    start = Carry(Counters(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)))
+    return train_loop.drive(count_steps, start, 2, total_env_steps=10**6, chunk_iterations=5, run_meta={"test": 1},
+                            run_dir=run_dir, progress=False, **kw)
+
+
 def test_a_notice_from_the_metadata_service_checkpoints_and_stops_the_run(tmp_path):
     with FakeIMDS() as imds:
         imds.instance_action = NOTICE
-        result = _train(tmp_path, 100_000, eval_fn=lambda a: time.sleep(0.05) or {}, eval_every_env_steps=100,
-                        spot=spot.SpotConfig(imds.url, poll_seconds=0.01))
+        result = _drive(tmp_path, spot=spot.SpotConfig(imds.url, poll_seconds=0.01))
     steps = int(result.carry.agent.env_steps)
-    assert result.stop_reason == "spot" and spot.exit_code(result.stop_reason) == 75 and steps < 100_000
+    assert result.stop_reason == "spot" and spot.exit_code(result.stop_reason) == 75 and 0 < steps < 10**6
     with checkpoint.Checkpointer(tmp_path / "checkpoints") as ckpt:
         assert ckpt.latest_step() == steps
 
 
+def test_a_rebalance_recommendation_checkpoints_the_run_at_once_and_it_goes_on(tmp_path):
+    with FakeIMDS() as imds:
+        imds.rebalance = json.dumps({"noticeTime": "2026-12-01T11:50:00Z"})
+
+        def stop_after_a_while(agent):  # the evaluation hook: ends the run by SIGTERM once it has saved
+            if (tmp_path / "checkpoints").is_dir() and checkpoint.complete_steps(tmp_path / "checkpoints"):
+                os.kill(os.getpid(), signal.SIGTERM)
+            return {}
+
+        result = _drive(tmp_path, spot=spot.SpotConfig(imds.url, poll_seconds=0.01), eval_fn=stop_after_a_while,
+                        eval_every_env_steps=10)
+    steps = checkpoint.complete_steps(tmp_path / "checkpoints")
+    assert result.stop_reason == "signal" and len(steps) == 2 and steps[0] < steps[1] == int(result.carry.agent.env_steps)
+
+
 # ----------------------------------------------------------------------------- signals and kill -9 (subprocesses)
 
-CHILD = """
-import sys, time
+TRAIN_CHILD = """
+import sys
 from racerl_jax import spot, train_loop
 from racerl_jax.crossq import CrossQConfig
 from racerl_jax.envs import Pendulum
@@ -181,11 +223,23 @@ r = train_loop.train(env, env.default_params(), TINY, total_env_steps=10**6, num
 print("stopped", r.stop_reason, int(r.carry.agent.env_steps), flush=True)
 sys.exit(spot.exit_code(r.stop_reason))
 """
+# The driver's stop path in a process of its own, with the trivial step above (no compile).
+DRIVE_CHILD = """
+import sys
+from racerl_jax import spot
+from tests.racerl_jax.test_spot import _drive
+def report(agent):
+    print("step", int(agent.env_steps), flush=True)
+    return {}
+r = _drive(sys.argv[1], eval_fn=report, eval_every_env_steps=100, spot=spot.SpotConfig(""))
+print("stopped", r.stop_reason, int(r.carry.agent.env_steps), flush=True)
+sys.exit(spot.exit_code(r.stop_reason))
+"""
 
 
-def _child(run_dir: Path) -> subprocess.Popen:
+def _child(script: str, run_dir: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
-    return subprocess.Popen([sys.executable, "-c", CHILD, str(run_dir)], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-c", script, str(run_dir)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
 
 
@@ -205,7 +259,8 @@ def _read_until_step(proc: subprocess.Popen, at_least: int, timeout: float = 240
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals to a child")
 def test_sigterm_and_sigint_each_checkpoint_within_seconds_and_exit_with_status_75(tmp_path):
-    children = {sig: (_child(tmp_path / sig.name), tmp_path / sig.name) for sig in (signal.SIGTERM, signal.SIGINT)}
+    children = {sig: (_child(DRIVE_CHILD, tmp_path / sig.name), tmp_path / sig.name)
+                for sig in (signal.SIGTERM, signal.SIGINT)}
     for sig, (proc, run_dir) in children.items():
         _read_until_step(proc, 200)
         t0 = time.monotonic()
@@ -217,13 +272,13 @@ def test_sigterm_and_sigint_each_checkpoint_within_seconds_and_exit_with_status_
         assert stopped and stopped[0].split()[1] == "signal"
         with checkpoint.Checkpointer(run_dir / "checkpoints") as ckpt:
             assert ckpt.latest_step() == int(stopped[0].split()[2])  # the state it stopped at
-        assert took < 30.0, took  # within seconds: one chunk and the save (a loaded CI machine)
+        assert took < 10.0, took  # within seconds: the chunk it is in and the save
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
 def test_kill_9_mid_training_loses_at_most_one_checkpoint_interval_and_resumes_to_the_uninterrupted_state(tmp_path):
     run_dir = tmp_path / "killed"
-    proc = _child(run_dir)
+    proc = _child(TRAIN_CHILD, run_dir)
     _read_until_step(proc, 500)
     proc.send_signal(signal.SIGKILL)
     out, _ = proc.communicate(timeout=30)
@@ -232,8 +287,8 @@ def test_kill_9_mid_training_loses_at_most_one_checkpoint_interval_and_resumes_t
     with checkpoint.Checkpointer(run_dir / "checkpoints") as ckpt:
         kept = ckpt.latest_step()
     assert last - kept <= 200  # the checkpoint interval
-    total = 1_000
-    assert kept < total
+    total = kept + 200
+
     resumed = _train(run_dir, total, checkpoint_every_env_steps=200)
     assert resumed.history[0]["env_steps"] == kept + 100  # from the newest complete checkpoint
     whole = _train(tmp_path / "whole", total)
