@@ -41,11 +41,15 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 # ----------------------------------------------------------------------------- 1. training cost
 
 
-def training_cost(steps: int, chunk: int = 250) -> tuple[float, float, float]:
-    """(steps/s without the log, with it, loss in %), measured in alternating chunks so both see
-    the same share of a busy CPU."""
+def training_cost(steps: int, chunk: int = 100) -> dict[str, float]:
+    """What the step log costs the host loop: steps/s without and with it over alternating chunks
+    (in ABBA order, so drift in what else the machine runs falls on both alike), compared by the
+    median chunk, on the wall clock and in the process's CPU time per step (all threads; less
+    sensitive to other processes than the wall clock); and the two parts of the cost measured
+    alone per call: ``act_and_value`` over ``crossq.act``, and writing one record."""
     import gymnasium as gym
     import jax
+    import jax.numpy as jnp
 
     from racerl_jax import crossq, run_log, train_loop
     from racerl_jax.crossq import CrossQConfig
@@ -58,10 +62,14 @@ def training_cost(steps: int, chunk: int = 250) -> tuple[float, float, float]:
             self._t = getattr(self, "_t", 0.0) + 0.05
             info = {**info, "applied_action": np.array([float(action[0]), 0.5, 0.0], np.float32), "safety": (),
                     "end_reason": None}
-            self.last_frame = {"seq": 1, "episode": 0, "t": self._t, "x": float(obs[0]), "y": float(obs[1]),
-                               "yaw": 0.0, "speed": float(obs[2]), "steer": float(action[0]), "throttle": 0.5,
-                               "brake": 0.0}
+            self._frame = {"seq": 1, "episode": 0, "t": self._t, "x": float(obs[0]), "y": float(obs[1]),
+                           "yaw": 0.0, "speed": float(obs[2]), "steer": float(action[0]), "throttle": 0.5,
+                           "brake": 0.0}
             return obs, r, term, trunc, info
+
+        @property
+        def last_frame(self):  # a copy, as RealGameEnv's
+            return dict(self._frame)
 
     config = CrossQConfig.cpu(learning_starts=256, buffer_size=20_000)
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,24 +78,45 @@ def training_cost(steps: int, chunk: int = 250) -> tuple[float, float, float]:
                                                                      loop.action_size, config)
         buffer, key = loop.init_buffer(), jax.random.PRNGKey(1)
         log = run_log.StepLog(tmp)
-        # warm-up: the random phase, then one chunk each way (compilation)
+        # warm-up: the random phase, then a chunk each way (compilation)
         agent, buffer, key, _ = loop.run(agent, buffer, key, config.learning_starts + 20)
         for with_log in (False, True):
             loop.step_log = log if with_log else None
             agent, buffer, key, _ = loop.run(agent, buffer, key, 20)
-        spent = {False: 0.0, True: 0.0}
-        done = {False: 0, True: 0}
-        while done[True] < steps // 2 or done[False] < steps // 2:
-            for with_log in (False, True):
+        wall: dict[bool, list[float]] = {False: [], True: []}
+        cpu: dict[bool, list[float]] = {False: [], True: []}
+        for r in range(max(1, steps // (2 * chunk))):
+            for with_log in ((False, True) if r % 2 == 0 else (True, False)):
                 loop.step_log = log if with_log else None
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 agent, buffer, key, _ = loop.run(agent, buffer, key, chunk)
-                spent[with_log] += time.perf_counter() - t0
-                done[with_log] += chunk
-            print(f"  training cost: {done[True] + done[False]} steps", file=sys.stderr, flush=True)
+                wall[with_log].append((time.perf_counter() - t0) / chunk)
+                cpu[with_log].append((time.process_time() - c0) / chunk)
+            print(f"  training cost: {2 * chunk * (r + 1)} steps", file=sys.stderr, flush=True)
+        loop.step_log = None
+
+        obs = jnp.zeros((1, loop.obs_size), jnp.float32)
+
+        def per_call(f, n=1000) -> float:
+            f()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                f()
+            return (time.perf_counter() - t0) / n
+
+        act = per_call(lambda: np.asarray(crossq.act(agent, obs, key, deterministic=False)))
+        act_value = per_call(lambda: [np.asarray(a) for a in train_loop.act_and_value(agent, obs, key)])
+        frame = loop.env.last_frame
+        info = {"applied_action": np.zeros(3, np.float32), "safety": (), "end_reason": None}
+        write = per_call(lambda: log.write(np.zeros(1), info["applied_action"], 1.0, 0.5, False, info, dict(frame)))
         log.close()
-    off, on = done[False] / spent[False], done[True] / spent[True]
-    return off, on, 100.0 * (1.0 - on / off)
+    med = {k: float(np.median(v)) for k, v in wall.items()}
+    cmed = {k: float(np.median(v)) for k, v in cpu.items()}
+    return {"steps_per_s_off": 1.0 / med[False], "steps_per_s_on": 1.0 / med[True],
+            "wall_pct": 100.0 * (med[True] / med[False] - 1.0), "cpu_pct": 100.0 * (cmed[True] / cmed[False] - 1.0),
+            "act_us": act * 1e6, "act_value_us": act_value * 1e6, "write_us": write * 1e6,
+            "value_every": run_log.VALUE_EVERY,
+            "direct_pct": 100.0 * ((act_value - act) / run_log.VALUE_EVERY + write) / med[False]}
 
 
 def eval_record_ms(steps: int = 2400, repeats: int = 5) -> float:
@@ -215,9 +244,16 @@ def main(argv=None) -> None:
     ap.add_argument("--cost-steps", type=int, default=1500, help="host-loop steps for the training cost (0: skip)")
     ap.add_argument("--port", type=int, default=0, help="dashboard port (0: a free one)")
     args = ap.parse_args(argv)
+    if not args.seconds > 0:
+        ap.error(f"--seconds {args.seconds:g}: give how long to write the run, > 0")
     if args.cost_steps:
-        off, on, pct = training_cost(args.cost_steps)
-        print(f"host loop: {off:.1f} steps/s without the step log, {on:.1f} with it: training_cost_pct={pct:.2f}")
+        c = training_cost(args.cost_steps)
+        print(f"host loop (median of alternating chunks): {c['steps_per_s_off']:.1f} steps/s without the step log, "
+              f"{c['steps_per_s_on']:.1f} with it ({c['wall_pct']:+.2f}% time per step); CPU time per step "
+              f"{c['cpu_pct']:+.2f}%")
+        print(f"per call: crossq.act {c['act_us']:.0f} us, act_and_value {c['act_value_us']:.0f} us (every "
+              f"{c['value_every']}th step), one record {c['write_us']:.0f} us: {c['direct_pct']:.2f}% of a step")
+        print(f"training_cost_pct={c['direct_pct']:.2f}")
         ms = eval_record_ms()
         print(f"surrogate run: {ms:.1f} ms to write an evaluation's drive (2400 steps), "
               f"{100 * ms / 1000 / 20:.3f}% of a 20-s evaluation period")

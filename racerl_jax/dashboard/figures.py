@@ -187,8 +187,9 @@ def decisions_figure(trace: Trace | None, cursor: int | None) -> dict:
          "line": {"color": COLORS[0], "width": 1.5}},
         {"type": "scatter", "mode": "lines", "x": arr(t), "y": arr(trace["throttle"] - trace["brake"]),
          "name": "applied throttle - brake", "yaxis": "y2", "line": {"color": COLORS[2], "width": 1.5}},
+        # the value is logged every few steps (run_log.VALUE_EVERY): the line joins those
         {"type": "scatter", "mode": "lines", "x": arr(t), "y": arr(trace["value"]), "name": "critics' value",
-         "yaxis": "y3", "line": {"color": COLORS[4], "width": 1.5}},
+         "yaxis": "y3", "connectgaps": True, "line": {"color": COLORS[4], "width": 1.5}},
     ]
     if pedal_policy is not None:
         data.insert(2, {"type": "scatter", "mode": "lines", "x": arr(t), "y": arr(pedal_policy),
