@@ -16,6 +16,9 @@ from racerl_jax.dashboard.track import Track
 from racerl_jax.dashboard.traces import Trace
 
 MAP_POINTS = 500  # driven-line markers drawn on the map at most (SVG markers are what costs)
+# Points per line at most: no more than a plot has pixels across, and each update redraws them all
+# (at 50 Hz the live window holds 3000 steps; drawing them all made the page lag on a busy CPU).
+LINE_POINTS = 1200
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 GREY = "#9a9a9a"
 
@@ -136,6 +139,7 @@ def lap_figure(track: Track | None, trace: Trace | None, best: Trace | None, cur
         return _empty("speed, throttle, brake, steering along the lap", "no driving yet", 520)
     seg = current_lap(trace, track)
     dist = distance(trace, seg, track)
+    th = _thin(len(dist), LINE_POINTS)
     names = (("speed", "speed (km/h)", 3.6), ("throttle", "throttle", 1.0), ("brake", "brake", 1.0),
              ("steer", "steering", 1.0))
     data: list[dict] = []
@@ -148,14 +152,14 @@ def lap_figure(track: Track | None, trace: Trace | None, best: Trace | None, cur
         ax = "" if k == 0 else str(k + 1)
         layout[f"yaxis{ax}"] = {"domain": dom, "title": {"text": label, "font": {"size": 11}}}
         if best is not None:
-            bseg = slice(0, len(best))
-            data.append({"type": "scatter", "mode": "lines", "x": arr(distance(best, bseg, track)),
-                         "y": arr(best[col] * scale), "yaxis": f"y{ax}", "name": "best lap",
+            bth = _thin(len(best), LINE_POINTS)
+            data.append({"type": "scatter", "mode": "lines", "x": arr(distance(best, slice(0, len(best)), track)[bth]),
+                         "y": arr(best[col][bth] * scale), "yaxis": f"y{ax}", "name": "best lap",
                          "legendgroup": "best", "showlegend": k == 0, "line": {"color": GREY, "width": 1.5}})
         if k == 0 and track is not None and track.ref_speed is not None:
             data.append({"type": "scatter", "mode": "lines", "x": arr(track.s), "y": arr(track.ref_speed * 3.6),
                          "yaxis": "y", "name": "reference speed", "line": {"color": "#d62728", "width": 1, "dash": "dash"}})
-        data.append({"type": "scatter", "mode": "lines", "x": arr(dist), "y": arr(trace[col][seg] * scale),
+        data.append({"type": "scatter", "mode": "lines", "x": arr(dist[th]), "y": arr(trace[col][seg][th] * scale),
                      "yaxis": f"y{ax}", "name": "this lap", "legendgroup": "now", "showlegend": k == 0,
                      "line": {"color": COLORS[0], "width": 1.5}})
     if cursor is not None and seg.start <= cursor < seg.stop:
@@ -177,25 +181,28 @@ def decisions_figure(trace: Trace | None, cursor: int | None) -> dict:
     if trace.policy is None or not np.isfinite(trace.policy).any():
         return _empty(title, "no per-step decisions in this source: they are written by runs on the game "
                       "(steps.jsonl); evaluation laps and recordings hold the controls only", 420)
-    t = trace["t"]
-    pol = trace.policy
+    t_all = trace["t"]
+    th = _thin(len(t_all), LINE_POINTS)
+    t, pol = t_all[th], trace.policy[th]
     pedal_policy = pol[:, 1] if pol.shape[1] == 2 else (pol[:, 1] - pol[:, 2] if pol.shape[1] >= 3 else None)
+    # the value is logged every few steps (run_log.VALUE_EVERY): the line runs through those
+    has_value = np.flatnonzero(np.isfinite(trace["value"]))
+    has_value = has_value[_thin(len(has_value), LINE_POINTS)]
     data = [
         {"type": "scatter", "mode": "lines", "x": arr(t), "y": arr(pol[:, 0]), "name": "policy steer",
          "line": {"color": COLORS[0], "width": 1, "dash": "dot"}},
-        {"type": "scatter", "mode": "lines", "x": arr(t), "y": arr(trace["steer"]), "name": "applied steer",
+        {"type": "scatter", "mode": "lines", "x": arr(t), "y": arr(trace["steer"][th]), "name": "applied steer",
          "line": {"color": COLORS[0], "width": 1.5}},
-        {"type": "scatter", "mode": "lines", "x": arr(t), "y": arr(trace["throttle"] - trace["brake"]),
+        {"type": "scatter", "mode": "lines", "x": arr(t), "y": arr((trace["throttle"] - trace["brake"])[th]),
          "name": "applied throttle - brake", "yaxis": "y2", "line": {"color": COLORS[2], "width": 1.5}},
-        # the value is logged every few steps (run_log.VALUE_EVERY): the line joins those
-        {"type": "scatter", "mode": "lines", "x": arr(t), "y": arr(trace["value"]), "name": "critics' value",
-         "yaxis": "y3", "connectgaps": True, "line": {"color": COLORS[4], "width": 1.5}},
+        {"type": "scatter", "mode": "lines", "x": arr(t_all[has_value]), "y": arr(trace["value"][has_value]),
+         "name": "critics' value", "yaxis": "y3", "line": {"color": COLORS[4], "width": 1.5}},
     ]
     if pedal_policy is not None:
         data.insert(2, {"type": "scatter", "mode": "lines", "x": arr(t), "y": arr(pedal_policy),
                         "name": "policy pedal", "yaxis": "y2", "line": {"color": COLORS[2], "width": 1, "dash": "dot"}})
     ev = trace.events
-    data.append({"type": "scatter", "mode": "markers", "x": arr([t[j] for j, _ in ev]), "y": arr([0.0] * len(ev)),
+    data.append({"type": "scatter", "mode": "markers", "x": arr([t_all[j] for j, _ in ev]), "y": arr([0.0] * len(ev)),
                  "text": [r for _, r in ev], "name": f"safety ({len(ev)})", "yaxis": "y2",
                  "marker": {"color": "#d62728", "symbol": "x", "size": 8}, "hovertemplate": "%{text}<extra></extra>"})
     dom = _rows(3)
@@ -206,9 +213,9 @@ def decisions_figure(trace: Trace | None, cursor: int | None) -> dict:
               "yaxis2": {"domain": dom[1], "title": {"text": "pedal", "font": {"size": 11}}, "range": [-1.1, 1.1]},
               "yaxis3": {"domain": dom[2], "title": {"text": "value", "font": {"size": 11}}},
               "legend": {"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom"}, "shapes": []}
-    if cursor is not None and 0 <= cursor < len(t):
-        layout["shapes"].append({"type": "line", "xref": "x", "yref": "paper", "x0": float(t[cursor]),
-                                 "x1": float(t[cursor]), "y0": 0, "y1": 1, "line": {"color": "#000000", "width": 1}})
+    if cursor is not None and 0 <= cursor < len(t_all):
+        layout["shapes"].append({"type": "line", "xref": "x", "yref": "paper", "x0": float(t_all[cursor]),
+                                 "x1": float(t_all[cursor]), "y0": 0, "y1": 1, "line": {"color": "#000000", "width": 1}})
     return {"data": data, "layout": layout}
 
 
