@@ -31,6 +31,39 @@ def test_steer_left_turns_counter_clockwise_and_yaw_follows_motion(game):
     assert f["yaw_rate"] > 0.1  # steer +1 is left: counter-clockwise
 
 
+def _drive(game, seed, n=60):
+    frames = [game.reset(seed)]
+    for i in range(n):
+        frames.append(game.step({"steer": 0.4 * math.sin(i / 7), "throttle": 0.8 if i < 40 else 0.0,
+                                 "brake": 0.0 if i < 40 else 0.5}, 2))
+    return frames
+
+
+def test_a_reset_to_the_same_track_keeps_the_road_and_drives_exactly_as_a_fresh_one(game):
+    first = _drive(game, 5)
+    road = list(game.env.road)
+    again = _drive(game, 5)
+    # the road's Box2D bodies were kept, not torn down and rebuilt
+    assert all(a is b for a, b in zip(road, game.env.road)) and len(road) == len(game.env.road)
+    for f, g in zip(first, again):
+        for k in ("x", "y", "yaw", "speed", "yaw_rate", "lap_dist", "on_track"):
+            assert f[k] == pytest.approx(g[k], abs=1e-6), k
+    # it drives as a game that never drove this track (a full env.reset) ...
+    other = CarRacingGame()
+    fresh = _drive(other, 5)
+    for f, g in zip(fresh, again):
+        assert (f["x"], f["y"], f["speed"]) == pytest.approx((g["x"], g["y"], g["speed"]), abs=1e-6)
+    # ... and the lap bookkeeping starts over as there: only the tiles under the car count as visited
+    game.reset(5)
+    other.reset(5)
+    assert game.env.tile_visited_count == other.env.tile_visited_count < 5
+    assert [t.road_visited for t in game.env.road] == [t.road_visited for t in other.env.road]
+    assert game.env.t == pytest.approx(other.env.t) and not game.env.new_lap and game.env.reward == other.env.reward
+    # another seed builds its own track
+    game.reset(6)
+    assert game.env.road[0] is not road[0]
+
+
 def test_lockstep_is_much_faster_than_real_time_without_rendering(game):
     game.reset(1)
     n, t0 = 500, time.perf_counter()
