@@ -173,7 +173,8 @@ class Run:
 
     def live(self, window: int) -> Trace | None:
         """What the car is doing now: the last ``window`` steps of the newest episode of the step
-        stream (the game), else the newest evaluation's drive (the surrogate)."""
+        stream (the game), else the newest evaluation's drive (the surrogate), else the best lap of
+        a run from before eval_laps.jsonl (best_lap.npz)."""
         if self.steps.episodes:
             return self.steps.episode(-1, last=window)
         if self.evals:
@@ -183,17 +184,23 @@ class Run:
                 cols = {c: np.concatenate([t.cols[c] for t in laps]) for c in COLUMNS}
                 cols["t"] = np.arange(len(cols["x"])) * num(self.evals[-1].get("dt"))
                 return Trace(f"eval {k} @ {self.evals[-1].get('env_steps', '?')} steps", cols)
-        return None
+        return self.best_npz
+
+    def _extra_items(self) -> list[Trace]:
+        """What a run without evaluation laps still has to replay: its best_lap.npz."""
+        return [self.best_npz] if self.best_npz is not None and not self.laps else []
 
     def replay_items(self) -> list[str]:
-        """Labels of what the replay slider steps through: recorded episodes, then evaluation laps."""
+        """Labels of what the replay slider steps through: recorded episodes, then evaluation laps
+        (or, from an older run, its best lap)."""
         return [f"{self.steps.episode(i, last=1).label.split(' (')[0]}" for i in range(len(self.steps.episodes))] + \
-            [t.label for t in self.laps]
+            [t.label for t in self.laps + self._extra_items()]
 
     def replay(self, i: int) -> Trace | None:
         n = len(self.steps.episodes)
         if 0 <= i < n:
             return self.steps.episode(i)
-        if n <= i < n + len(self.laps):
-            return self.laps[i - n]
+        laps = self.laps + self._extra_items()
+        if n <= i < n + len(laps):
+            return laps[i - n]
         return None

@@ -103,3 +103,16 @@ def test_the_fastest_lap_of_a_recording_is_found_from_start_line_to_start_line_w
     best = run.best_lap()
     assert best is not None and best.lap_s == pytest.approx(oval.length / 20.0, abs=0.05)
     assert len(best) == pytest.approx(lap_frames, abs=2)
+
+
+def test_a_run_from_before_the_dashboard_shows_and_replays_its_best_lap_npz(tmp_path, oval):
+    d = oval.data
+    n = 200
+    np.savez(tmp_path / "best_lap.npz", lap_s=np.float64(40.0), env_steps=np.int64(5000), x=d.x[:n] if len(d.x) >= n
+             else np.resize(d.x, n), y=np.resize(d.y, n), speed=np.full(n, 30.0), action=np.zeros((n, 3)),
+             ref_deviation=np.zeros(n))
+    (tmp_path / "config.json").write_text("{}")
+    run = Run(tmp_path)
+    run.refresh()
+    assert run.live(3000) is run.best_npz is run.best_lap() and run.best_lap().lap_s == 40.0
+    assert run.replay_items() == ["best lap 40.00 s (best_lap.npz)"] and len(run.replay(0)) == n
