@@ -202,15 +202,16 @@ def run(cfg: SurrogateFitConfig) -> dict[str, Any]:
 
 def report_text(result: F.FitResult, data: FitData) -> str:
     rows = [f"{'model':<20} {'delay':>5} " + " ".join(f"{'pos ' + str(h) + 's':>9} {'spd ' + str(h) + 's':>9} {'yaw ' + str(h) + 's':>9}"
-                                                   for h in F.REPORT_HORIZONS_S) + f" {'fit s':>6}"]
+                                                   for h in F.REPORT_HORIZONS_S) + f" {'score':>6} {'fit s':>6}"]
     for name, f in result.fits.items():
         cells = " ".join(f"{f.val[f'pos_err_{h:g}s_median']:9.3f} {f.val[f'speed_err_{h:g}s_median']:9.3f} "
                          f"{f.val[f'yaw_err_{h:g}s_median']:9.4f}" for h in F.REPORT_HORIZONS_S)
         mark = " <- chosen" if name == result.chosen else ""
-        rows.append(f"{name:<20} {f.delay:>5} {cells} {f.seconds:6.0f}{mark}")
+        rows.append(f"{name:<20} {f.delay:>5} {cells} {f.val['score']:6.2f} {f.seconds:6.0f}{mark}")
     best = result.best
     rows.append(f"median open-loop errors on {best.val['windows']} held-out windows (m, m/s, rad); delay in frames "
-                f"of {data.dt:.3f} s")
+                f"of {data.dt:.3f} s; chosen by the score: position plus speed error 1 s ahead over 0.5 each, "
+                "averaged over the speed bands")
     rows.append(f"fitted parameters of {result.chosen} (uncertainty as a +- fraction):")
     for field in F.FIT_FIELDS[best.model]:
         unit = PARAM_UNITS[field]

@@ -76,6 +76,17 @@ def regime_errors(regimes: dict[str, np.ndarray], pos: np.ndarray, speed: np.nda
     return rows
 
 
+def speed_band_score(band: np.ndarray, pos: np.ndarray, speed: np.ndarray, min_windows: int = MIN_REGIME_WINDOWS,
+                     goal: float = 0.5) -> float:
+    """Median position plus speed error, each over ``goal``, averaged over the speed bands with at
+    least ``min_windows`` windows (all windows alike where no band has that many)."""
+    per_band = [np.median(pos[band == b]) / goal + np.median(speed[band == b]) / goal
+                for b in np.unique(band) if np.sum(band == b) >= min_windows]
+    if not per_band:
+        return float(np.median(pos) / goal + np.median(speed) / goal)
+    return float(np.mean(per_band))
+
+
 def format_regime_errors(rows: list[dict], horizon_s: float) -> str:
     lines = [f"held-out error {horizon_s:g} s ahead by regime (median):",
              f"  {'regime':<24} {'windows':>8} {'pos m':>8} {'speed m/s':>10}"]

@@ -5,7 +5,7 @@ import pytest
 
 from surrogate.fit_data import Windows
 from surrogate.fit_regimes import (MIN_REGIME_WINDOWS, PEDALS, balanced_probabilities, format_regime_errors,
-                                   regime_errors, window_regimes)
+                                   regime_errors, speed_band_score, window_regimes)
 
 MAX_DELAY, HORIZON, DT = 2, 10, 0.05
 
@@ -56,3 +56,14 @@ def test_regime_errors_report_each_regimes_median_and_count():
     assert by[("speed", "40-50 m/s")]["windows"] == 2 and ("pedal", "coast") not in by
     text = format_regime_errors(rows, 1.0)
     assert "pedal: hard brake" in text and "speed: 0-10 m/s" in text
+
+
+def test_the_speed_band_score_weighs_every_covered_band_alike():
+    band = np.array([0] * 100 + [5] * 25 + [9] * 3)
+    pos = np.r_[np.full(100, 0.1), np.full(25, 2.0), np.full(3, 50.0)]
+    spd = np.r_[np.full(100, 0.1), np.full(25, 1.0), np.full(3, 50.0)]
+    # bands 0 and 5 count (3 windows in band 9 are too few): ((0.1 + 0.1) + (2 + 1)) / 0.5 / 2
+    assert speed_band_score(band, pos, spd) == pytest.approx(3.2)
+    # over all windows alike the slow majority would hide band 5 entirely: 0.4
+    assert np.median(pos) / 0.5 + np.median(spd) / 0.5 == pytest.approx(0.4)
+    assert speed_band_score(band[:3], pos[:3], spd[:3]) == pytest.approx(0.4)  # no band big enough: all windows
