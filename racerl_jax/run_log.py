@@ -170,35 +170,20 @@ def _last_episode(path: Path, tail: int = 4096) -> int:
     return -1
 
 
-# The critics' value is computed every this many steps (and on none of the others): one extra
-# critic pass per step cost the host loop a few percent on a busy 2-core CPU; one in five stays
-# under 1% and still draws the value at 4 Hz at the default 20 Hz control rate.
-VALUE_EVERY = 5
-
-
 class StepLog:
     """``steps.jsonl``: one record per env step of the host loop. Fields: ``w`` (wall clock, s),
     ``ep`` (episode number within this log), ``policy`` (the policy's action in the env's units),
     ``applied`` (steer, throttle, brake as sent to the game; the env's action where the env does not
-    say), ``value`` (the critics' mean value of the policy's action, every ``value_every``-th step;
-    null on the others and during the random phase),
+    say), ``value`` (the critics' mean value of the policy's action; null during the random phase),
     ``r`` (reward) and, when known, ``x``, ``y``, ``speed``, ``t`` (game time), ``safety`` (the safety
     layer's reasons) and ``end`` (why the episode ended)."""
 
-    def __init__(self, run_dir: str | os.PathLike, value_every: int = VALUE_EVERY) -> None:
-        if value_every < 1:
-            raise ValueError(f"StepLog value_every={value_every}: give 1 (every step) or more")
-        self.value_every = value_every
-        self._steps = 0
+    def __init__(self, run_dir: str | os.PathLike) -> None:
         self._file = JsonLines(Path(run_dir) / STEPS_FILE)
         # A resumed run goes on from the last episode number in the file: its first episode is
         # not the one the killed run was driving.
         self.episode = _last_episode(self._file.path) + 1
         self._ended = False
-
-    def wants_value(self) -> bool:
-        """Whether the step about to be written should carry the critics' value."""
-        return self._steps % self.value_every == 0
 
     def new_episode(self) -> None:
         """An episode was cut short from outside (an evaluation drove the env in between)."""
@@ -209,7 +194,6 @@ class StepLog:
               info: Mapping[str, Any] | None = None, frame: Mapping[str, Any] | None = None) -> None:
         if self._ended:
             self.new_episode()
-        self._steps += 1
         rec: dict[str, Any] = {"w": round(time.time(), 3), "ep": self.episode, "policy": numbers(policy),
                                "applied": numbers(applied), "value": None if value is None else number(value),
                                "r": number(reward)}

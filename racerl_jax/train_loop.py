@@ -388,7 +388,7 @@ class HostLoop:
             value = None
             if self.random_warmup and int(agent.env_steps) < config.learning_starts:
                 action = np.asarray(jax.random.uniform(k_act, (self.num_envs, self.action_size), jnp.float32, -1.0, 1.0))
-            elif self.step_log is not None and self.step_log.wants_value():
+            elif self.step_log is not None:
                 action, value = (np.asarray(a) for a in act_and_value(agent, jnp.asarray(self.obs), k_act))
             else:
                 action = np.asarray(crossq.act(agent, jnp.asarray(self.obs), k_act, deterministic=False))

@@ -185,7 +185,7 @@ def decisions_figure(trace: Trace | None, cursor: int | None) -> dict:
     th = _thin(len(t_all), LINE_POINTS)
     t, pol = t_all[th], trace.policy[th]
     pedal_policy = pol[:, 1] if pol.shape[1] == 2 else (pol[:, 1] - pol[:, 2] if pol.shape[1] >= 3 else None)
-    # the value is logged every few steps (run_log.VALUE_EVERY): the line runs through those
+    # the value is null during the random phase and after a non-finite one: the line runs through the rest
     has_value = np.flatnonzero(np.isfinite(trace["value"]))
     has_value = has_value[_thin(len(has_value), LINE_POINTS)]
     data = [

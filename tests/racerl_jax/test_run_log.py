@@ -169,7 +169,7 @@ def test_host_loop_records_every_step_with_the_policys_action_and_the_critics_va
 
     config = CrossQConfig.cpu(critic_hidden=(8, 8), actor_hidden=(8, 8), batch_size=4, learning_starts=10,
                               buffer_size=100)
-    log = run_log.StepLog(tmp_path, value_every=2)
+    log = run_log.StepLog(tmp_path)
     # no updates: what is recorded, not what is learned, is under test (and compiling them is slow)
     loop = train_loop.HostLoop(gym.make("Pendulum-v1", max_episode_steps=20), config, seed=0, updates_per_step=0,
                                step_log=log)
@@ -180,8 +180,7 @@ def test_host_loop_records_every_step_with_the_policys_action_and_the_critics_va
     log.close()
     recs = _lines(tmp_path / run_log.STEPS_FILE)
     assert len(recs) == 30
-    assert all(r["value"] is None for r in recs[:10])  # the random phase
-    assert [isinstance(r["value"], float) for r in recs[10:14]] == [True, False, True, False]  # every 2nd step
+    assert all(r["value"] is None for r in recs[:10]) and all(isinstance(r["value"], float) for r in recs[10:])
     assert [r["ep"] for r in (recs[19], recs[20])] == [0, 1] and recs[19]["end"] == "done"
     assert all(r["policy"] == r["applied"] and -2.0 <= r["policy"][0] <= 2.0 for r in recs)  # no safety layer here
     # the value is the critics' mean for the action the policy took (the same key gives the same action)
