@@ -22,9 +22,6 @@ from surrogate.track_io import save_track
 
 from tests.racerl_jax.conftest import game_track
 
-# The tiny training run of conftest.kinematic_run is built once per worker: keep its users on one.
-pytestmark = pytest.mark.xdist_group("kinematic_run")
-
 LAST_LINE = re.compile(r"^clean_lap_rate=(\S+) mean_lap_s=(\S+) best_lap_s=(\S+) limit_s=(\S+) gap_pct=(\S+)$")
 # The kinematic game's yaw rate follows the steering within a tick: the baseline's yaw-rate
 # feedback, tuned for cars with tyre lag, oscillates there (as tests/racerl_jax/test_record_telemetry.py notes).

@@ -94,7 +94,6 @@ def test_minutes_and_episodes_bound_the_recording_together(game_address, tmp_pat
     assert s["game_s"] == pytest.approx(4.0)
 
 
-@pytest.mark.xdist_group("kinematic_run")  # shares test_evaluate's worker, where the run is already built
 def test_agent_policy_drives_at_its_runs_control_period_deterministically_and_with_noise(
         game_address, kinematic_run, tmp_path, capsys):
     # --dt 0.06 is not the run's: the agent acts at the 0.04 s (2 ticks) it trained at
