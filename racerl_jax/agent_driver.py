@@ -20,10 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from racerl_jax import crossq
 from racerl_jax.checkpoint import CONFIG_FILE
 from racerl_jax.saved_agent import AgentError, SavedAgent, load_agent
-from racerl_jax.train_loop import scale_action
+from racerl_jax.train_loop import driving_action
 from racerl_jax.train_racing import env_config
 from surrogate.car import CarParams
 from surrogate.env import EnvConfig, env_action, game_controls
@@ -56,8 +55,7 @@ class AgentDriver:
         """A host function obs -> env action (deterministic), compiled before it is returned (in
         real time a first step that compiles would be late)."""
         agent, key = self.saved.agent, jax.random.PRNGKey(0)
-        fn = jax.jit(lambda obs: scale_action(crossq.act(agent, obs[None], key, deterministic=True)[0], low, high,
-                                              agent.config.action_overshoot))
+        fn = jax.jit(lambda obs: driving_action(agent, obs, low, high, key))
         jax.block_until_ready(fn(jnp.zeros(obs_shape, jnp.float32)))
         return lambda obs: np.asarray(fn(jnp.asarray(obs, jnp.float32)))
 

@@ -33,12 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from racerl_jax import crossq
 from racerl_jax.checkpoint import CONFIG_FILE
 from racerl_jax.config_io import name_value_overrides
 from racerl_jax.crossq import AgentState
 from racerl_jax.saved_agent import _FORMS, AgentError, SavedAgent, load_agent
-from racerl_jax.train_loop import scale_action
+from racerl_jax.train_loop import driving_action
 from racerl_jax.train_racing import TrainConfig, build_setup, env_config
 from surrogate.baseline import BaselineParams, baseline_action, baseline_params_for
 from surrogate.car import CarParams
@@ -194,8 +193,7 @@ class LapBook:
 
 def _agent_action(agent: AgentState, env: RacingEnv, obs: jax.Array, state: Any, key: jax.Array) -> jax.Array:
     low, high = np.asarray(env.action_low, np.float32), np.asarray(env.action_high, np.float32)
-    return scale_action(crossq.act(agent, obs[None], key, deterministic=True)[0], low, high,
-                        agent.config.action_overshoot)
+    return driving_action(agent, obs, low, high, key)
 
 
 def _baseline_action(args: tuple[Track, BaselineParams], env: RacingEnv, obs: jax.Array, state: Any,
@@ -637,8 +635,7 @@ def _evaluate_game(cfg: EvalConfig, tc: TrainConfig, saved: SavedAgent, out: Pat
 
         low, high = env.action_space.low, env.action_space.high
         agent, key = saved.agent, jax.random.PRNGKey(cfg.seed)
-        agent_fn = jax.jit(lambda obs: scale_action(crossq.act(agent, obs[None], key, deterministic=True)[0], low,
-                                                    high, agent.config.action_overshoot))
+        agent_fn = jax.jit(lambda obs: driving_action(agent, obs, low, high, key))
         base_fn = jax.jit(lambda pos, tel: env_action(baseline_action(env.track, pos, tel, bp), tc.pedals))
         # Compiled before the game runs: in real time a first step that compiles would be late.
         t = env.track

@@ -241,10 +241,9 @@ def drive_laps(env: Any, act: Callable[[np.ndarray], np.ndarray], laps: int, max
 
 @jax.jit
 def _act(agent: AgentState, obs: jax.Array, low: jax.Array, high: jax.Array, key: jax.Array) -> jax.Array:
-    from racerl_jax.train_loop import scale_action
+    from racerl_jax.train_loop import driving_action
 
-    return scale_action(crossq.act(agent, obs[None], key, deterministic=True)[0], low, high,
-                        agent.config.action_overshoot)
+    return driving_action(agent, obs, low, high, key)
 
 
 def agent_policy(env: Any, agent: AgentState, seed: int) -> Callable[[np.ndarray], np.ndarray]:

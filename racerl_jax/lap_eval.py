@@ -17,7 +17,7 @@ import numpy as np
 from racerl_jax import crossq
 from racerl_jax.checkpoint import Checkpointer, read_config
 from racerl_jax.crossq import AgentState, CrossQConfig
-from racerl_jax.train_loop import scale_action
+from racerl_jax.train_loop import driving_action, scale_action
 from racerl_jax.racing_setup import RacingSetup
 from racerl_jax.train_config import TrainConfig
 from surrogate.env import EnvConfig, EnvParams, RacingEnv
@@ -49,8 +49,7 @@ def _drive_lap(env: RacingEnv, steps: int, agent: AgentState, params: EnvParams,
 
     def body(carry, k):
         obs, state = carry
-        action = scale_action(crossq.act(agent, obs[None], k, deterministic=True)[0], low, high,
-                              agent.config.action_overshoot)
+        action = driving_action(agent, obs, low, high, k)
         obs2, state2, r, term, trunc, info = env.step(k, state, action, params)
         return (obs2, state2), trajectory_row(env, state, action, r, term, trunc, info)
 

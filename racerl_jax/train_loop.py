@@ -42,6 +42,13 @@ def scale_action(action, low: np.ndarray, high: np.ndarray, overshoot: float = 0
     return xp.clip(out, low, high) if overshoot else out
 
 
+def driving_action(agent, obs: jax.Array, low, high, key: jax.Array) -> jax.Array:
+    """The agent's deterministic action for one observation, in the env's units: what every
+    evaluation, recording and game drive sends."""
+    return scale_action(crossq.act(agent, obs[None], key, deterministic=True)[0], low, high,
+                        agent.config.action_overshoot)
+
+
 def _run_updates(
     agent: AgentState, buffer: ReplayBuffer, num_updates: int, config: CrossQConfig,
     lr_scale: jax.Array | float = 1.0, entropy_shift: jax.Array | float = 0.0,
