@@ -17,8 +17,12 @@ game's own track (no fit) and driven on the game too: the fit's worth is the dif
                                      [--rounds 2 --agent-minutes 5]
 
 Writes everything under ``--out`` (default runs/sim_to_real-<time>/) and ends with
-``game_clean_lap_rate=<f> game_mean_lap_s=<f> surrogate_mean_lap_s=<f> transfer_gap_pct=<f> baseline_game_lap_s=<f>``
-(plus ``control_game_clean_lap_rate=<f> control_game_mean_lap_s=<f>`` with the control). Lap times
+``game_clean_lap_rate=<f> game_mean_lap_s=<f> surrogate_mean_lap_s=<f> transfer_gap_pct=<f> baseline_game_lap_s=<f>
+agree_m=<f> agree_time_gap_pct=<f> agree_speed_diff_mps=<f>`` (plus ``control_game_clean_lap_rate=<f>
+control_game_mean_lap_s=<f>`` with the control). The ``agree_`` figures compare the driver's first drive
+on the game with its first in the surrogate up to where the shorter ended (``racerl_jax.transfer``,
+plotted in ``transfer.png``): the distance, the game's extra time over it, the mean speed difference;
+they measure the fit before the driver laps. Lap times
 are means over clean laps; CarRacing ends an episode at the line, so its laps start from rest, and
 the surrogate's mean is taken over its laps from rest too where it drove any.
 """
@@ -34,6 +38,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 PY = sys.executable
 
 
@@ -127,7 +133,6 @@ def main(argv=None) -> int:
         control = None
         if not a.no_control:
             # The default car on the game's own track: what training without a fit gives.
-            sys.path.insert(0, str(ROOT))
             from surrogate.surrogate_file import load_surrogate
             from surrogate.track_io import save_track
             track_csv = out / "game_track.csv"
@@ -153,6 +158,13 @@ def main(argv=None) -> int:
     line = (f"game_clean_lap_rate={g['agent']['clean_lap_rate']:.2f} game_mean_lap_s={game_mean:.2f} "
             f"surrogate_mean_lap_s={sur_mean:.2f} transfer_gap_pct={100.0 * (game_mean / sur_mean - 1.0):.1f} "
             f"baseline_game_lap_s={mean_clean(g, 'baseline'):.2f}")
+    # Before a driver laps, the lap-time gap says nothing: how far the two drives agree does.
+    from racerl_jax.transfer import compare_drives, load_drive, plot_transfer
+    drives = [load_drive(out / f"eval-{b}" / "agent_drive.npz") for b in ("surrogate", "real")]
+    agree = compare_drives(*drives)
+    plot_transfer(*drives, out / "transfer.png")
+    line += (f" agree_m={agree['common_m']:.0f} agree_time_gap_pct={agree['time_gap_pct']:.1f} "
+             f"agree_speed_diff_mps={agree['speed_diff_mps']:.2f}")
     if rounds:
         line += f" rounds={len(rounds) + 1} round1_game_clean_lap_rate={rounds[0]['agent']['clean_lap_rate']:.2f}"
     if control is not None:

@@ -20,8 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from racerl_jax.checkpoint import CONFIG_FILE
-from racerl_jax.saved_agent import AgentError, SavedAgent, load_agent
+from racerl_jax.saved_agent import SavedAgent, load_agent
 from racerl_jax.train_loop import driving_action
 from racerl_jax.train_racing import env_config
 from surrogate.car import CarParams
@@ -36,16 +35,9 @@ class AgentDriver:
 
     @classmethod
     def load(cls, path: str | Path) -> "AgentDriver":
-        from surrogate.surrogate_file import SurrogateFileError, load_surrogate
-
         saved = load_agent(path)
-        tc = saved.config
-        try:
-            fitted = load_surrogate(tc.surrogate) if tc.surrogate else None
-        except (SurrogateFileError, FileNotFoundError) as e:
-            raise AgentError(f"the agent's surrogate file does not load: {e} (paths in {CONFIG_FILE} are relative to "
-                             "where training ran: record from there)", code=1) from None
-        return cls(saved, env_config(tc, fitted, start="line"), fitted.car if fitted else CarParams())
+        fitted = saved.fitted("record")
+        return cls(saved, env_config(saved.config, fitted, start="line"), fitted.car if fitted else CarParams())
 
     @property
     def pedals(self) -> str:

@@ -554,15 +554,14 @@ def _finish_driver(name: str, rows: dict[str, np.ndarray], book: LapBook, track:
 
 
 def _evaluate_surrogate(cfg: EvalConfig, tc: TrainConfig, saved: SavedAgent, out: Path) -> dict[str, Any]:
-    from surrogate.surrogate_file import SurrogateFileError, load_surrogate
     from surrogate.track_io import TrackFileError
 
+    fitted = saved.fitted("evaluate")
     try:
         setup = build_setup(tc)
-        fitted = load_surrogate(tc.surrogate) if tc.surrogate else None
-    except (SurrogateFileError, TrackFileError, FileNotFoundError) as e:
-        raise EvaluateError(f"the run's {'surrogate file' if tc.surrogate else 'track'} does not load: {e} (paths in "
-                            f"{CONFIG_FILE} are relative to where training ran: evaluate from there)", code=1) from None
+    except (TrackFileError, FileNotFoundError) as e:
+        raise EvaluateError(f"the run's track does not load: {e} (paths in {CONFIG_FILE} are relative to where "
+                            "training ran: evaluate from there)", code=1) from None
     car = fitted.car if fitted else CarParams()
     dt = setup.eval_env.config.dt
     max_steps = _max_steps(cfg, setup.limit_s, dt)
@@ -589,15 +588,10 @@ def _evaluate_game(cfg: EvalConfig, tc: TrainConfig, saved: SavedAgent, out: Pat
     from bridge import protocol as P
     from bridge.client import BridgeUnavailable
     from racerl_jax.real_env import RealEnvConfig, RealGameEnv, telemetry_from
-    from surrogate.surrogate_file import SurrogateFileError, load_surrogate
     from surrogate.track import project_global
     from surrogate.track_io import TrackFileError
 
-    try:
-        fitted = load_surrogate(tc.surrogate) if tc.surrogate else None
-    except (SurrogateFileError, FileNotFoundError) as e:
-        raise EvaluateError(f"the run's surrogate file does not load: {e} (paths in {CONFIG_FILE} are relative to "
-                            "where training ran: evaluate from there)", code=1) from None
+    fitted = saved.fitted("evaluate")
     car = fitted.car if fitted else CarParams()
     mode = cfg.mode or tc.game_mode
     # The run's own track only where it trained on the game (a surrogate run's track is the

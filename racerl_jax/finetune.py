@@ -40,7 +40,7 @@ from racerl_jax.crossq import AgentState, CrossQConfig
 from racerl_jax.replay import ReplayBuffer
 from racerl_jax.saved_agent import CHECKPOINTS_DIR, AgentError, SavedAgent, load_agent
 from racerl_jax.spot import DEFAULT_METADATA_URL, EXIT_INTERRUPTED, INTERRUPTED, SpotConfig
-from racerl_jax.train_racing import BEST_AGENT_DIR, TrainConfig, env_config
+from racerl_jax.train_racing import BEST_AGENT_DIR, env_config
 
 STATE_FILE = "finetune.json"  # the start and baseline scores, the best evaluation, game time driven
 CHOICES = ("keep", "reset")

@@ -43,6 +43,20 @@ class SavedAgent:
     step: int  # env steps the agent had trained for when saved
     source: str  # "best_agent" (the best clean evaluation lap's) or "checkpoint"
 
+    def fitted(self, where: str = "run it"):
+        """The surrogate file the run trained on (a ``FittedSurrogate``), or None for a run on a
+        built-in car. A file that does not load raises AgentError with the fix: paths in the run's
+        config are relative to where training ran, so ``where`` names what to do from there."""
+        from surrogate.surrogate_file import SurrogateFileError, load_surrogate
+
+        if not self.config.surrogate:
+            return None
+        try:
+            return load_surrogate(self.config.surrogate)
+        except (SurrogateFileError, FileNotFoundError) as e:
+            raise AgentError(f"the run's surrogate file does not load: {e} (paths in {CONFIG_FILE} are relative to "
+                             f"where training ran: {where} from there)", code=1) from None
+
 
 _FORMS = ("a run dir (runs/crossq-...), its best_agent/, its checkpoints/, or one step under either "
           "(e.g. runs/crossq-.../checkpoints/100000)")

@@ -85,6 +85,11 @@ class CarParams:
     tyre_B: float = 10.0  # 1/rad, magic formula stiffness factor
     tyre_C: float = 1.9  # magic formula shape factor
     tyre_E: float = 0.97  # magic formula curvature factor; peak D = mu * Fz
+    # Cornering stiffness grows as (forward speed / 10 m/s) ** tyre_speed_exp. 0: the force follows
+    # the slip angle, as a real tyre's does (and most simulators'). 1: it follows the slip velocity
+    # (lateral speed of the contact patch), as in Box2D games such as Gymnasium's CarRacing, whose car
+    # saturates at ever smaller slip angles the faster it goes; the fit finds where a game lies.
+    tyre_speed_exp: float = 0.0
     max_steer: float = 0.45  # rad, road-wheel angle at steer command +-1
     max_steer_rate: float = 2.0  # rad/s, road-wheel angle rate limit
     engine_power: float = 150e3  # W, at the driven (rear) wheels
@@ -129,6 +134,7 @@ PARAM_RANGES: dict[str, tuple[float, float]] = {
     "tyre_B": (2.0, 30.0),  # 1/rad
     "tyre_C": (1.0, 2.5),
     "tyre_E": (-2.0, 1.0),  # E > 1 makes the force curve fold back on itself
+    "tyre_speed_exp": (0.0, 1.5),  # slip angle (0) .. slip velocity (1) .. beyond
     "max_steer": (0.05, 1.0),  # rad
     "max_steer_rate": (0.1, 50.0),  # rad/s
     "engine_power": (1e3, 5e7),  # W
@@ -146,7 +152,7 @@ PARAM_RANGES: dict[str, tuple[float, float]] = {
 
 PARAM_UNITS: dict[str, str] = {
     "mass": "kg", "yaw_inertia": "kg m^2", "lf": "m", "lr": "m", "cg_height": "m", "mu": "",
-    "tyre_B": "1/rad", "tyre_C": "", "tyre_E": "", "max_steer": "rad", "max_steer_rate": "rad/s",
+    "tyre_B": "1/rad", "tyre_C": "", "tyre_E": "", "tyre_speed_exp": "", "max_steer": "rad", "max_steer_rate": "rad/s",
     "engine_power": "W", "max_drive_force": "N", "max_brake_force": "N", "brake_front_share": "",
     "drag_coef": "N/(m/s)^2", "rolling_resistance": "N", "g": "m/s^2", "rear_grip_ratio": "",
     "steer_tau": "s", "throttle_gamma": "", "brake_gamma": "",
@@ -159,6 +165,8 @@ V_BLEND_HI = 4.0
 _V_POWER_MIN = 1.0
 # Slip angles divide by vx; below this the dynamic model has zero weight anyway.
 _V_SLIP_MIN = 0.5
+# The speed at which tyre_B is the cornering stiffness factor whatever tyre_speed_exp is.
+_TYRE_V_REF = 10.0  # m/s
 # Numerical envelope (see module docstring): never reached by a physical car.
 _V_ENVELOPE = 150.0  # m/s
 _YAW_RATE_ENVELOPE = 25.0  # rad/s
@@ -420,9 +428,9 @@ def _kinematic_substep(params, s: CarState, steer, lon: _Longitudinal, h) -> _Ve
     return _Velocity(vx, vy, yaw_rate)
 
 
-def _magic_formula(params, alpha, peak):
-    """Pacejka lateral force and its slope dF/dalpha, for peak force ``peak``."""
-    b, c, e = params.tyre_B, params.tyre_C, params.tyre_E
+def _magic_formula(params, alpha, peak, b):
+    """Pacejka lateral force and its slope dF/dalpha, for peak force ``peak`` and stiffness factor ``b``."""
+    c, e = params.tyre_C, params.tyre_E
     ba = b * alpha
     phi = ba - e * (ba - fast_atan(ba))
     angle = c * fast_atan(phi)
@@ -455,8 +463,10 @@ def _dynamic_substep(params, s: CarState, steer, lon: _Longitudinal, fz_f, fz_r,
     # Friction circle: what longitudinal force uses is no longer available laterally.
     circle_f = jnp.sqrt(jnp.maximum(1.0 - (fx_f / peak_f) ** 2, 1e-6))
     circle_r = jnp.sqrt(jnp.maximum(1.0 - (fx_r / peak_r) ** 2, 1e-6))
-    fy_f, c_f = _magic_formula(params, alpha_f, peak_f * circle_f)
-    fy_r, c_r = _magic_formula(params, alpha_r, peak_r * circle_r)
+    # (vx_slip / v_ref) ** exp, as an exp of a log: vx_slip >= _V_SLIP_MIN > 0.
+    b = params.tyre_B * jnp.exp(params.tyre_speed_exp * jnp.log(vx_slip / _TYRE_V_REF))
+    fy_f, c_f = _magic_formula(params, alpha_f, peak_f * circle_f, b)
+    fy_r, c_r = _magic_formula(params, alpha_r, peak_r * circle_r, b)
     fy_f, c_f, fy_r, c_r = jax.lax.optimization_barrier((fy_f, c_f, fy_r, c_r))
 
     # Longitudinal: the front tyres' lateral force tilted by the steer slows the car (cornering drag).

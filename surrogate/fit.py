@@ -39,13 +39,14 @@ from surrogate.fit_data import FitData, Windows
 from surrogate.fit_regimes import balanced_probabilities, regime_errors, speed_band_score, window_regimes
 from surrogate.residual import Residual, apply_residual, init_residual
 
-# Fields fitted per model (the rest keep their defaults: mass, g, the tyre curve's E).
+# Fields fitted per model (the rest keep their defaults: mass, g).
 KINEMATIC_FIELDS = ("lf", "lr", "mu", "max_steer", "max_steer_rate", "steer_tau", "engine_power", "max_drive_force",
                     "max_brake_force", "brake_front_share", "drag_coef", "rolling_resistance", "throttle_gamma",
                     "brake_gamma")
 FIT_FIELDS = {
     "kinematic": KINEMATIC_FIELDS,
-    "dynamic": KINEMATIC_FIELDS + ("yaw_inertia", "tyre_B", "tyre_C", "rear_grip_ratio", "cg_height"),
+    "dynamic": KINEMATIC_FIELDS + ("yaw_inertia", "tyre_B", "tyre_C", "tyre_E", "tyre_speed_exp", "rear_grip_ratio",
+                                   "cg_height"),
 }
 # Error scales of the loss: what counts as one unit of error in each quantity.
 SCALES = {"pos": 0.5, "yaw": 0.05, "speed": 0.5, "yaw_rate": 0.1}
@@ -391,16 +392,17 @@ def evaluate(data: FitData, windows: Windows, model: str, delay: int, car: CarPa
     at those speeds."""
     pred = predict(data, windows, model, delay, car, residual, substeps)
     pos, yaw, spd, rate = (np.asarray(e) for e in errors(jnp.asarray(pred), jnp.asarray(windows.target)))
+    column = lambda h: min(max(int(round(h / data.dt)), 1), data.horizon) - 1  # noqa: E731 (the step h s ahead)
     out = {}
     for h in REPORT_HORIZONS_S:
-        k = min(max(int(round(h / data.dt)), 1), data.horizon) - 1
+        k = column(h)
         for name, e in (("pos", pos), ("speed", spd), ("yaw", yaw), ("yaw_rate", rate)):
             col = e[:, k]
             col = np.where(np.isfinite(col), col, np.inf)
             out[f"{name}_err_{h:g}s_median"] = float(np.median(col))
             out[f"{name}_err_{h:g}s_p90"] = float(np.percentile(col, 90))
     out["windows"] = int(len(windows))
-    k = min(max(int(round(1.0 / data.dt)), 1), data.horizon) - 1
+    k = column(1.0)
     regimes = window_regimes(windows, data.max_delay, data.dt)
     out["regimes_1s"] = regime_errors(regimes, pos[:, k], spd[:, k])
     out["score_all_windows"] = out["pos_err_1s_median"] / 0.5 + out["speed_err_1s_median"] / 0.5
@@ -527,7 +529,10 @@ def fit_all(data: FitData, cfg: FitConfig = FitConfig(), progress: Callable[[str
         return FitResult(fits, "kinematic", delay_scores, (time.monotonic() - t_start) / 60.0)
     t0 = time.monotonic()
     dyn_base = base.replace(**{f: getattr(car, f) for f in KINEMATIC_FIELDS})
-    starts = perturbed(dyn_base, FIT_FIELDS["dynamic"], cfg.starts)
+    # Half the starts from a tyre that follows slip angle, half from one that follows slip velocity:
+    # the two are far apart in the loss, and a game can be either (surrogate.car, tyre_speed_exp).
+    starts = (perturbed(dyn_base.replace(tyre_speed_exp=0.0), FIT_FIELDS["dynamic"], (cfg.starts + 1) // 2)
+              + perturbed(dyn_base.replace(tyre_speed_exp=1.0), FIT_FIELDS["dynamic"], cfg.starts // 2))
     car_d, loss_d = min(fit_model(data, "dynamic", [delay] * cfg.starts, starts, cfg, steps=cfg.steps,
                                   progress=progress, probs=probs), key=lambda r: r[1])
     add("dynamic", "dynamic", delay, car_d, None, loss_d, t0)

@@ -424,3 +424,15 @@ def test_pedal_maps_scale_drive_and_brake_force_by_a_power_of_the_pedal(model):
     linear = float(rollout(model, P, start, [0.0, 0.0, 0.5]).vx[0])
     assert soft == pytest.approx(linear, abs=1e-3)
     assert float(rollout(model, P.replace(throttle_gamma=3.0), init_car_state(0.0, 0.0, 0.0, 0.0), [0.0, 0.0, 0.0]).vx[-1]) == 0.0
+
+
+def test_a_slip_velocity_tyre_stiffens_with_speed_and_a_slip_angle_tyre_does_not():
+    """tyre_speed_exp: cornering stiffness times (speed / 10 m/s) ** exp (CarRacing's tyres: exp 1)."""
+    def lateral_accel(exp: float, v: float) -> float:
+        alpha = 0.002  # rad of body slip: the linear part of the tyre curve
+        s = init_car_state(0.0, 0.0, 0.0, v).replace(vy=jnp.float32(-v * np.tan(alpha)))
+        return float(dynamic_step(CarParams(tyre_speed_exp=exp), s, jnp.zeros(3), 1e-4, substeps=1).ay)
+
+    assert lateral_accel(0.0, 40.0) == pytest.approx(lateral_accel(0.0, 20.0), rel=0.02)
+    assert lateral_accel(1.0, 40.0) / lateral_accel(1.0, 20.0) == pytest.approx(2.0, rel=0.05)
+    assert lateral_accel(1.0, 10.0) == pytest.approx(lateral_accel(0.0, 10.0), rel=1e-3)

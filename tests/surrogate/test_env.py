@@ -278,9 +278,10 @@ def test_combined_pedal_drives_as_the_same_throttle_or_brake_on_separate_pedals(
     controls = jnp.array([[0.3, 0.8, 0.0], [-0.2, 0.8, 0.0], [0.1, 0.0, 0.6], [0.0, 0.0, 0.0], [0.5, 1.0, 0.0]])
     _, st = batch_reset(sep, jax.random.PRNGKey(3), params, 5)
     key = jax.random.PRNGKey(4)
+    step_c, step_s = jax.jit(comb.batch_step), jax.jit(sep.batch_step)  # op by op it takes a minute
     for _ in range(3):  # the throttle builds speed, then the brake takes it off
-        o_c, st_c, r_c, *_ = comb.batch_step(key, st, pedal, params)
-        o_s, st_s, r_s, *_ = sep.batch_step(key, st, controls, params)
+        o_c, st_c, r_c, *_ = step_c(key, st, pedal, params)
+        o_s, st_s, r_s, *_ = step_s(key, st, controls, params)
         np.testing.assert_array_equal(np.asarray(o_c), np.asarray(o_s))
         np.testing.assert_array_equal(np.asarray(r_c), np.asarray(r_s))
         st = st_s
