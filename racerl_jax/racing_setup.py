@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from racerl_jax.train_config import TrainConfig
 from surrogate.car import PARAM_NAMES, CarParams
 from surrogate.env import EnvConfig, EnvParams, RacingEnv, make_params
+from surrogate.observation import SENSOR_NOISE_SPEEDS
 from surrogate.surrogate_file import FittedSurrogate, load_surrogate
 from surrogate.track_io import DEFAULT_TRACK, TrackData
 
@@ -50,6 +51,14 @@ def car_spread(cfg: TrainConfig, fitted: FittedSurrogate | None) -> float | dict
     return {name: min(max(cfg.car_spread, cfg.fit_spread * fitted.spread.get(name, 0.0)), 0.5) for name in PARAM_NAMES}
 
 
+def sensor_noise(cfg: TrainConfig, fitted: FittedSurrogate | None) -> dict | None:
+    """The fitted game's telemetry noise by speed (the file's ``sensor_noise``) times ``--sensor-noise``."""
+    if fitted is None or not fitted.sensor_noise or cfg.sensor_noise == 0.0:
+        return None
+    return {k: v if k == SENSOR_NOISE_SPEEDS else [cfg.sensor_noise * a for a in v]
+            for k, v in fitted.sensor_noise.items()}
+
+
 def build_setup(cfg: TrainConfig) -> RacingSetup:
     """Training env (random starts) and evaluation env (start line, no randomisation), both on
     the same car and track, and the minimum-lap-time reference computed once."""
@@ -58,7 +67,8 @@ def build_setup(cfg: TrainConfig) -> RacingSetup:
     env_cfg = env_config(cfg, fitted, start="random")
     params, refs = make_params([track], car=car, config=env_cfg, car_spread=car_spread(cfg, fitted),
                                reward_weights=cfg.reward, standing_start_prob=cfg.standing_starts,
-                               residual=fitted.residual if fitted else None)
+                               residual=fitted.residual if fitted else None,
+                               sensor_noise=sensor_noise(cfg, fitted))
     limit = float(refs[0].lap_time_s)
     eval_steps = cfg.eval_max_steps or int(math.ceil(cfg.eval_laps * limit / 0.6 / env_cfg.dt))
     eval_cfg = dataclasses.replace(env_cfg, start="line", max_episode_steps=eval_steps)

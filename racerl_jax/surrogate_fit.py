@@ -33,7 +33,7 @@ from bridge import protocol as P
 from bridge.recorder import read_run
 from surrogate import fit as F
 from surrogate.car import PARAM_UNITS, car_params_to_dict
-from surrogate.fit_data import FitData, FitDataError, prepare
+from surrogate.fit_data import FitData, FitDataError, prepare, sensor_noise
 from surrogate.fit_regimes import format_regime_errors
 from surrogate.surrogate_file import save_surrogate
 
@@ -166,8 +166,10 @@ def run(cfg: SurrogateFitConfig) -> dict[str, Any]:
         car, capped = F.least_grip(data, best, cfg.fit.grip_tolerance, cfg.fit.substeps)
     provenance["least_grip"] = {"tolerance": cfg.fit.grip_tolerance, "changed": capped}
     out.mkdir(parents=True, exist_ok=True)
+    noise = sensor_noise(data.segments)
     save_surrogate(out / SURROGATE_FILE, best.model, car, data.track, delay_steps=delay, dt=data.control_period,
-                   game_dt=data.game_dt, spread=best.spread, residual=best.residual, provenance=provenance)
+                   game_dt=data.game_dt, spread=best.spread, residual=best.residual, provenance=provenance,
+                   sensor_noise=noise)
     (out / CAR_FILE).write_text(json.dumps(car_params_to_dict(car), indent=1) + "\n")
     report = {
         "chosen": result.chosen,
@@ -182,10 +184,13 @@ def run(cfg: SurrogateFitConfig) -> dict[str, Any]:
                    for name, f in result.fits.items()},
         "envelope": data.envelope(),
         "least_grip": {k: list(v) for k, v in capped.items()},
+        "sensor_noise": noise,
         "provenance": provenance,
     }
     (out / REPORT_JSON).write_text(json.dumps(report, indent=1) + "\n")
     text = report_text(result, data)
+    if noise:
+        text += "\n" + format_sensor_noise(noise)
     if capped:
         text += (f"\nwritten for training with the least grip that fits within {100 * cfg.fit.grip_tolerance:g}%: mu "
                  f"{capped['mu'][0]:.4g} -> {capped['mu'][1]:.4g} (score 1 s ahead {capped['score'][0]:.3f} -> "
@@ -221,6 +226,18 @@ def report_text(result: F.FitResult, data: FitData) -> str:
     rows.append(format_regime_errors(best.val["regimes_1s"], 1.0))
     if data.stats.dropped:
         rows.append("left out: " + ", ".join(f"{k} {v}" for k, v in sorted(data.stats.dropped.items())))
+    return "\n".join(rows)
+
+
+def format_sensor_noise(noise: dict) -> str:
+    """The telemetry noise by speed band, one row per channel (what training adds to its observations)."""
+    speeds = noise["speed_mps"]
+    rows = ["telemetry noise (standard deviation, added to the policy's observations in training) at speed (m/s):",
+            f"  {'channel':<20}" + "".join(f"{v:>8.0f}" for v in speeds)]
+    units = {"speed": "m/s", "accel_long": "m/s^2", "accel_lat": "m/s^2", "yaw_rate": "rad/s"}
+    for name, values in noise.items():
+        if name != "speed_mps":
+            rows.append(f"  {name + ' (' + units.get(name, '') + ')':<20}" + "".join(f"{v:8.3g}" for v in values))
     return "\n".join(rows)
 
 

@@ -109,6 +109,9 @@ class TrainConfig:
     # With --surrogate: each car parameter randomised by at least this many times its fit
     # uncertainty (the surrogate file's spread, capped at 0.5); 0 turns it off.
     fit_spread: float = 1.0
+    # With --surrogate: the telemetry noise the fit measured (the file's sensor_noise, by speed) added
+    # to what the policy observes, times this; 0 turns it off.
+    sensor_noise: float = 1.0
     # Training episodes that start from rest (the rest start anywhere at up to half the reference
     # speed): evaluation laps and the game start from rest, and a policy that has rarely been
     # there can sit on the line.
@@ -183,6 +186,7 @@ class TrainConfig:
         need(self.episode_steps >= 1, "episode_steps", "must be >= 1")
         need(0.0 <= self.car_spread < 1.0, "car_spread", "must be in [0, 1)")
         need(0.0 <= self.fit_spread <= 10.0, "fit_spread", "must be in [0, 10] (times the fit's uncertainty; 0: off)")
+        need(0.0 <= self.sensor_noise <= 10.0, "sensor_noise", "must be in [0, 10] (times the fit's noise; 0: off)")
         need(0.0 <= self.standing_starts <= 1.0, "standing_starts", "must be a fraction in [0, 1]")
         need(0.0 <= self.action_overshoot < 1.0, "action_overshoot", "must be in [0, 1)")
         need(self.pedals in PEDALS, "pedals", f"expected one of {PEDALS}")
@@ -359,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-spread", type=float, default=d.fit_spread,
                    help="with --surrogate: each car parameter randomised by at least this many times its fit "
                         "uncertainty (0: off)")
+    p.add_argument("--sensor-noise", type=float, default=d.sensor_noise,
+                   help="with --surrogate: the telemetry noise the fit measured, times this, added to the "
+                        "policy's observations (0: off)")
     p.add_argument("--standing-starts", type=float, default=d.standing_starts,
                    help="fraction of training episodes that start from rest")
     p.add_argument("--action-overshoot", type=float, default=d.action_overshoot,

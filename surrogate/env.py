@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Mapping
 
 from flax import struct
 import jax
@@ -18,7 +19,7 @@ import numpy as np
 
 from surrogate import laptime
 from surrogate.car import MODELS, PARAM_NAMES, PARAM_RANGES, CarParams, CarState, init_car_state, sample_car_params, speed, validate_car_params
-from surrogate.observation import ObsConfig, Telemetry, observe_tables
+from surrogate.observation import ObsConfig, Telemetry, noisy_telemetry, observe_tables, sensor_noise_table
 from surrogate.residual import Residual, apply_residual
 from surrogate.reward import RewardWeights, reward
 from surrogate.track import (
@@ -124,6 +125,9 @@ class EnvParams:
     start_lateral_frac: jax.Array  # random starts get U(-frac, frac) * half-width of lateral offset
     reward: RewardWeights
     residual: Residual | None = None  # a fitted surrogate's learned correction to the car model
+    # White noise on the observed telemetry, by speed (surrogate.observation.sensor_noise_table): what
+    # a fitted game's sensors add. None: none (and no random draws: the env is what it was without it).
+    sensor_noise: jax.Array | None = None
 
 
 @struct.dataclass
@@ -256,9 +260,19 @@ class RacingEnv:
     def observe(self, params: EnvParams, state: EnvState) -> jax.Array:
         return self._observe(self.tables(params), state)
 
-    def _observe(self, tables: TrackTables, state: EnvState, here=None) -> jax.Array:
-        return observe_tables(tables, state.track_id, state.pos, self.telemetry(state.car), state.episode.prev_action,
-                              self.config.obs, here)
+    def _observe(self, tables: TrackTables, state: EnvState, here=None, noise: tuple | None = None) -> jax.Array:
+        """The observation; ``noise``: (std, key) of the sensor noise to add, or None."""
+        tel = self.telemetry(state.car)
+        if noise is not None:
+            tel = noisy_telemetry(tel, *noise)
+        return observe_tables(tables, state.track_id, state.pos, tel, state.episode.prev_action, self.config.obs, here)
+
+    @staticmethod
+    def _noise(params: EnvParams, key: jax.Array | None, salt: int) -> tuple | None:
+        # fold_in leaves ``key``'s own uses (the resets) drawing what they drew without noise.
+        if params.sensor_noise is None or key is None:
+            return None
+        return params.sensor_noise, jax.random.fold_in(key, salt)
 
     def reset(self, key: jax.Array, params: EnvParams) -> tuple[jax.Array, EnvState]:
         return self._fresh(key, params, self.tables(params))
@@ -305,9 +319,9 @@ class RacingEnv:
                          pending=jnp.zeros((max(cfg.delay_steps, 1), 3), jnp.float32))
         return state, here
 
-    def _advance(self, tables: TrackTables, state: EnvState, action, params: EnvParams):
+    def _advance(self, tables: TrackTables, state: EnvState, action, params: EnvParams, noise_key=None):
         """One control step of one car without the auto-reset: (obs, state, reward, terminated,
-        truncated, info) of the episode going on."""
+        truncated, info) of the episode going on; ``noise_key`` draws its sensor noise, if any."""
         cfg = self.config
         action = game_controls(action, cfg.pedals)
         tid = state.track_id
@@ -320,17 +334,17 @@ class RacingEnv:
             cfg, params.reward, state.episode, pos, d_s, tables.length[tid], here.field("w_left"),
             here.field("w_right"), here.field("ref_offset"), speed(car), action, cfg.dt)
         next_state = EnvState(car=car, car_params=state.car_params, track_id=tid, episode=episode, pending=pending)
-        obs = self._observe(tables, next_state, here)
+        obs = self._observe(tables, next_state, here, self._noise(params, noise_key, 1))
         info = {"final_obs": obs, **{k: ep_info[k] for k in INFO_KEYS}}
         return obs, next_state, r, terminated, truncated, info
 
     def _fresh(self, key, params: EnvParams, tables: TrackTables):
         state, here = self._reset_state(key, params, tables)
-        return self._observe(tables, state, here), state
+        return self._observe(tables, state, here, self._noise(params, key, 2)), state
 
     def step(self, key, state: EnvState, action, params: EnvParams):
         tables = self.tables(params)
-        obs, next_state, r, terminated, truncated, info = self._advance(tables, state, action, params)
+        obs, next_state, r, terminated, truncated, info = self._advance(tables, state, action, params, key)
         done = terminated | truncated
         reset_obs, reset_state = self._fresh(key, params, tables)
         new_state = jax.tree_util.tree_map(lambda a, b: jnp.where(done, a, b), reset_state, next_state)
@@ -346,8 +360,10 @@ class RacingEnv:
         episode drawn from the same distribution (from different keys than ``step`` would use)."""
         tables = self.tables(params)
         n = action.shape[0]
-        obs, next_state, r, terminated, truncated, info = jax.vmap(self._advance, in_axes=(None, 0, 0, None))(
-            tables, state, action, params)
+        noise_keys = None if params.sensor_noise is None else jax.random.split(jax.random.fold_in(key, 3), n)
+        obs, next_state, r, terminated, truncated, info = jax.vmap(
+            self._advance, in_axes=(None, 0, 0, None, None if noise_keys is None else 0))(
+            tables, state, action, params, noise_keys)
         done = terminated | truncated
         fresh = jax.vmap(self._fresh, in_axes=(0, None, None))
         k = self.reset_slots(n)
@@ -401,10 +417,13 @@ def make_params(
     standing_start_prob: float = 0.0,
     reward_weights: RewardWeights | None = None,
     residual: Residual | None = None,
+    sensor_noise: Mapping | None = None,
 ) -> tuple[EnvParams, list[laptime.Reference]]:
     """Env parameters for track names/files/data (bundled default if none) and a car; also the
     lap-time references of each track for that car. ``car_spread``: one fraction for every car
-    parameter, or a dict parameter -> fraction."""
+    parameter, or a dict parameter -> fraction. ``sensor_noise``: the noise added to what the policy
+    observes, by speed (``surrogate.observation.sensor_noise_table``'s dict; absent or all zero: none)."""
+    table = sensor_noise_table(sensor_noise) if sensor_noise else None
     car = validate_car_params(car if car is not None else CarParams())
     datas = [t if isinstance(t, TrackData) else load_track(t) for t in (tracks or [DEFAULT_TRACK])]
     built = [build_track(d, car, config) for d in datas]
@@ -418,6 +437,7 @@ def make_params(
         start_lateral_frac=jnp.float32(start_lateral_frac),
         reward=reward_weights if reward_weights is not None else RewardWeights(),
         residual=residual,
+        sensor_noise=None if table is None else jnp.asarray(table, jnp.float32),
     )
     return params, [b[1] for b in built]
 

@@ -123,6 +123,47 @@ class FitData:
         return out
 
 
+SENSOR_NOISE_BAND = 10.0  # m/s: the sensor noise is estimated per speed band this wide
+SENSOR_NOISE_MIN_FRAMES = 50  # frames a band needs for its estimate
+
+
+def sensor_noise(segments: Sequence["Segment"],
+                 names: Sequence[str] = ("speed", "accel_long", "accel_lat", "yaw_rate")) -> dict[str, list] | None:
+    """The white noise on each telemetry channel by speed, as ``surrogate.observation.sensor_noise_table``
+    reads it (``{"speed_mps": band centres, channel: standard deviations}``), or None without data.
+
+    Each usable frame's distance from the centred mean of the five frames around it (within a
+    segment): for white noise of standard deviation s that residual has 0.8 s^2 of variance, and a
+    smooth signal leaves almost none. The spread per 10 m/s band of speed is the median absolute
+    deviation (times 1.4826), so the few frames where the motion itself changes abruptly (a brake
+    applied, a kerb) do not count as noise. Bands with fewer than 50 frames are left out (the env
+    interpolates across them, and holds the end values beyond)."""
+    res = {name: [] for name in names}
+    speeds = []
+    for seg in segments:
+        if seg.n < 5:
+            continue
+        ok = np.convolve(seg.usable.astype(np.float64), np.ones(5), mode="valid") == 5.0
+        speeds.append(seg.speed[2:-2][ok])
+        for name in names:
+            v = np.asarray(getattr(seg, name), np.float64)
+            res[name].append((v[2:-2] - np.convolve(v, np.ones(5) / 5.0, mode="valid"))[ok])
+    if not speeds:
+        return None
+    speed = np.concatenate(speeds)
+    band = np.floor(speed / SENSOR_NOISE_BAND).astype(int)
+    out: dict[str, list] = {"speed_mps": [], **{name: [] for name in names}}
+    for b in np.unique(band):
+        k = band == b
+        if k.sum() < SENSOR_NOISE_MIN_FRAMES:
+            continue
+        out["speed_mps"].append(float((b + 0.5) * SENSOR_NOISE_BAND))
+        for name in names:
+            r = np.concatenate(res[name])[k]
+            out[name].append(1.4826 * float(np.median(np.abs(r - np.median(r)))) / math.sqrt(0.8))
+    return out if out["speed_mps"] else None
+
+
 # ----------------------------------------------------------------------------- track
 
 

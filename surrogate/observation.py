@@ -8,10 +8,12 @@ must not be able to tell the backends apart except through the physics.
 from __future__ import annotations
 
 import dataclasses
+from typing import Mapping
 
 from flax import struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from surrogate.fastmath import fast_sincos
 from surrogate.track import Track, TrackPos, TrackTables, lookahead_tables, sample_points, single_tables
@@ -51,6 +53,64 @@ class Telemetry:
     accel_long: jax.Array
     accel_lat: jax.Array
     yaw_rate: jax.Array
+
+
+# Telemetry channels a game measures with noise (``EnvParams.sensor_noise``). A game's accelerations
+# are often finite differences of a physics engine's velocities, which jitter from tick to tick, and
+# how much can depend on speed: CarRacing's lateral acceleration is steady below 40 m/s and jitters by
+# 40-130 m/s^2 (one standard deviation) above, its yaw rate by 0.5-1.5 rad/s. The surrogate's are
+# smooth, and a policy trained on smooth ones steers at the game's jitter.
+SENSOR_NOISE_FIELDS = ("speed", "accel_long", "accel_lat", "yaw_rate")
+SENSOR_NOISE_SPEEDS = "speed_mps"  # the key of the speeds the standard deviations are given at
+
+
+class SensorNoiseError(ValueError):
+    """A sensor-noise table that cannot be used: says which entry and what is expected."""
+
+
+def sensor_noise_table(noise: Mapping) -> np.ndarray | None:
+    """A (K, 1 + 4) table from ``{"speed_mps": [K increasing speeds], channel: [K standard deviations
+    in SI units], ...}`` (channels of SENSOR_NOISE_FIELDS; absent ones 0): the speeds in column 0.
+    None when every deviation is 0 (no noise)."""
+    if not isinstance(noise, Mapping):
+        raise SensorNoiseError(f"sensor noise must be an object of {SENSOR_NOISE_SPEEDS} and channel lists, "
+                               f"got {type(noise).__name__}")
+    unknown = sorted(set(noise) - {SENSOR_NOISE_SPEEDS, *SENSOR_NOISE_FIELDS}, key=str)
+    if unknown:
+        raise SensorNoiseError(f"sensor noise names {unknown}; expected {SENSOR_NOISE_SPEEDS} and channels among "
+                               f"{list(SENSOR_NOISE_FIELDS)}")
+
+    def numbers(key):
+        v = noise.get(key)
+        ok = isinstance(v, (list, tuple)) and len(v) > 0 and all(
+            isinstance(a, (int, float)) and not isinstance(a, bool) and np.isfinite(a) for a in v)
+        if not ok:
+            raise SensorNoiseError(f"sensor noise {key!r} must be a non-empty list of finite numbers, got {v!r}")
+        return np.asarray(v, np.float64)
+
+    speeds = numbers(SENSOR_NOISE_SPEEDS)
+    if np.any(speeds < 0) or np.any(np.diff(speeds) <= 0):
+        raise SensorNoiseError(f"sensor noise {SENSOR_NOISE_SPEEDS!r} must be increasing speeds >= 0 (m/s), "
+                               f"got {speeds.tolist()}")
+    cols = [speeds]
+    for name in SENSOR_NOISE_FIELDS:
+        col = numbers(name) if name in noise else np.zeros_like(speeds)
+        if col.shape != speeds.shape or np.any(col < 0):
+            raise SensorNoiseError(f"sensor noise {name!r} must hold {speeds.size} standard deviations >= 0 (one "
+                                   f"per speed in {SENSOR_NOISE_SPEEDS!r}), got {col.tolist()}")
+        cols.append(col)
+    table = np.stack(cols, axis=1)
+    return table if np.any(table[:, 1:] > 0) else None
+
+
+def noisy_telemetry(tel: Telemetry, table: jax.Array, key: jax.Array) -> Telemetry:
+    """``tel`` with white Gaussian noise added to the SENSOR_NOISE_FIELDS channels, each with the
+    standard deviation of ``table`` (``sensor_noise_table``) at the car's speed (linear between the
+    table's speeds, flat beyond); the speed stays >= 0."""
+    std = jnp.stack([jnp.interp(tel.speed, table[:, 0], table[:, 1 + i]) for i in range(len(SENSOR_NOISE_FIELDS))])
+    e = jax.random.normal(key, (len(SENSOR_NOISE_FIELDS),), jnp.float32) * std
+    return tel.replace(speed=jnp.maximum(tel.speed + e[0], 0.0), accel_long=tel.accel_long + e[1],
+                       accel_lat=tel.accel_lat + e[2], yaw_rate=tel.yaw_rate + e[3])
 
 
 def observe(track: Track, pos: TrackPos, tel: Telemetry, prev_action: jax.Array, cfg: ObsConfig) -> jax.Array:

@@ -12,6 +12,8 @@ Version 2 (written here)::
      "spread": {CarParams field: fraction},       # fit uncertainty, for domain randomisation
      "residual": null | {"hidden": [32, 32], "layers": [[W, b], ...], "in_scale": [...],
                          "out_scale": [...]},     # surrogate.residual's network, plain arrays
+     "sensor_noise": null | {"speed_mps": [...], "accel_lat": [...], ...},  # telemetry noise by speed
+                                                  # (surrogate.observation.sensor_noise_table); optional
      "track": {"name", "x", "y", "w_right", "w_left"},
      "provenance": {...}}                         # recordings, frames, protocol and project version
 
@@ -31,6 +33,7 @@ import numpy as np
 
 from surrogate.env import MAX_DELAY_STEPS
 from surrogate.car import MODELS, PARAM_NAMES, CarParams, CarParamsError, car_params_from_dict, car_params_to_dict
+from surrogate.observation import SensorNoiseError, sensor_noise_table
 from surrogate.residual import Residual, ResidualError, residual_from_dict, residual_to_dict
 from surrogate.track_io import TrackData, TrackFileError, validate_track
 
@@ -39,7 +42,8 @@ SURROGATE_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 
 _FIELDS = {1: {"format", "version", "model", "car", "track"},
-           2: {"format", "version", "model", "car", "track", "delay_steps", "control", "spread", "residual", "provenance"}}
+           2: {"format", "version", "model", "car", "track", "delay_steps", "control", "spread", "residual", "provenance",
+               "sensor_noise"}}
 
 
 class SurrogateFileError(ValueError):
@@ -59,11 +63,13 @@ class FittedSurrogate:
     spread: dict[str, float] = dataclasses.field(default_factory=dict)
     residual: Residual | None = None
     provenance: dict = dataclasses.field(default_factory=dict)
+    sensor_noise: dict | None = None  # telemetry noise by speed, as the env takes it (make_params)
 
 
 def save_surrogate(path: str | Path, model: str, car: CarParams, track: TrackData, *, delay_steps: int = 0,
                    dt: float | None = None, game_dt: float | None = None, spread: dict[str, float] | None = None,
-                   residual: Residual | None = None, provenance: dict | None = None) -> Path:
+                   residual: Residual | None = None, provenance: dict | None = None,
+                   sensor_noise: dict | None = None) -> Path:
     """Write the surrogate file (version 2); the arguments are checked as ``load_surrogate`` checks them."""
     if model not in MODELS:
         raise SurrogateFileError(f"model {model!r} is not a surrogate model; use one of {sorted(MODELS)}")
@@ -81,6 +87,7 @@ def save_surrogate(path: str | Path, model: str, car: CarParams, track: TrackDat
             **{k: np.asarray(getattr(track, k), np.float64).tolist() for k in ("x", "y", "w_right", "w_left")},
         },
         "provenance": provenance or {},
+        "sensor_noise": sensor_noise,
     }
     path = Path(path)
     _check(path, doc)  # never write a file this module would refuse to read
@@ -160,9 +167,15 @@ def _check(path: Path, doc: Any) -> FittedSurrogate:
     provenance = doc.get("provenance") or {}
     if not isinstance(provenance, dict):
         raise SurrogateFileError(f"{path}: field 'provenance' must be an object")
+    noise = doc.get("sensor_noise")
+    if noise is not None:
+        try:
+            sensor_noise_table(noise)
+        except SensorNoiseError as e:
+            raise SurrogateFileError(f"{path}: field 'sensor_noise': {e}") from None
     return FittedSurrogate(model=model, car=car, track=_track_from_doc(path, doc["track"]), delay_steps=delay, dt=dt,
                            game_dt=game_dt, spread={k: float(v) for k, v in spread.items()}, residual=residual,
-                           provenance=provenance)
+                           provenance=provenance, sensor_noise=noise)
 
 
 def _is_number(v: Any) -> bool:

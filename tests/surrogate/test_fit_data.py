@@ -4,7 +4,7 @@ import types
 import numpy as np
 import pytest
 
-from surrogate.fit_data import FitDataError, make_windows, prepare
+from surrogate.fit_data import FitDataError, make_windows, prepare, sensor_noise
 
 DT = 0.04
 
@@ -167,3 +167,16 @@ def test_without_a_track_or_a_complete_lap_the_fit_is_refused_with_the_fix():
     _, fields = laps_on(laps=0.6)
     with pytest.raises(FitDataError, match="no complete lap"):
         track_from_laps([fields])
+
+
+def test_sensor_noise_is_measured_per_speed_band_and_a_smooth_signal_reads_as_none():
+    rng = np.random.default_rng(0)
+    slow = [episode(i, seq0=1000 * i, speed=10.0) for i in range(4)]
+    fast = [edit(episode(4 + i, seq0=1000 * (4 + i), speed=50.0), accel_lat=lambda a: a + rng.normal(0.0, 3.0, a.shape))
+            for i in range(4)]
+    data = prepare([recording(slow + fast)], ["rec"])
+    noise = sensor_noise(data.segments)
+    assert noise["speed_mps"] == [15.0, 55.0]  # the 10-20 and 50-60 m/s bands
+    assert noise["accel_lat"][0] == 0.0 and noise["accel_lat"][1] == pytest.approx(3.0, rel=0.15)
+    assert noise["speed"] == [0.0, 0.0] and noise["yaw_rate"] == [0.0, 0.0]
+    assert sensor_noise([]) is None
