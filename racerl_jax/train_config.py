@@ -116,6 +116,8 @@ class TrainConfig:
     # speed): evaluation laps and the game start from rest, and a policy that has rarely been
     # there can sit on the line.
     standing_starts: float = 0.25
+    # Watch for a critic collapse and roll the agent back from one (racerl_jax.collapse).
+    recover_collapse: bool = True
     action_overshoot: float = 0.0  # see CrossQConfig (0.1 made a 20-min oval run fail to learn once)
     # How the policy works the pedals (surrogate.env.PEDALS); the game always gets its two. With the
     # smoothed policy (below) the game's two pedals were driven together (both above 5% on 56% of
@@ -394,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"with status {EXIT_INTERRUPTED}: run the same command with --resume to continue")
     p.add_argument("--spot-poll-seconds", type=float, default=d.spot_poll_seconds)
     p.add_argument("--chunk-iterations", type=int, default=d.chunk_iterations, help="iterations per jitted call")
+    p.add_argument("--no-recover-collapse", action="store_true",
+                   help="do not roll the agent back from a critic collapse (racerl_jax.collapse): only report it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -401,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     a = vars(build_parser().parse_args(argv))
     a["progress"] = not a.pop("no_progress")
+    a["recover_collapse"] = not a.pop("no_recover_collapse")
     a["model"] = a["model"] or ""
     a["preset"] = a["preset"] or ""
     a["critic_hidden"] = a["critic_hidden"] or ()

@@ -23,6 +23,7 @@ import numpy as np
 from flax import struct
 
 from racerl_jax import crossq, replay
+from racerl_jax.collapse import CollapseGuard
 from racerl_jax.crossq import AgentState, CrossQConfig
 from racerl_jax.replay import ReplayBuffer, Transition
 from racerl_jax.envs import batched_step
@@ -437,6 +438,8 @@ class TrainResult:
     carry: TrainCarry
     history: list[dict[str, float]]
     stop_reason: str  # "steps", "wall_clock", "signal" or "spot" (racerl_jax.spot.INTERRUPTED: resume me)
+    collapses: int = 0  # critic collapses the guard saw (racerl_jax.collapse)
+    recoveries: int = 0  # ... and rolled back from
 
 
 def train(
@@ -549,6 +552,7 @@ def drive(
     plot_curve: bool = True,
     lr_schedule: Callable[[float], float] | None = None,
     entropy_schedule: Callable[[float], float] | None = None,
+    guard: CollapseGuard | None = None,
 ) -> TrainResult:
     """Run ``run(carry, iterations, lr_scale, entropy_shift)`` chunk after chunk (``carry.agent``
     counts env steps and updates) until ``total_env_steps`` or ``max_wall_seconds``.
@@ -558,6 +562,8 @@ def drive(
     and the wall clock's share of ``max_wall_seconds`` (of this call: a resumed run anneals over its
     own budget, from where its env steps stand). It is logged as ``lr_scale``. ``entropy_schedule(f)``
     likewise gives what is added to the agent's target entropy, logged as ``entropy_shift``.
+    ``guard`` (``racerl_jax.collapse.CollapseGuard``) watches every chunk for a critic collapse and
+    rolls the agent back from one, at a lower learning rate (logged as ``collapse`` and in lr_scale).
 
     With ``run_dir``: logs (metrics.jsonl, TensorBoard, and unless ``plot_curve`` is False (a command
     that draws its own) the learning-curve PNG), ``run_meta`` and
@@ -611,6 +617,8 @@ def drive(
                 spent = max(spent, (t0 - start) / max_wall_seconds if max_wall_seconds > 0 else 1.0)
             spent = min(spent, 1.0)
             lr_scale = 1.0 if lr_schedule is None else float(lr_schedule(spent))
+            if guard is not None:
+                lr_scale *= guard.lr_multiplier
             entropy_shift = 0.0 if entropy_schedule is None else float(entropy_schedule(spent))
             carry, stats = run(carry, iters, lr_scale, entropy_shift)
             stats = {k: float(v) for k, v in stats.items()}
@@ -629,6 +637,16 @@ def drive(
             if eval_fn is not None and next_eval is not None and env_steps >= next_eval:
                 record.update({f"eval_{k}": float(v) for k, v in eval_fn(carry.agent).items()})
                 next_eval = _next_multiple(env_steps, eval_every_env_steps)
+            if guard is not None and guard.observe(record, carry.agent):
+                back = guard.recover(carry.agent)
+                record["collapse"] = 1.0
+                if back is not None:
+                    carry = carry.replace(agent=back[0])
+                    record["collapse_rollback_to"] = float(back[1])
+                bar.write(f"critic collapse at {env_steps} env steps (loss {record['critic_loss']:.3g}, episodes "
+                          f"{record.get('episode_length', float('nan')):.0f} steps): "
+                          + (f"agent rolled back to its copy from {back[1]} env steps, learning rate x"
+                             f"{guard.lr_multiplier:g} from here" if back is not None else "no copy to roll back to"))
             history.append(record)
             latest.update({k: v for k, v in record.items() if not (isinstance(v, float) and math.isnan(v))})
             if logger is not None:
@@ -660,7 +678,8 @@ def drive(
         logger.close()
         if plot_curve:
             logger.plot()
-    return TrainResult(carry=carry, history=history, stop_reason=stop_reason)
+    return TrainResult(carry=carry, history=history, stop_reason=stop_reason,
+                       collapses=guard.collapses if guard else 0, recoveries=guard.recoveries if guard else 0)
 
 
 def _next_multiple(current: int, every: int | None) -> int | None:

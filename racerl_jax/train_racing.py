@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import jax
 
 from racerl_jax.checkpoint import CONFIG_FILE, write_json_atomic
+from racerl_jax.collapse import CollapseConfig, CollapseGuard
 from racerl_jax.crossq import AgentState
 from racerl_jax.spot import EXIT_INTERRUPTED, INTERRUPTED, SpotConfig
 from surrogate.car import CarParams
@@ -112,7 +113,8 @@ def _driver_options(cfg: TrainConfig, run_dir: Path, t_start: float, evaluator: 
                 spot=SpotConfig(cfg.spot_metadata_url, cfg.spot_poll_seconds),
                 resume=cfg.resume, extra_config={"command": cfg.run_settings()}, progress_metric="eval_lap_s",
                 progress=cfg.progress, plot_curve=False, lr_schedule=cosine_decay(cfg.lr_final) if cfg.lr_final != 1.0 else None,
-                entropy_schedule=entropy_schedule(cfg))
+                entropy_schedule=entropy_schedule(cfg),
+                guard=CollapseGuard(CollapseConfig(max_recoveries=3 if cfg.recover_collapse else 0)))
 
 
 def keeping_best(evaluator: LapEvaluator, run_dir: Path) -> Callable[[AgentState], dict[str, float]]:
@@ -211,6 +213,8 @@ def _finish(cfg: TrainConfig, run_dir: Path, t_start: float, result: Any, evalua
         "env_steps": env_steps,
         "updates": updates,
         "stop_reason": result.stop_reason,
+        "collapses": result.collapses,
+        "recoveries": result.recoveries,
         "wall_min": (time.monotonic() - t_start) / 60.0,
         "invocation": {k: v for k, v in cfg.to_dict().items() if k in _PER_INVOCATION},
     }
