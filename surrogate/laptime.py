@@ -560,6 +560,13 @@ def reference_line(
     speed profile and lap time, and carry offsets and speeds back onto the points of ``data``."""
     track = prepare_track(data, step)
     offsets = min_curvature_offsets(track, vehicle_width, kappa_bound, objective=objective)
+    return reference_on(data, track, offsets, limits)
+
+
+def reference_on(data: TrackData, track: TrackData, offsets: np.ndarray, limits: LapLimits) -> Reference:
+    """The ``Reference`` of the line ``offsets`` (+ left, per point of ``track``, the prepared
+    centre line of ``data``): its flying-lap speed profile for ``limits`` and lap time, carried back
+    onto the points of ``data``."""
     x, y, kappa, ds = line_geometry(track, offsets)
     speed = velocity_profile(kappa, ds, limits)
     _, _, kc, dsc = line_geometry(track, np.zeros(track.n))
