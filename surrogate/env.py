@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from flax import struct
 import jax
@@ -390,9 +390,11 @@ class RacingEnv:
         return max(1, int(np.ceil(self.config.reset_slot_frac * num_envs)))
 
 
-def reference_for(data: TrackData, car: CarParams, cfg: EnvConfig):
-    """Reference line (min-curvature) and speed profile for this car, on the env's track points."""
-    ref = laptime.reference_line(data, laptime.LapLimits.from_car(car), vehicle_width=2.0 * cfg.car_half_width)
+def reference_for(data: TrackData, car: CarParams, cfg: EnvConfig, ref: laptime.Reference | None = None):
+    """Reference line and speed profile on the env's track points: the minimum-curvature line for
+    this car, or ``ref`` (a line learned from laps, ``surrogate.racing_line``)."""
+    if ref is None:
+        ref = laptime.reference_line(data, laptime.LapLimits.from_car(car), vehicle_width=2.0 * cfg.car_half_width)
     # Carry the per-point reference over to the env's own resampling by arc-length fraction:
     # both parametrise the same closed curve.
     seg = np.hypot(np.diff(data.x, append=data.x[0]), np.diff(data.y, append=data.y[0]))
@@ -402,8 +404,9 @@ def reference_for(data: TrackData, car: CarParams, cfg: EnvConfig):
     return per(ref.offsets), per(ref.speed), ref
 
 
-def build_track(data: TrackData, car: CarParams, cfg: EnvConfig) -> tuple[Track, laptime.Reference]:
-    offsets, speeds, ref = reference_for(data, car, cfg)
+def build_track(data: TrackData, car: CarParams, cfg: EnvConfig,
+                ref: laptime.Reference | None = None) -> tuple[Track, laptime.Reference]:
+    offsets, speeds, ref = reference_for(data, car, cfg, ref)
     return make_track(data, n_points=cfg.n_track_points, ref_offset=offsets, ref_speed=speeds), ref
 
 
@@ -418,15 +421,21 @@ def make_params(
     reward_weights: RewardWeights | None = None,
     residual: Residual | None = None,
     sensor_noise: Mapping | None = None,
+    references: Sequence[laptime.Reference | None] | None = None,
 ) -> tuple[EnvParams, list[laptime.Reference]]:
     """Env parameters for track names/files/data (bundled default if none) and a car; also the
     lap-time references of each track for that car. ``car_spread``: one fraction for every car
     parameter, or a dict parameter -> fraction. ``sensor_noise``: the noise added to what the policy
-    observes, by speed (``surrogate.observation.sensor_noise_table``'s dict; absent or all zero: none)."""
+    observes, by speed (``surrogate.observation.sensor_noise_table``'s dict; absent or all zero: none).
+    ``references``: per track, a reference line to use instead of the minimum-curvature one (None:
+    that one), e.g. ``surrogate.racing_line.line_from_laps``'s."""
     table = sensor_noise_table(sensor_noise) if sensor_noise else None
     car = validate_car_params(car if car is not None else CarParams())
     datas = [t if isinstance(t, TrackData) else load_track(t) for t in (tracks or [DEFAULT_TRACK])]
-    built = [build_track(d, car, config) for d in datas]
+    references = list(references) if references is not None else [None] * len(datas)
+    if len(references) != len(datas):
+        raise ValueError(f"{len(references)} reference lines for {len(datas)} tracks; give one (or None) per track")
+    built = [build_track(d, car, config, r) for d, r in zip(datas, references)]
     params = EnvParams(
         tracks=stack_tracks([b[0] for b in built]),
         car=car,

@@ -60,3 +60,17 @@ def test_no_laps_or_part_of_a_lap_is_refused_with_the_fix():
     half = {k: v[: len(v) // 2] for k, v in half.items()}
     with pytest.raises(RacingLineError, match="give complete laps"):
         line_from_laps(data, [half], LIMITS)
+
+
+def test_the_env_takes_a_learned_line_as_its_reference():
+    from surrogate.env import EnvConfig, make_params
+
+    data = load_track("oval")
+    track = prepare_track(data)
+    ref, _ = line_from_laps(data, [lap(track, +2.0, 40.0, 20.0), lap(track, -2.0, 20.0, 40.0)], LIMITS, sectors=2)
+    params, refs = make_params(["oval"], config=EnvConfig(model="kinematic", n_track_points=512), references=[ref])
+    assert refs[0] is ref
+    offset = np.asarray(params.tracks.ref_offset)[0]
+    assert offset[50:200].mean() > 1.5 and offset[306:456].mean() < -1.5  # left, then right, as driven
+    with pytest.raises(ValueError, match="2 reference lines for 1 tracks"):
+        make_params(["oval"], references=[ref, ref])
