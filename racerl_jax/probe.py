@@ -108,6 +108,12 @@ class ProbeConfig:
     slide_yaw_rel: float = 0.3  # ... counts towards a slide
     drift_rate: float = 0.3  # m/s: the lateral offset growing faster than this: drifting off the line
     slide_heading: float = 0.5  # rad: heading error that counts as a slide
+    # A game's yaw rate can chatter from tick to tick (CarRacing's by 0.3-1.7 rad/s above 40 m/s, its
+    # tyre forces at their limit): backing off on that kept the pace below 50 m/s. So a slide's
+    # yaw-rate residuals must also exceed slide_noise times the chatter measured as the car drives
+    # (what it leaves in the filtered residuals), and hold for slide_persist_s.
+    slide_noise: float = 3.0
+    slide_persist_s: float = 0.12
     # speed control
     speed_tau: float = 0.5  # s: the speed loop asks for (target - speed) / speed_tau of acceleration ...
     speed_ki: float = 0.3  # 1/s^2: ... plus this times the integrated speed error
@@ -259,6 +265,9 @@ class ProbePolicy:
         self._v_prev: float | None = None
         self._yaw_res = 0.0
         self._cmd_res = 0.0
+        self._slide_t = 0.0
+        self._r_prev: float | None = None
+        self._r_chatter = 0.0  # rad/s: the yaw rate's step-to-step noise, measured
         self._lat_prev: float | None = None
         self._alat_recent: collections.deque = collections.deque([0.0], maxlen=max(1, round(2.0 / self.cfg.dt)))
         self._lat_rate = 0.0
@@ -378,6 +387,9 @@ class ProbePolicy:
         alpha = dt / (0.15 + dt)
         self._steer_lag += (self._steer_prev - self._steer_lag) * dt / (0.12 + dt)  # the steering the car shows
         g = self.steer_gain(v)
+        if self._r_prev is not None:  # white noise of s: E|r - r_prev| = 1.128 s; averaged over ~2 s
+            self._r_chatter += dt / (2.0 + dt) * (abs(r - self._r_prev) / 1.128 - self._r_chatter)
+        self._r_prev = r
         self._yaw_res += alpha * ((r - v * kappa) - self._yaw_res)  # not following the track
         self._cmd_res += alpha * ((r - v * g * self._steer_lag) - self._cmd_res)  # not following the steering
         self._alat_recent.append(abs(a_lat))
@@ -412,11 +424,15 @@ class ProbePolicy:
         # heading and the edges count.
         outwards = lat * self._lat_rate > 0.0
         drifting = outwards and abs(self._lat_rate) > c.drift_rate and edge > 0.2
-        off_line = drifting or (outwards and abs(self._yaw_res) > c.slide_yaw + c.slide_yaw_rel * abs(v * kappa))
-        off_steer = abs(self._cmd_res) > c.slide_yaw + c.slide_yaw_rel * abs(v * g * self._steer_lag)
+        # the chatter left in the filtered residuals (a first-order filter keeps alpha / (2 - alpha) of
+        # white noise's variance), times slide_noise
+        band = c.slide_yaw + c.slide_noise * self._r_chatter * math.sqrt(alpha / (2.0 - alpha))
+        off_line = drifting or (outwards and abs(self._yaw_res) > band + c.slide_yaw_rel * abs(v * kappa))
+        off_steer = abs(self._cmd_res) > band + c.slide_yaw_rel * abs(v * g * self._steer_lag)
         exciting = (self.manoeuvre is not None and self.manoeuvre.phase == "run"
                     and self.manoeuvre.kind.startswith("steer"))
-        slide = v > 3.0 and (abs(he) > c.slide_heading or (off_steer and off_line and not exciting))
+        self._slide_t = self._slide_t + dt if off_steer and off_line and not exciting else 0.0
+        slide = v > 3.0 and (abs(he) > c.slide_heading or self._slide_t >= max(c.slide_persist_s, dt) - 1e-9)
         to_edge = edge > c.edge_frac and lat * self._lat_rate > 0.0
         if (slide or to_edge) and self.mode != "recover":
             fresh = self.time - self._last_event_t > 1.0

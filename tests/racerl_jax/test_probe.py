@@ -44,12 +44,15 @@ class Car:
         self.yaw += self.r * dt
         self.a_long = (self.v - v0) / dt
 
+    yaw_noise = 0.0  # rad/s of white noise on the reported yaw rate (a game whose physics chatters)
+    rng = np.random.default_rng(0)
+
     def observe(self):
         ang = math.atan2(self.y, self.x) % (2 * math.pi)
         he = (self.yaw - ang - math.pi / 2 + math.pi) % (2 * math.pi) - math.pi
         pos = SimpleNamespace(s=ang * R, lateral=R - math.hypot(self.x, self.y), heading_error=he)
         tel = SimpleNamespace(x=self.x, y=self.y, yaw=self.yaw, speed=self.v, accel_long=self.a_long,
-                              accel_lat=self.v * self.r, yaw_rate=self.r)
+                              accel_lat=self.v * self.r, yaw_rate=self.r + self.yaw_noise * self.rng.normal())
         return pos, tel
 
 
@@ -108,6 +111,18 @@ def test_on_a_car_with_little_grip_it_backs_off_at_the_slide_and_stays_on_the_tr
     assert np.abs(log["lat"]).max() < HW  # ... without leaving the track
     assert p.lat_accel < 4.0  # and keeps its pace near the grip of 3 m/s^2, not the 40 it may rise to
     assert log["v"][-200:].mean() > 8.0  # still driving: sqrt(3 * 50) = 12 m/s is the limit
+
+
+def test_a_yaw_rate_that_chatters_from_step_to_step_is_not_taken_for_a_slide():
+    p, car = steady_probe(), Car()
+    car.yaw_noise = 1.0  # CarRacing's above 60 m/s
+    drive(p, car, 40.0)
+    assert p.events["slide"] == 0 and p.speed_cap > 12.0
+    # judged step by step (slide_persist_s 0), the same chatter reads as slides
+    p, car = steady_probe(slide_persist_s=0.0), Car()
+    car.yaw_noise = 1.0
+    drive(p, car, 40.0)
+    assert p.events["slide"] > 0
 
 
 def test_a_manoeuvre_near_an_edge_is_aborted_and_the_car_recovers_on_the_line():
