@@ -16,6 +16,8 @@ from typing import Mapping
 
 import numpy as np
 
+from surrogate.racing_line import first_reached
+
 DRIVE_KEYS = ("progress", "speed", "dt", "done")
 
 
@@ -36,15 +38,8 @@ def first_drive(rows: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _first_reached(s: np.ndarray, values: np.ndarray, at: np.ndarray) -> np.ndarray:
-    """``values`` (after each step) when the drive first reached each distance in ``at``, linear
-    between steps. A car that rolls back or stands still passes a point once: its later time there
-    (a stuck car's seconds at rest) is not when it got there."""
-    reach = np.concatenate([[0.0], np.maximum.accumulate(s)])
-    vals = np.concatenate([[values[0] if values.size else 0.0], values])
-    i = np.clip(np.searchsorted(reach, at, side="left"), 1, len(reach) - 1)
-    lo, hi = reach[i - 1], reach[i]
-    w = np.where(hi > lo, (at - lo) / np.where(hi > lo, hi - lo, 1.0), 1.0)
-    return vals[i - 1] + np.clip(w, 0.0, 1.0) * (vals[i] - vals[i - 1])
+    # values after each step; from rest at distance 0 before the first
+    return first_reached(np.concatenate([[0.0], s]), np.concatenate([[values[0] if values.size else 0.0], values]), at)
 
 
 def compare_drives(surrogate: Mapping[str, np.ndarray], game: Mapping[str, np.ndarray],

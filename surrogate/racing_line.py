@@ -44,8 +44,10 @@ def laps_from_drive(rows: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray
     return laps
 
 
-def _first_reached(s: np.ndarray, values: np.ndarray, at: np.ndarray) -> np.ndarray:
-    # A lap's distance can dip (a car rolling back); the running maximum passes each point once.
+def first_reached(s: np.ndarray, values: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """``values`` (one per entry of the driven distance ``s``) when the drive first reached each
+    distance in ``at``, linear between entries. A car that rolls back or stands still passes a
+    point once: its later time there (a stuck car's seconds at rest) is not when it got there."""
     reach = np.maximum.accumulate(s)
     i = np.clip(np.searchsorted(reach, at, side="left"), 1, len(reach) - 1)
     lo, hi = reach[i - 1], reach[i]
@@ -64,7 +66,7 @@ def _aligned(track: TrackData, s_knots: np.ndarray, bounds: np.ndarray, lap: Map
         s = s - length
     if s[-1] < 0.95 * length:
         raise RacingLineError(f"a lap covers {max(s[-1], 0.0):.0f} m of the {length:.0f} m track; give complete laps")
-    return _first_reached(s, lateral, s_knots), _first_reached(s, t, bounds)
+    return first_reached(s, lateral, s_knots), first_reached(s, t, bounds)
 
 
 def _circular_smooth(a: np.ndarray, k: int) -> np.ndarray:
