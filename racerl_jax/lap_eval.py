@@ -5,6 +5,7 @@ same car and track; the run's best clean lap and the agent that drove it are kep
 from __future__ import annotations
 
 import functools
+import json
 import math
 import time
 from pathlib import Path
@@ -15,20 +16,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from racerl_jax import crossq
-from racerl_jax.checkpoint import Checkpointer, read_config
+from racerl_jax.checkpoint import Checkpointer, read_config, write_json_atomic
 from racerl_jax.crossq import AgentState, CrossQConfig
 from racerl_jax.train_loop import driving_action, scale_action
-from racerl_jax.racing_setup import RacingSetup
+from racerl_jax.racing_setup import EvalTrack, RacingSetup
 from racerl_jax.train_config import TrainConfig
 from surrogate.env import EnvConfig, EnvParams, RacingEnv
 from surrogate.observation import ObsConfig
 from surrogate.rollout import lap_metrics, trajectory_row
-from surrogate.track import select_track
+from surrogate.track import Track, select_track, stack_tracks
 
 BEST_LAP_FILE = "best_lap.npz"
 # The agent that drove the best clean lap: training can get worse after it, and the last
 # checkpoint is not what a user wants to race with or fine-tune on the game.
 BEST_AGENT_DIR = "best_agent"
+# Several tracks (--tracks): the best agent's figures (MultiTrackEvaluator.best), and each track's
+# evaluations, best lap and plot in a folder of its own (tracks/<name>/, a run dir the dashboard reads).
+BEST_TRACKS_FILE = "best_tracks.json"
+TRACKS_DIR = "tracks"
 
 # ----------------------------------------------------------------------------- evaluation
 
@@ -55,6 +60,20 @@ def _drive_lap(env: RacingEnv, steps: int, agent: AgentState, params: EnvParams,
 
     _, traj = jax.lax.scan(body, (obs, state), jax.random.split(k1, steps))
     return traj
+
+
+def make_tracks_drive(env: RacingEnv, steps: int) -> Callable[[AgentState, EnvParams, Track, jax.Array], dict[str, jax.Array]]:
+    """Jitted ``drive(agent, params, tracks, key) -> trajectories``: ``make_lap_drive``'s drive on
+    each of the stacked ``tracks`` alone (``params`` with that one track), all in one call; the
+    arrays get a leading axis over the tracks."""
+    return functools.partial(_drive_laps, env, steps)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _drive_laps(env: RacingEnv, steps: int, agent: AgentState, params: EnvParams, tracks: Track,
+                key: jax.Array) -> dict[str, jax.Array]:
+    one = lambda track: _drive_lap(env, steps, agent, params.replace(tracks=jax.tree.map(lambda a: a[None], track)), key)  # noqa: E731
+    return jax.vmap(one)(tracks)
 
 
 def lap_slice(traj: dict[str, np.ndarray], i: int) -> slice:
@@ -101,6 +120,10 @@ class LapEvaluator:
     def best_lap_s(self) -> float:
         return float(self.best["lap_s"]) if self.best is not None else float("nan")
 
+    def write_best(self, run_dir: Path, agent: AgentState) -> None:
+        """The best lap and the agent that drove it, into ``run_dir`` (``save_best``)."""
+        save_best(run_dir, self.best, agent)
+
     def __call__(self, agent: AgentState) -> dict[str, float]:
         traj = {k: np.asarray(v) for k, v in self.drive(agent).items()}
         wall_min = (time.monotonic() - self.t_start) / 60.0
@@ -141,6 +164,118 @@ class LapEvaluator:
             "distance_m": float(np.sum(traj["speed"][first_episode]) * self.dt),
             "wall_min": wall_min,
         }
+
+
+# Each track's figures in an evaluation of several tracks (metrics.jsonl: eval_<figure>/<track>).
+PER_TRACK = ("lap_s", "best_lap_s", "gap_pct", "clean_lap_rate", "distance_m")
+# ... and their means over the training tracks (and over the unseen ones, unseen_<figure>).
+MEANS = ("laps", "clean_lap_rate", "ref_deviation_m", "action_change", "pedal_overlap", "return", "distance_m")
+
+
+class MultiTrackEvaluator:
+    """Evaluation laps on several tracks (``--tracks``, ``--eval-tracks``): each track driven alone
+    from its start line by one ``LapEvaluator`` (its drive, best lap and dashboard files in
+    ``tracks/<name>/``), all of them in one jitted call. Scores: each track's (``PER_TRACK``, keyed
+    ``<figure>/<track>``), and over the training tracks ``lap_s`` (their laps added up), ``limit_s``
+    (their references added up), ``gap_pct`` between the two, ``mean_gap_pct`` (the mean of their
+    gaps), ``clean_tracks`` and the means of ``MEANS``; the same over the unseen tracks, prefixed
+    ``unseen_``. A figure over tracks is NaN unless every one of them drove a clean lap.
+
+    The best agent is the one with the lowest ``mean_gap_pct`` over the training tracks, counted
+    only in an evaluation where every training track had a clean lap (the unseen tracks do not
+    choose it: they stay unseen); ``best`` holds its figures (``best_tracks.json``), and
+    ``first_clean_lap_min`` is the first evaluation with a clean lap on every training track."""
+
+    def __init__(self, drive: Callable[[AgentState], dict], tracks: list[EvalTrack], dt: float, run_dir: Path,
+                 t_start: float) -> None:
+        self.drive = drive
+        self.tracks = tracks
+        self.dt = dt
+        self.run_dir = run_dir
+        self.t_start = t_start
+        self.train = [i for i, t in enumerate(tracks) if not t.unseen]
+        self.unseen = [i for i, t in enumerate(tracks) if t.unseen]
+        self._trajs: dict[str, np.ndarray] = {}
+        self.per = [LapEvaluator(functools.partial(self._traj, i), t.limit_s, dt, run_dir / TRACKS_DIR / t.name,
+                                 t_start, t.track, t.name) for i, t in enumerate(tracks)]
+        self.limit_s = sum(tracks[i].limit_s for i in self.train)
+        self.best: dict[str, Any] | None = None
+        self.first_clean_lap_min = float("nan")
+        self.improved = False
+        path = run_dir / BEST_TRACKS_FILE
+        if path.exists():
+            self.best = json.loads(path.read_text())
+            self.first_clean_lap_min = float(self.best["first_clean_lap_min"])
+
+    @classmethod
+    def on_surrogate(cls, setup: "RacingSetup", run_dir: Path, t_start: float, seed: int) -> "MultiTrackEvaluator":
+        drive, key = make_tracks_drive(setup.eval_env, setup.eval_steps), jax.random.PRNGKey(seed)
+        tracks = stack_tracks([t.track for t in setup.eval_tracks])
+        return cls(lambda agent: drive(agent, setup.eval_params, tracks, key), setup.eval_tracks,
+                   setup.eval_env.config.dt, run_dir, t_start)
+
+    def _traj(self, i: int, agent: AgentState) -> dict[str, np.ndarray]:
+        return {k: v[i] for k, v in self._trajs.items()}
+
+    @property
+    def best_lap_s(self) -> float:
+        return float(self.best["lap_s"]) if self.best is not None else float("nan")
+
+    @property
+    def best_mean_gap_pct(self) -> float:
+        return float(self.best["mean_gap_pct"]) if self.best is not None else float("nan")
+
+    def __call__(self, agent: AgentState) -> dict[str, float]:
+        self._trajs = {k: np.asarray(v) for k, v in self.drive(agent).items()}
+        scores = []
+        for ev in self.per:
+            scores.append(ev(agent))
+            if ev.improved:  # each track's best lap, for its plot and a resumed run (no agent: the run keeps one)
+                np.savez(ev.run_dir / BEST_LAP_FILE, **ev.best)
+        self._trajs = {}
+        wall_min = (time.monotonic() - self.t_start) / 60.0
+        train = self._over(self.train, scores)
+        self.improved = False
+        if math.isfinite(train["mean_gap_pct"]):
+            if math.isnan(self.first_clean_lap_min):
+                self.first_clean_lap_min = wall_min
+            if not train["mean_gap_pct"] >= self.best_mean_gap_pct:  # also true while best is None
+                self.best = {
+                    **{k: train[k] for k in ("mean_gap_pct", "lap_s", "limit_s", "gap_pct")},
+                    "unseen_mean_gap_pct": self._over(self.unseen, scores)["mean_gap_pct"] if self.unseen else float("nan"),
+                    "env_steps": int(agent.env_steps), "wall_min": wall_min,
+                    "first_clean_lap_min": self.first_clean_lap_min,
+                    "laps": {self.tracks[i].name: scores[i]["lap_s"] for i in self.train},
+                    "unseen_laps": {self.tracks[i].name: scores[i]["lap_s"] for i in self.unseen},
+                }
+                self.improved = True
+        out = {**train, "best_lap_s": self.best_lap_s, "best_mean_gap_pct": self.best_mean_gap_pct}
+        if self.unseen:
+            out.update({f"unseen_{k}": v for k, v in self._over(self.unseen, scores).items()})
+        out["wall_min"] = wall_min
+        for t, s in zip(self.tracks, scores):
+            out.update({f"{k}/{t.name}": s[k] for k in PER_TRACK})
+        return out
+
+    def _over(self, idx: list[int], scores: list[dict[str, float]]) -> dict[str, float]:
+        """The figures over these tracks (see the class)."""
+        laps = [scores[i]["lap_s"] for i in idx]
+        clean = all(math.isfinite(v) for v in laps)
+        lap = float(sum(laps)) if clean else float("nan")
+        limit = sum(self.tracks[i].limit_s for i in idx)
+        out = {"lap_s": lap, "limit_s": limit, "gap_pct": 100.0 * (lap / limit - 1.0),
+               "mean_gap_pct": float(np.mean([scores[i]["gap_pct"] for i in idx])) if clean else float("nan"),
+               "clean_tracks": float(sum(math.isfinite(v) for v in laps))}
+        with np.errstate(all="ignore"):
+            out.update({k: float(np.nanmean([scores[i][k] for i in idx])) if any(
+                math.isfinite(scores[i][k]) for i in idx) else float("nan") for k in MEANS})
+        return out
+
+    def write_best(self, run_dir: Path, agent: AgentState) -> None:
+        """The best agent's figures (``best_tracks.json``) and the agent (``best_agent/``)."""
+        write_json_atomic(run_dir / BEST_TRACKS_FILE, self.best)
+        with Checkpointer(run_dir / BEST_AGENT_DIR, max_to_keep=1) as ckpt:
+            ckpt.save(int(agent.env_steps), agent)
 
 
 def save_best(run_dir: Path, best: dict[str, Any], agent: AgentState) -> None:

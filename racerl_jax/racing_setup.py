@@ -1,23 +1,38 @@
-"""The envs a ``train_crossq.py`` run trains and evaluates on: the default car on a track, or a
-fitted surrogate (``surrogate.surrogate_file``) with its control period, input delay and
-parameter spread."""
+"""The envs a ``train_crossq.py`` run trains and evaluates on: the default car on a track (or on
+several: ``--tracks``, with unseen ``--eval-tracks``), or a fitted surrogate
+(``surrogate.surrogate_file``) with its control period, input delay and parameter spread."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 from pathlib import Path
+from typing import Callable, Sequence
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
-from racerl_jax.train_config import TrainConfig
+from racerl_jax.train_config import TrainConfig, random_count, track_entries
 from surrogate.car import PARAM_NAMES, CarParams
-from surrogate.env import EnvConfig, EnvParams, RacingEnv, make_params
+from surrogate.env import EnvConfig, EnvParams, RacingEnv, build_track, make_params
 from surrogate.observation import SENSOR_NOISE_SPEEDS
 from surrogate.surrogate_file import FittedSurrogate, load_surrogate
-from surrogate.track_io import DEFAULT_TRACK, TrackData
+from surrogate.track import Track, select_track, stack_tracks
+from surrogate.track_io import DEFAULT_TRACK, TrackData, load_track
+from surrogate.trackgen import random_track
 
 # ----------------------------------------------------------------------------- envs
+
+
+@dataclasses.dataclass
+class EvalTrack:
+    """One track an evaluation drives on its own, from its start line."""
+
+    name: str
+    track: Track  # one track (not stacked)
+    limit_s: float  # the minimum-lap-time reference of the car on it
+    unseen: bool  # from --eval-tracks: never trained on
 
 
 @dataclasses.dataclass
@@ -25,10 +40,21 @@ class RacingSetup:
     env: RacingEnv
     params: EnvParams
     eval_env: RacingEnv
-    eval_params: EnvParams
-    limit_s: float
-    eval_steps: int
-    track_name: str
+    eval_params: EnvParams  # with several tracks: the first training track's
+    limit_s: float  # ... its reference
+    eval_steps: int  # ... enough for the longest track
+    track_name: str  # ... its name
+    # With --tracks or --eval-tracks: every track an evaluation drives, the training tracks first, in
+    # their order, then the unseen ones; empty for one --track (or a surrogate file's) alone.
+    eval_tracks: list[EvalTrack] = dataclasses.field(default_factory=list)
+    # With --tracks-refresh-env-steps: the training params of draw g of the random:N tracks (g = env
+    # steps // the setting; draw 0 is ``params``).
+    refresh: Callable[[int], EnvParams] | None = None
+
+    @property
+    def multi(self) -> bool:
+        """Evaluated track by track (``eval_tracks``) and reported with the figures of several tracks."""
+        return bool(self.eval_tracks)
 
 
 def env_config(cfg: TrainConfig, fitted: FittedSurrogate | None, start: str) -> EnvConfig:
@@ -59,19 +85,101 @@ def sensor_noise(cfg: TrainConfig, fitted: FittedSurrogate | None) -> dict | Non
             for k, v in fitted.sensor_noise.items()}
 
 
+# ----------------------------------------------------------------------------- track sets
+
+TRAIN_STREAM, EVAL_STREAM = 0, 1  # the random:N tracks of --tracks and of --eval-tracks are different draws
+
+
+def random_tracks(seed: int, n: int, stream: int = TRAIN_STREAM, generation: int = 0, first: int = 0) -> list[TrackData]:
+    """``n`` procedural tracks (``surrogate.trackgen.random_track``), the same for the same run seed,
+    stream (training or unseen), draw (``generation``) and index (from ``first``)."""
+    prefix = "random" if stream == TRAIN_STREAM else "random-eval"
+    return [random_track(np.random.default_rng(np.random.SeedSequence([stream, generation, i, seed & 0xFFFFFFFF])),
+                         name=f"{prefix}-{i}") for i in range(first, first + n)]
+
+
+def load_entries(entries: Sequence[str], seed: int, stream: int = TRAIN_STREAM, generation: int = 0,
+                 option: str = "--tracks") -> list[TrackData]:
+    """The tracks of --tracks (or --eval-tracks) entries: files and bundled names loaded, folders
+    listed (``track_entries``), random:N drawn (``random_tracks``)."""
+    out: list[TrackData] = []
+    drawn = 0
+    for entry in track_entries(entries, option):
+        n = random_count(entry, option)
+        if n:
+            out.extend(random_tracks(seed, n, stream, generation, first=drawn))
+            drawn += n
+        else:
+            out.append(load_track(entry))
+    return out
+
+
+def unique_names(names: Sequence[str]) -> list[str]:
+    """The names with a suffix (-2, -3, ...) on repeats: files of the same name from two folders."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return out
+
+
+# ----------------------------------------------------------------------------- the setup
+
+
 def build_setup(cfg: TrainConfig) -> RacingSetup:
     """Training env (random starts) and evaluation env (start line, no randomisation), both on
-    the same car and track, and the minimum-lap-time reference computed once."""
+    the same car and tracks, and the minimum-lap-time reference of each track computed once.
+    With --tracks the training params hold them all (each episode draws one) and ``eval_tracks``
+    lists them and the --eval-tracks; with one --track it is empty."""
     fitted = load_surrogate(cfg.surrogate) if cfg.surrogate else None
-    car, track = (fitted.car, fitted.track) if fitted else (CarParams(), cfg.track or DEFAULT_TRACK)
+    car = fitted.car if fitted else CarParams()
+    if cfg.tracks:
+        train: list = load_entries(cfg.tracks, cfg.seed)
+    else:
+        train = [fitted.track if fitted else cfg.track or DEFAULT_TRACK]
+    unseen = load_entries(cfg.eval_tracks, cfg.seed, EVAL_STREAM, option="--eval-tracks")
     env_cfg = env_config(cfg, fitted, start="random")
-    params, refs = make_params([track], car=car, config=env_cfg, car_spread=car_spread(cfg, fitted),
+    params, refs = make_params(train + unseen, car=car, config=env_cfg, car_spread=car_spread(cfg, fitted),
                                reward_weights=cfg.reward, standing_start_prob=cfg.standing_starts,
                                residual=fitted.residual if fitted else None,
                                sensor_noise=sensor_noise(cfg, fitted))
-    limit = float(refs[0].lap_time_s)
-    eval_steps = cfg.eval_max_steps or int(math.ceil(cfg.eval_laps * limit / 0.6 / env_cfg.dt))
+    limits = [float(r.lap_time_s) for r in refs]
+    eval_steps = cfg.eval_max_steps or int(math.ceil(cfg.eval_laps * max(limits) / 0.6 / env_cfg.dt))
     eval_cfg = dataclasses.replace(env_cfg, start="line", max_episode_steps=eval_steps)
     eval_params = params.replace(car_spread=jnp.zeros_like(params.car_spread))
-    name = track.name if isinstance(track, TrackData) else Path(str(track)).stem
-    return RacingSetup(RacingEnv(env_cfg), params, RacingEnv(eval_cfg), eval_params, limit, eval_steps, name)
+    names = unique_names([t.name if isinstance(t, TrackData) else Path(str(t)).stem for t in train + unseen])
+    setup = RacingSetup(RacingEnv(env_cfg), params, RacingEnv(eval_cfg), eval_params, limits[0], eval_steps, names[0])
+    if not (cfg.tracks or unseen):
+        return setup
+    n = len(train)
+    setup.params = params.replace(tracks=_slice(params.tracks, 0, n))
+    setup.eval_params = eval_params.replace(tracks=_slice(params.tracks, 0, 1))
+    setup.eval_tracks = [EvalTrack(name, select_track(params.tracks, i), limit, i >= n)
+                         for i, (name, limit) in enumerate(zip(names, limits))]
+    if cfg.tracks_refresh_env_steps:
+        setup.refresh = _refresher(cfg, setup.params, env_cfg)
+    return setup
+
+
+def _slice(tracks: Track, start: int, stop: int) -> Track:
+    return jax.tree_util.tree_map(lambda a: a[start:stop], tracks)
+
+
+def _refresher(cfg: TrainConfig, params: EnvParams, env_cfg: EnvConfig) -> Callable[[int], EnvParams]:
+    """``refresh(g)``: the training params with the random:N tracks of --tracks replaced by draw g
+    (the other tracks kept as they are); about a second a track on a CPU (the reference line)."""
+    slots = []  # (index among the training tracks, is it random)
+    for entry in track_entries(cfg.tracks):
+        n = random_count(entry)
+        slots.extend([True] * n if n else [False])
+
+    def refresh(generation: int) -> EnvParams:
+        if generation == 0:
+            return params
+        fresh = iter(load_entries([e for e in cfg.tracks if random_count(e)], cfg.seed, TRAIN_STREAM, generation))
+        tracks = [build_track(next(fresh), params.car, env_cfg)[0] if is_random else select_track(params.tracks, i)
+                  for i, is_random in enumerate(slots)]
+        return params.replace(tracks=stack_tracks(tracks))
+
+    return refresh

@@ -1,9 +1,10 @@
-"""The plots a ``train_crossq.py`` run ends with: the learning curve and its best lap."""
+"""The plots a ``train_crossq.py`` run ends with: the learning curve and its best lap (with several
+tracks, each track's best lap and the gap to the reference on each track)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -11,6 +12,7 @@ from racerl_jax.lap_eval import LapEvaluator
 
 BEST_LAP_PNG = "best_lap.png"
 CURVE_PNG = "learning_curve.png"
+TRACK_GAPS_PNG = "track_gaps.png"
 
 # ----------------------------------------------------------------------------- plots
 
@@ -72,3 +74,40 @@ def plot_best_lap(track: Any, track_name: str, limit_s: float, evaluator: LapEva
     title = f"CrossQ on {track_name}: no clean lap yet (last evaluation's first attempt)"
     return plot_lap(track, t["x"][seg], t["y"][seg], t["speed"][seg], png_path, title=title,
                     controls=t["action"][seg], dt=evaluator.dt)
+
+
+def plot_track_gaps(metrics_path: Path, png_path: Path, tracks: Sequence[Any]) -> Path:
+    """Each track's evaluation gap to its reference (``eval_gap_pct/<track>``) over the run, unseen
+    tracks dashed, and the mean over the training tracks (and over the unseen ones) in black."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from racerl_jax.logs import read_metrics
+
+    rows = read_metrics(metrics_path)
+
+    def series(key: str) -> tuple[list, list]:
+        pts = [(r["env_steps"], r[key]) for r in rows if r.get(key) is not None and "env_steps" in r]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for t in tracks:
+        xs, ys = series(f"eval_gap_pct/{t.name}")
+        ax.plot(xs, ys, "--" if t.unseen else "-", marker=".", lw=1, label=t.name + (" (unseen)" if t.unseen else ""))
+    for key, style, label in (("eval_mean_gap_pct", "k-", "mean, training tracks"),
+                              ("eval_unseen_mean_gap_pct", "k--", "mean, unseen tracks")):
+        xs, ys = series(key)
+        if xs:
+            ax.plot(xs, ys, style, lw=2, label=label)
+    ax.set_ylabel("clean lap's gap to the reference (%)")
+    ax.set_xlabel("env steps")
+    ax.grid(alpha=0.3)
+    if not any(series(f"eval_gap_pct/{t.name}")[0] for t in tracks):
+        ax.text(0.5, 0.5, "no clean lap yet", transform=ax.transAxes, ha="center")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path

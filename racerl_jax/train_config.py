@@ -37,7 +37,7 @@ DEFAULT_REWARD = RewardWeights(progress=0.1, deviation=0.002, action_change=0.02
 # records them): a user resuming after a crash repeats what shaped the run, not every option.
 _PER_INVOCATION = ("budget_minutes", "resume", "run_dir", "total_env_steps", "progress", "eval_every_env_steps",
                    "eval_laps", "eval_max_steps", "checkpoint_every_env_steps", "checkpoint_every_minutes",
-                   "chunk_iterations", "spot_metadata_url", "spot_poll_seconds")
+                   "chunk_iterations", "spot_metadata_url", "spot_poll_seconds", "eval_tracks")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +65,18 @@ class TrainConfig:
     game_seed: int = -1  # >= 0: every game episode is reset with this seed (CarRacing: 0 keeps its served track)
     track: str = ""  # bundled name or CSV path; "" = the bundled default (or the surrogate file's)
     surrogate: str = ""  # fitted-surrogate JSON (car + track); "" = default car on --track
+    # One policy over several tracks at once (instead of --track): entries are bundled names, CSV
+    # files, folders (every *.csv in it) and random:N (N procedural tracks of surrogate.trackgen,
+    # drawn from --seed: a resume gets the same ones). Each training episode drives one of them,
+    # drawn at random; every evaluation drives each from its start line (track_entries, below).
+    tracks: tuple[str, ...] = ()
+    # With random:N in --tracks: N fresh procedural tracks every this many env steps (drawn from
+    # --seed and the env steps: a resume draws the same); 0 keeps the first N throughout.
+    # Evaluation keeps driving the first N.
+    tracks_refresh_env_steps: int = 0
+    # Tracks never trained on, evaluated beside the training tracks and reported apart ("unseen");
+    # the same entry forms as --tracks.
+    eval_tracks: tuple[str, ...] = ()
     model: str = ""  # "dynamic" | "kinematic"; "" = dynamic (or the surrogate file's)
     num_envs: int = 32
     budget_minutes: float = 20.0  # wall clock of the whole command, compilation included
@@ -155,6 +167,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "critic_hidden", tuple(int(w) for w in self.critic_hidden))
         object.__setattr__(self, "actor_hidden", tuple(int(w) for w in self.actor_hidden))
+        object.__setattr__(self, "tracks", tuple(str(t) for t in self.tracks))
+        object.__setattr__(self, "eval_tracks", tuple(str(t) for t in self.eval_tracks))
         if isinstance(self.reward, dict):
             object.__setattr__(self, "reward", _reward_from_dict(self.reward))
 
@@ -205,11 +219,37 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig: give --track or --surrogate, not both (the surrogate file {self.surrogate} holds its own track)"
             )
+        self._check_track_sets()
+
+    def _check_track_sets(self) -> None:
+        """--tracks, --eval-tracks and --tracks-refresh-env-steps: the entries' form and what they exclude
+        (whether the files exist is ``resolve``'s to check: a saved config may be read elsewhere)."""
+        for option, entries in (("--tracks", self.tracks), ("--eval-tracks", self.eval_tracks)):
+            for entry in entries:
+                random_count(entry, option)
+        if self.tracks and self.track:
+            raise ValueError(f"TrainConfig: give --tracks or --track, not both: put {self.track} into --tracks "
+                             f"({','.join((self.track, *self.tracks))})")
+        if self.tracks and self.surrogate:
+            raise ValueError(f"TrainConfig: give --tracks or --surrogate, not both: the surrogate file {self.surrogate} "
+                             "holds its own track; drop --tracks (--eval-tracks evaluates the fitted car on other "
+                             "tracks) or drop --surrogate (--tracks trains the default car)")
+        if self.backend == "real" and (self.tracks or self.eval_tracks):
+            raise ValueError("TrainConfig: --backend real trains on the game's own track: drop --tracks and "
+                             "--eval-tracks (or train on the surrogate: --backend surrogate)")
+        if self.tracks_refresh_env_steps < 0:
+            raise ValueError(f"TrainConfig.tracks_refresh_env_steps={self.tracks_refresh_env_steps}: must be >= 0 "
+                             "(0: the same random tracks throughout)")
+        if self.tracks_refresh_env_steps and not any(random_count(t, "--tracks") for t in self.tracks):
+            raise ValueError(f"TrainConfig.tracks_refresh_env_steps={self.tracks_refresh_env_steps}: only random:N "
+                             "entries of --tracks are drawn afresh; add one (e.g. --tracks random:8) or drop it")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["critic_hidden"] = list(self.critic_hidden)
         d["actor_hidden"] = list(self.actor_hidden)
+        d["tracks"] = list(self.tracks)
+        d["eval_tracks"] = list(self.eval_tracks)
         d["reward"] = {k: float(v) for k, v in dataclasses.asdict(self.reward).items()}
         return d
 
@@ -233,10 +273,83 @@ def _reward_from_dict(d: dict[str, Any]) -> RewardWeights:
     return dataclass_from_dict(RewardWeights, {k: float(v) for k, v in d.items()})
 
 
+# ----------------------------------------------------------------------------- track sets
+
+RANDOM_PREFIX = "random:"
+
+
+def random_count(entry: str, option: str = "--tracks") -> int:
+    """N of a ``random:N`` entry, 0 for any other entry; a ValueError names a malformed one."""
+    if not entry.strip():
+        raise ValueError(f"{option}: an empty entry; give comma-separated track names, CSV files, folders or random:N")
+    if not entry.startswith(RANDOM_PREFIX):
+        return 0
+    n = entry[len(RANDOM_PREFIX):]
+    if not n.isdigit() or int(n) < 1:
+        raise ValueError(f"{option} {entry!r}: expected random:N with N a whole number >= 1 (e.g. random:8)")
+    return int(n)
+
+
+def track_entries(entries: Sequence[str], option: str = "--tracks") -> list[str]:
+    """The entries with every folder replaced by its *.csv files (sorted), each other name or file
+    checked to load: what a run's config.json records, so that a folder that changes later is not
+    a silently different run. ``random:N`` stays as it is. Raises SystemExit naming the entry and
+    the fix (a missing file, a folder without CSV files, a track given twice)."""
+    from surrogate.track_io import TrackFileError, resolve_track_path
+
+    out: list[str] = []
+    for entry in entries:
+        random_count(entry, option)
+        path = Path(entry)
+        if entry.startswith(RANDOM_PREFIX):
+            files = [entry]
+        elif path.is_dir():
+            files = [str(p) for p in sorted(path.glob("*.csv"))]
+            if not files:
+                raise SystemExit(f"train_crossq.py: {option} {entry}: the folder holds no *.csv track files; give a "
+                                 "folder of TUM-format CSV files, a file or a bundled name")
+        else:
+            try:
+                resolve_track_path(entry)
+            except TrackFileError as e:
+                raise SystemExit(f"train_crossq.py: {option} {entry}: {e}; or a folder of them, or random:N") from None
+            files = [entry]
+        out.extend(files)
+    seen: dict[str, str] = {}
+    for entry in out:
+        key = entry if entry.startswith(RANDOM_PREFIX) else str(_resolved(entry))
+        if key in seen:
+            raise SystemExit(f"train_crossq.py: {option}: {entry} is given twice ({seen[key]!r} and {entry!r}); "
+                             "give each track once (random:N once, with the N you want)")
+        seen[key] = entry
+    return out
+
+
+def _resolved(entry: str) -> Path:
+    from surrogate.track_io import resolve_track_path
+
+    return resolve_track_path(entry).resolve()
+
+
+def _resolve_track_sets(cfg: TrainConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    tracks = tuple(track_entries(cfg.tracks, "--tracks"))
+    eval_tracks = tuple(track_entries(cfg.eval_tracks, "--eval-tracks"))
+    if not eval_tracks:
+        return tracks, eval_tracks
+    trained = {_resolved(t) for t in (*tracks, cfg.track) if t and not t.startswith(RANDOM_PREFIX)}
+    for t in eval_tracks:
+        if not t.startswith(RANDOM_PREFIX) and _resolved(t) in trained:
+            raise SystemExit(f"train_crossq.py: --eval-tracks {t} is also a training track; unseen tracks are never "
+                             "trained on: drop it from one of the two")
+    return tracks, eval_tracks
+
+
 def resolve(cfg: TrainConfig) -> TrainConfig:
-    """Fill the "auto" fields (preset, model, track, run dir) so the saved config says what ran."""
+    """Fill the "auto" fields (preset, model, track, run dir) so the saved config says what ran;
+    --tracks and --eval-tracks with every folder listed (``track_entries``)."""
     preset = cfg.preset or ("cpu" if jax.default_backend() == "cpu" else "paper")
     model, track, num_envs = cfg.model, cfg.track, cfg.num_envs
+    tracks, eval_tracks = cfg.tracks, cfg.eval_tracks
     if cfg.backend == "real":  # the game's track unless --track; one car
         model, num_envs = model or "dynamic", 1
         name = Path(track).stem if track else "real"
@@ -248,11 +361,16 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
                 "drop --model (the file's model is used)"
             )
         model, name = fitted.model, Path(cfg.surrogate).stem
+    elif cfg.tracks:
+        model, name = model or "dynamic", "tracks"
     else:
         model, track = model or "dynamic", track or DEFAULT_TRACK
         name = Path(track).stem
+    if cfg.backend == "surrogate":
+        tracks, eval_tracks = _resolve_track_sets(dataclasses.replace(cfg, track=track))
     run_dir = cfg.run_dir or f"runs/crossq-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return dataclasses.replace(cfg, preset=preset, model=model, track=track, num_envs=num_envs, run_dir=run_dir)
+    return dataclasses.replace(cfg, preset=preset, model=model, track=track, num_envs=num_envs, run_dir=run_dir,
+                               tracks=tracks, eval_tracks=eval_tracks)
 
 
 def _action_dims(cfg: TrainConfig) -> int:
@@ -300,6 +418,14 @@ def _widths(text: str) -> tuple[int, ...]:
     return widths
 
 
+def _track_list(text: str) -> tuple[str, ...]:
+    """``A,B,...``: track entries (see ``TrainConfig.tracks``)."""
+    entries = tuple(t.strip() for t in text.split(","))
+    if not any(entries):
+        raise argparse.ArgumentTypeError(f"expected comma-separated tracks like oval,technical,random:4, got {text!r}")
+    return tuple(t for t in entries if t)
+
+
 def _reward_weights(text: str) -> RewardWeights:
     """``name=value,...`` over the default weights, e.g. ``action_change=0.05,deviation=0``."""
     items = tuple(t.strip() for t in text.split(",") if t.strip())
@@ -332,6 +458,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--backend real: reset every episode with this seed (-1: random; CarRacing: 0 keeps its track)")
     p.add_argument("--track", default=d.track, help=f"bundled track name or TUM-format CSV (default {DEFAULT_TRACK})")
     p.add_argument("--surrogate", default=d.surrogate, help="fitted surrogate JSON (car and track); excludes --track")
+    p.add_argument("--tracks", type=_track_list, default=d.tracks, metavar="A,B,...",
+                   help="train one policy on several tracks at once: bundled names, CSV files, folders (every *.csv) "
+                   "and random:N (N procedural tracks drawn from --seed); excludes --track and --surrogate; every "
+                   "evaluation drives each track")
+    p.add_argument("--tracks-refresh-env-steps", type=int, default=d.tracks_refresh_env_steps,
+                   help="with random:N in --tracks: N fresh random tracks every this many env steps (0: the same N)")
+    p.add_argument("--eval-tracks", type=_track_list, default=d.eval_tracks, metavar="A,B,...",
+                   help="tracks never trained on (same forms as --tracks), evaluated and reported apart as unseen")
     p.add_argument("--model", choices=sorted(MODELS), default=None, help="car model (default dynamic)")
     p.add_argument("--num-envs", type=int, default=d.num_envs)
     p.add_argument("--budget-minutes", type=float, default=d.budget_minutes, help="wall clock of the whole command")

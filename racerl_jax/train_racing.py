@@ -9,6 +9,7 @@ plots (``racerl_jax.run_plots``). Their names are also importable from here.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -26,10 +27,11 @@ from surrogate.observation import ObsConfig  # noqa: F401  (re-exported)
 from surrogate.track import select_track
 from surrogate.surrogate_file import load_surrogate
 from racerl_jax.lap_eval import (  # noqa: F401  (the command's parts, importable from here)
-    BEST_AGENT_DIR, BEST_LAP_FILE, LapEvaluator, lap_slice, load_best_agent, make_game_lap_drive, make_lap_drive,
-    save_best)
+    BEST_AGENT_DIR, BEST_LAP_FILE, BEST_TRACKS_FILE, TRACKS_DIR, LapEvaluator, MultiTrackEvaluator, lap_slice,
+    load_best_agent, make_game_lap_drive, make_lap_drive, save_best)
 from racerl_jax.racing_setup import RacingSetup, build_setup, car_spread, env_config  # noqa: F401
-from racerl_jax.run_plots import BEST_LAP_PNG, CURVE_PNG, plot_best_lap, plot_learning_curve  # noqa: F401
+from racerl_jax.run_plots import (  # noqa: F401
+    BEST_LAP_PNG, CURVE_PNG, TRACK_GAPS_PNG, plot_best_lap, plot_learning_curve, plot_track_gaps)
 from racerl_jax.train_config import (  # noqa: F401
     _PER_INVOCATION, DEFAULT_REWARD, MATMUL_PRECISIONS, TrainConfig, _action_dims, build_parser, crossq_config,
     parse_args, resolve)
@@ -86,23 +88,73 @@ def _run_surrogate(cfg: TrainConfig, run_dir: Path, t_start: float) -> dict[str,
     from racerl_jax.train_loop import train
 
     setup = build_setup(cfg)
-    print(f"track {setup.track_name}, {cfg.model} model: minimum-lap-time reference {setup.limit_s:.2f} s; "
-          f"preset {cfg.preset}, {cfg.num_envs} envs, {cfg.updates_per_iter} updates/iteration, "
-          f"budget {cfg.budget_minutes:g} min, run dir {run_dir}", flush=True)
-    evaluator = LapEvaluator.on_surrogate(setup, run_dir, t_start, cfg.seed)
-    result = train(
-        setup.env,
-        setup.params,
-        crossq_config(cfg),
-        total_env_steps=cfg.total_env_steps,
-        num_envs=cfg.num_envs,
-        updates_per_iter=cfg.updates_per_iter,
-        seed=cfg.seed,
-        chunk_iterations=cfg.chunk_iterations,
-        **_driver_options(cfg, run_dir, t_start, evaluator),
-    )
+    run = (f"preset {cfg.preset}, {cfg.num_envs} envs, {cfg.updates_per_iter} updates/iteration, "
+           f"budget {cfg.budget_minutes:g} min, run dir {run_dir}")
+    if setup.multi:
+        def listed(unseen: bool) -> str:
+            return ", ".join(f"{t.name} {t.limit_s:.2f} s" for t in setup.eval_tracks if t.unseen == unseen) or "none"
+
+        print(f"{cfg.model} model, minimum-lap-time references: training tracks {listed(False)}; unseen tracks "
+              f"{listed(True)}; {run}", flush=True)
+        evaluator: Any = MultiTrackEvaluator.on_surrogate(setup, run_dir, t_start, cfg.seed)
+    else:
+        print(f"track {setup.track_name}, {cfg.model} model: minimum-lap-time reference {setup.limit_s:.2f} s; {run}",
+              flush=True)
+        evaluator = LapEvaluator.on_surrogate(setup, run_dir, t_start, cfg.seed)
+    if setup.refresh is not None:
+        result = _train_refreshing(cfg, setup, _driver_options(cfg, run_dir, t_start, evaluator))
+    else:
+        result = train(
+            setup.env,
+            setup.params,
+            crossq_config(cfg),
+            total_env_steps=cfg.total_env_steps,
+            num_envs=cfg.num_envs,
+            updates_per_iter=cfg.updates_per_iter,
+            seed=cfg.seed,
+            chunk_iterations=cfg.chunk_iterations,
+            **_driver_options(cfg, run_dir, t_start, evaluator),
+        )
     track = select_track(setup.eval_params.tracks, 0)
     return _finish(cfg, run_dir, t_start, result, evaluator, track, setup.track_name, setup.limit_s)
+
+
+def _train_refreshing(cfg: TrainConfig, setup: RacingSetup, driver: dict[str, Any]) -> Any:
+    """``train_loop.train`` with the random:N tracks drawn afresh every --tracks-refresh-env-steps
+    (``setup.refresh``), checked before each chunk: on a new draw every car starts a new episode
+    (the old tracks are gone), as does every car of a resumed run. The draw is logged as
+    ``tracks_draw``. Same shapes, so no recompilation."""
+    from racerl_jax.train_loop import drive, init_train_carry, make_train_iteration
+
+    agent_cfg = crossq_config(cfg)
+    every = cfg.tracks_refresh_env_steps
+    carry = init_train_carry(setup.env, setup.params, agent_cfg, cfg.num_envs, jax.random.PRNGKey(cfg.seed))
+    now: dict[str, Any] = {"draw": None, "run": None}
+
+    def run(carry: Any, iterations: int, lr_scale: float = 1.0, entropy_shift: float = 0.0) -> tuple[Any, dict]:
+        env_steps = int(carry.agent.env_steps)
+        draw = env_steps // every
+        if draw != now["draw"]:
+            params = setup.refresh(draw)
+            if now["draw"] is not None or env_steps > 0:
+                obs, state = _reset_all(setup.env, cfg.num_envs, jax.random.fold_in(carry.key, draw), params)
+                zero = carry.episodes.running_return * 0
+                carry = carry.replace(obs=obs, env_state=state, episodes=carry.episodes.replace(
+                    running_return=zero, running_length=carry.episodes.running_length * 0))
+            now.update(draw=draw, run=make_train_iteration(setup.env, params, agent_cfg, cfg.num_envs,
+                                                           cfg.updates_per_iter))
+        carry, stats = now["run"](carry, iterations, lr_scale, entropy_shift)
+        return carry, {**stats, "tracks_draw": draw}
+
+    meta = {"crossq": agent_cfg.to_dict(), "num_envs": cfg.num_envs, "updates_per_iter": cfg.updates_per_iter,
+            "seed": cfg.seed}  # as train_loop.train writes it
+    return drive(run, carry, cfg.num_envs, total_env_steps=cfg.total_env_steps, chunk_iterations=cfg.chunk_iterations,
+                 run_meta=meta, **driver)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _reset_all(env: Any, num_envs: int, key: jax.Array, params: Any) -> tuple[jax.Array, Any]:
+    return jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key, num_envs), params)
 
 
 def _driver_options(cfg: TrainConfig, run_dir: Path, t_start: float, evaluator: LapEvaluator) -> dict[str, Any]:
@@ -117,14 +169,14 @@ def _driver_options(cfg: TrainConfig, run_dir: Path, t_start: float, evaluator: 
                 guard=CollapseGuard(CollapseConfig(max_recoveries=3 if cfg.recover_collapse else 0)))
 
 
-def keeping_best(evaluator: LapEvaluator, run_dir: Path) -> Callable[[AgentState], dict[str, float]]:
+def keeping_best(evaluator: LapEvaluator | MultiTrackEvaluator, run_dir: Path) -> Callable[[AgentState], dict[str, float]]:
     """The driver's ``eval_fn``: the evaluator's scores, and when it drove a new best clean lap, that
     lap and the agent written to the run dir (the training keeps its best agent; the evaluator scores)."""
 
     def eval_fn(agent: AgentState) -> dict[str, float]:
         scores = evaluator(agent)
         if evaluator.improved:
-            save_best(run_dir, evaluator.best, agent)
+            evaluator.write_best(run_dir, agent)
         return scores
 
     return eval_fn
@@ -187,6 +239,9 @@ def _finish(cfg: TrainConfig, run_dir: Path, t_start: float, result: Any, evalua
     best lap's plot when the run was interrupted)."""
     from racerl_jax.logs import METRICS_FILE, RunLogger
 
+    multi = isinstance(evaluator, MultiTrackEvaluator)
+    if multi:
+        limit = evaluator.limit_s  # the training tracks' references added up
     agent = result.carry.agent
     env_steps, updates = int(agent.env_steps), int(agent.updates)
     interrupted = result.stop_reason in INTERRUPTED
@@ -198,10 +253,16 @@ def _finish(cfg: TrainConfig, run_dir: Path, t_start: float, result: Any, evalua
         logger.log(env_steps, {"env_steps": env_steps, "updates": updates,
                                "wall_s": time.monotonic() - t_start, **{f"eval_{k}": v for k, v in final.items()}})
         logger.close()
-        lap_png = plot_best_lap(track, track_name, limit, evaluator, run_dir / BEST_LAP_PNG)
+        if multi:
+            lap_png = " ".join(str(plot_best_lap(t.track, t.name, t.limit_s, ev, ev.run_dir / BEST_LAP_PNG))
+                               for t, ev in zip(evaluator.tracks, evaluator.per))
+        else:
+            lap_png = plot_best_lap(track, track_name, limit, evaluator, run_dir / BEST_LAP_PNG)
     # The learning curve, once, here (the driver leaves it to the command); after the checkpoint, so
     # an interrupted run that is killed while it draws loses only the picture.
     curve = plot_learning_curve(run_dir / METRICS_FILE, run_dir / CURVE_PNG, limit)
+    if multi:
+        curve = f"{curve} {plot_track_gaps(run_dir / METRICS_FILE, run_dir / TRACK_GAPS_PNG, evaluator.tracks)}"
 
     best = evaluator.best_lap_s
     summary = {
@@ -218,6 +279,8 @@ def _finish(cfg: TrainConfig, run_dir: Path, t_start: float, result: Any, evalua
         "wall_min": (time.monotonic() - t_start) / 60.0,
         "invocation": {k: v for k, v in cfg.to_dict().items() if k in _PER_INVOCATION},
     }
+    if multi:
+        summary.update(_tracks_summary(evaluator))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     best_agent = f"; best agent: {run_dir / BEST_AGENT_DIR}" if (run_dir / BEST_AGENT_DIR).is_dir() else ""
     if final is None:
@@ -234,9 +297,36 @@ def _finish(cfg: TrainConfig, run_dir: Path, t_start: float, result: Any, evalua
     return summary
 
 
-def summary_line(s: dict[str, float]) -> str:
-    return (f"first_clean_lap_min={s['first_clean_lap_min']:.2f} best_lap_s={s['best_lap_s']:.2f} "
+def _tracks_summary(evaluator: MultiTrackEvaluator) -> dict[str, Any]:
+    """summary.json's figures of several tracks. The keys of one track's summary then describe the
+    best agent (best mean gap over the training tracks) on all the training tracks: ``best_lap_s``
+    its laps added up, ``limit_s`` their references added up, ``gap_pct`` between the two;
+    ``first_clean_lap_min`` the first evaluation with a clean lap on every training track."""
+    best = evaluator.best or {}
+    laps = {**best.get("laps", {}), **best.get("unseen_laps", {})}
+    return {
+        "tracks": len(evaluator.train),
+        "mean_gap_pct": evaluator.best_mean_gap_pct,
+        "unseen_tracks": len(evaluator.unseen),
+        "unseen_mean_gap_pct": float(best.get("unseen_mean_gap_pct", float("nan"))),
+        "best_agent_env_steps": best.get("env_steps"),
+        "per_track": {t.name: {"unseen": t.unseen, "limit_s": t.limit_s,
+                               "best_agent_lap_s": float(laps.get(t.name, float("nan"))),
+                               "best_agent_gap_pct": 100.0 * (float(laps.get(t.name, float("nan"))) / t.limit_s - 1.0),
+                               "best_lap_s": ev.best_lap_s, "first_clean_lap_min": ev.first_clean_lap_min}
+                      for t, ev in zip(evaluator.tracks, evaluator.per)},
+    }
+
+
+def summary_line(s: dict[str, Any]) -> str:
+    """The last line printed; with several tracks (or unseen ones) it adds their figures after the
+    keys of one track's line, which keep their place."""
+    line = (f"first_clean_lap_min={s['first_clean_lap_min']:.2f} best_lap_s={s['best_lap_s']:.2f} "
             f"limit_s={s['limit_s']:.2f} gap_pct={s['gap_pct']:.1f}")
+    if "tracks" in s:
+        line += (f" tracks={s['tracks']} mean_gap_pct={s['mean_gap_pct']:.1f} "
+                 f"unseen_mean_gap_pct={s['unseen_mean_gap_pct']:.1f}")
+    return line
 
 
 def main(argv: Sequence[str] | None = None, t_start: float | None = None) -> dict[str, Any]:
