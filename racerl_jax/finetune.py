@@ -231,8 +231,9 @@ def load_surrogate_buffer(saved: SavedAgent, obs_size: int, action_size: int) ->
 
 def drive_laps(env: Any, act: Callable[[np.ndarray], np.ndarray], laps: int, max_steps: int, seed: int,
                limit_s: float) -> dict[str, Any]:
-    """Scores (``racerl_jax.evaluate.score``) of ``laps`` lap attempts from the line."""
-    from racerl_jax.evaluate import LapBook, drive_game, score
+    """Scores (``racerl_jax.laps.score``) of ``laps`` lap attempts from the line."""
+    from racerl_jax.evaluate import drive_game
+    from racerl_jax.laps import LapBook, score
 
     book = LapBook(laps, float(env.track.length))
     rows = drive_game(env, act, book, max_steps, seed, lambda b, s: None)

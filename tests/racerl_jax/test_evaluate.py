@@ -15,6 +15,7 @@ import zmq
 
 from bridge.games.kinematic import KinematicCarGame
 from racerl_jax import evaluate as ev
+from racerl_jax import laps
 from racerl_jax import train_racing as tr
 from racerl_jax.checkpoint import Checkpointer
 from racerl_jax.saved_agent import AgentError
@@ -188,7 +189,7 @@ def test_scores_rate_clean_laps_against_the_laps_asked_and_measure_smoothness():
     assert s["off_track_s"] == pytest.approx(dt) and s["off_track_laps"] == 1
 
     # A step the game ended (plugin lost) has no deviation: left out, not a NaN mean.
-    assert ev._abs_stats(np.array([np.nan, -2.0, 1.0])) == (1.5, 2.0)
+    assert laps._abs_stats(np.array([np.nan, -2.0, 1.0])) == (1.5, 2.0)
 
     none = ev.LapBook(laps=2, track_length=100.0)
     s = ev.score({**rows, "done": np.zeros(n, bool)}, none, limit_s=25.0)
