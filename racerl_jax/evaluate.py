@@ -142,7 +142,8 @@ def _drive_chunk(env: RacingEnv, policy: Callable, steps: int, policy_args: Any,
         obs2, state2, r, term, trunc, info = env.step(ks, state, action, params)
         row = dict(x=state.car.x, y=state.car.y, speed=info["speed"], action=game_controls(action, env.config.pedals),
                    lap_completed=info["lap_completed"], lap_time=info["lap_time"], lap_clean=info["lap_clean"],
-                   off_track=info["off_track"], ref_deviation=info["ref_deviation"], progress=info["progress"],
+                   off_track=info["off_track"], stuck=info["stuck"], ref_deviation=info["ref_deviation"],
+                   progress=info["progress"],
                    terminated=term, truncated=trunc, episode_steps=state.steps + 1)
         return (obs2, state2), row
 
@@ -150,14 +151,14 @@ def _drive_chunk(env: RacingEnv, policy: Callable, steps: int, policy_args: Any,
     return obs, state, rows
 
 
-def _surrogate_end_reason(row: dict[str, Any], max_episode_steps: int) -> str | None:
+def _surrogate_end_reason(row: dict[str, Any]) -> str | None:
     if not (row["terminated"] or row["truncated"]):
         return None
     if row["off_track"]:
         return "off_track"
-    if row["terminated"]:
-        return "wrong_way"
-    return "time_limit" if row["episode_steps"] >= max_episode_steps else "stuck"
+    if row["stuck"]:
+        return "stuck"
+    return "wrong_way" if row["terminated"] else "time_limit"
 
 
 def drive_surrogate(env: RacingEnv, params: EnvParams, policy: str, policy_args: Any, book: LapBook, max_steps: int,
@@ -178,7 +179,7 @@ def drive_surrogate(env: RacingEnv, params: EnvParams, policy: str, policy_args:
         for i in range(n):
             row = {k: v[i] for k, v in rows.items()}
             row["done"] = bool(row["terminated"] or row["truncated"])
-            row["end_reason"] = _surrogate_end_reason(row, env.config.max_episode_steps)
+            row["end_reason"] = _surrogate_end_reason(row)
             if book.add(row):
                 used = i + 1
                 break

@@ -111,6 +111,10 @@ def test_standing_still_is_truncated_by_the_stuck_check(oval):
     tr = np.asarray(tr)[:, 0]
     assert not np.asarray(te).any()
     assert np.flatnonzero(tr)[0] == round(2.0 / cfg.dt) - 1
+    # with terminate_stuck the same check ends it as a failure: no value is bootstrapped beyond it
+    env = RacingEnv(dataclasses.replace(cfg, terminate_stuck=True))
+    _, (obs, r, te, tr, info, st) = _run(env, params, idle, 100)
+    assert not np.asarray(tr).any() and np.flatnonzero(np.asarray(te)[:, 0])[0] == round(2.0 / cfg.dt) - 1
 
 
 def test_time_limit_truncates_a_running_episode(oval):
