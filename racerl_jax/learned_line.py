@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
+from racerl_jax.lap_eval import BEST_LAP_FILE
 from surrogate.car import CarParams
 from surrogate.laptime import LapLimits, Reference
 from surrogate.racing_line import RacingLineError, laps_from_drive, line_from_laps
 from surrogate.track_io import TrackData
 
 LAPS_PREFIX = "laps:"
-BEST_LAP_FILE = "best_lap.npz"  # racerl_jax.lap_eval writes it; the name is the run directory's contract
 
 
 def parse_reference_line(text: str) -> list[Path]:
