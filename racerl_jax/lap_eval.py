@@ -167,7 +167,7 @@ class LapEvaluator:
 
 
 # Each track's figures in an evaluation of several tracks (metrics.jsonl: eval_<figure>/<track>).
-PER_TRACK = ("lap_s", "best_lap_s", "gap_pct", "clean_lap_rate", "distance_m")
+PER_TRACK = ("lap_s", "best_lap_s", "gap_pct", "clean_lap_rate", "distance_m", "ref_deviation_m")
 # ... and their means over the training tracks (and over the unseen ones, unseen_<figure>).
 MEANS = ("laps", "clean_lap_rate", "ref_deviation_m", "action_change", "pedal_overlap", "return", "distance_m")
 

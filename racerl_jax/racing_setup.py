@@ -169,7 +169,7 @@ def _slice(tracks: Track, start: int, stop: int) -> Track:
 def _refresher(cfg: TrainConfig, params: EnvParams, env_cfg: EnvConfig) -> Callable[[int], EnvParams]:
     """``refresh(g)``: the training params with the random:N tracks of --tracks replaced by draw g
     (the other tracks kept as they are); about a second a track on a CPU (the reference line)."""
-    slots = []  # (index among the training tracks, is it random)
+    slots = []  # per training track: is it a random one
     for entry in track_entries(cfg.tracks):
         n = random_count(entry)
         slots.extend([True] * n if n else [False])
