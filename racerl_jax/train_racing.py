@@ -292,6 +292,10 @@ def _finish(cfg: TrainConfig, run_dir: Path, t_start: float, result: Any, evalua
               f"{summary['wall_min']:.1f} min; final evaluation: lap {final['lap_s']:.2f} s, clean-lap rate "
               f"{final['clean_lap_rate']:.2f}, deviation from the reference line {final['ref_deviation_m']:.2f} m, "
               f"action change {final['action_change']:.4f}")
+        if multi:
+            print("final evaluation by track (lap, gap to the reference): " + ", ".join(
+                f"{t.name}{' (unseen)' if t.unseen else ''} {final[f'lap_s/{t.name}']:.2f} s {final[f'gap_pct/{t.name}']:.1f}%"
+                for t in evaluator.tracks))
         print(f"plots: {curve} {lap_png}; checkpoints: {run_dir / 'checkpoints'}{best_agent}")
     print(summary_line(summary), flush=True)
     return summary

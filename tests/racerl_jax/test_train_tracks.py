@@ -52,6 +52,7 @@ def test_every_entry_form_loads_and_a_folder_is_listed_in_the_saved_config(tmp_p
     assert [t.name for t in load_entries(cfg.tracks, seed=0)] == names
     assert [t.name for t in load_entries(cfg.eval_tracks, seed=0, stream=1)] == ["random-eval-0"]
     assert tr.resolve(tr.TrainConfig(tracks=("oval", "technical"))).run_dir.startswith("runs/crossq-tracks-")
+    assert tr.parse_args(["--tracks", "oval,random:3", "--tracks-refresh-env-steps", "5000"]).tracks_refresh_env_steps == 5000
 
 
 @pytest.mark.parametrize("argv, reason", [
@@ -195,7 +196,9 @@ def test_tiny_run_on_two_tracks_evaluates_each_and_an_unseen_one_and_random_trac
     run_dir = tmp_path / "run"
     summary = tr.main([*TINY_TRACKS, "--tracks", "oval,technical", "--eval-tracks", "flowing", "--run-dir", str(run_dir),
                        "--total-env-steps", "300", "--car-spread", "0.1"])
-    line = capsys.readouterr().out.strip().splitlines()[-1]
+    out = capsys.readouterr().out.strip().splitlines()
+    line = out[-1]
+    assert any(x.startswith("final evaluation by track") and "flowing (unseen)" in x for x in out)
     m = MULTI_LINE.match(line)
     assert m, line
     assert int(m.group(5)) == 2 and float(m.group(3)) == pytest.approx(summary["limit_s"], abs=0.01)
