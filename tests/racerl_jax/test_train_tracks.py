@@ -1,4 +1,5 @@
 """train_crossq.py --tracks / --eval-tracks: one policy over several tracks, evaluated track by track."""
+import dataclasses
 import json
 import re
 import shutil
@@ -53,6 +54,21 @@ def test_every_entry_form_loads_and_a_folder_is_listed_in_the_saved_config(tmp_p
     assert [t.name for t in load_entries(cfg.eval_tracks, seed=0, stream=1)] == ["random-eval-0"]
     assert tr.resolve(tr.TrainConfig(tracks=("oval", "technical"))).run_dir.startswith("runs/crossq-tracks-")
     assert tr.parse_args(["--tracks", "oval,random:3", "--tracks-refresh-env-steps", "5000"]).tracks_refresh_env_steps == 5000
+
+
+def test_a_resume_keeps_the_track_set_but_may_change_the_unseen_tracks(tmp_path):
+    folder = _folder(tmp_path, "figure8", "oval")
+    cfg = tr.resolve(tr.TrainConfig(tracks=(str(folder), "random:2"), eval_tracks=("flowing",), run_dir=str(tmp_path / "run"),
+                                    resume=True))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"command": cfg.run_settings()}))
+    tr.prepare_run_dir(tr.resolve(tr.TrainConfig(tracks=(str(folder), "random:2"), eval_tracks=("technical", "random:1"),
+                                                 run_dir=str(tmp_path / "run"), resume=True)), tmp_path / "run")
+    shutil.copy(BUNDLED_DIR / "technical.csv", folder / "c_technical.csv")  # the folder gained a track since
+    with pytest.raises(SystemExit, match=r"these settings differ .*: tracks \[.*\] -> \[.*c_technical.csv"):
+        tr.prepare_run_dir(tr.resolve(dataclasses.replace(cfg, tracks=(str(folder), "random:2"))), tmp_path / "run")
+    with pytest.raises(SystemExit, match=r"tracks_refresh_env_steps 0 -> 100"):
+        tr.prepare_run_dir(dataclasses.replace(cfg, tracks_refresh_env_steps=100), tmp_path / "run")
 
 
 @pytest.mark.parametrize("argv, reason", [
