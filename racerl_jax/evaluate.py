@@ -270,7 +270,11 @@ def _run_settings(cfg: EvalConfig, saved: SavedAgent) -> TrainConfig:
         if tc.surrogate and cfg.backend == "surrogate":
             raise EvaluateError(f"--track {cfg.track}: the run trained on the surrogate file {tc.surrogate}, which "
                                 "holds its own track; leave --track out (or evaluate on the game: --backend real)")
-        tc = dataclasses.replace(tc, track=cfg.track)
+        # A run over several tracks is driven on the one asked for, alone.
+        tc = dataclasses.replace(tc, track=cfg.track, tracks=(), eval_tracks=(), tracks_refresh_env_steps=0)
+    elif tc.tracks:
+        raise EvaluateError(f"the run trained on several tracks ({', '.join(tc.tracks)}): give --track NAME|FILE, "
+                            "the one to drive (a bundled name, a CSV file)")
     elif cfg.backend == "surrogate" and tc.backend == "real" and not tc.track and not tc.surrogate:
         raise EvaluateError("the run trained on the game, on the track the game served: there is no surrogate of it; "
                             "evaluate with --backend real, or give --track FILE (the game's centre line)")

@@ -242,6 +242,21 @@ def test_surrogate_evaluation_drives_the_runs_env_and_writes_report_plots_and_a_
     assert "holds its own track; leave --track out" in capsys.readouterr().err
 
 
+def test_a_run_over_several_tracks_is_driven_on_the_track_asked_for(run_dir, tmp_path, capsys):
+    import shutil
+
+    multi = tmp_path / "multi"
+    shutil.copytree(run_dir, multi)
+    config = json.loads((multi / "config.json").read_text())
+    config["command"].update(surrogate="", track="", tracks=["oval", "flowing"])
+    (multi / "config.json").write_text(json.dumps(config))
+    assert ev.main(["--agent", str(multi), "--out", str(tmp_path / "none"), "--no-progress"]) == 2
+    assert "trained on several tracks (oval, flowing): give --track" in capsys.readouterr().err
+    assert ev.main(["--agent", str(multi), "--track", "technical", "--laps", "1", "--max-steps", "40", "--out",
+                    str(tmp_path / "technical"), "--no-progress", *BASELINE]) == 0
+    assert json.loads((tmp_path / "technical" / "report.json").read_text())["track"] == "technical"
+
+
 def test_game_evaluation_in_lockstep_drives_both_drivers_at_the_runs_control_period(run_dir, game_address, tmp_path, capsys):
     out = tmp_path / "game"
     rc = ev.main(["--agent", str(run_dir / "checkpoints"), "--backend", "real", "--address", game_address, "--laps", "1",
