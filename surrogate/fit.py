@@ -531,8 +531,9 @@ def fit_all(data: FitData, cfg: FitConfig = FitConfig(), progress: Callable[[str
     dyn_base = base.replace(**{f: getattr(car, f) for f in KINEMATIC_FIELDS})
     # Half the starts from a tyre that follows slip angle, half from one that follows slip velocity:
     # the two are far apart in the loss, and a game can be either (surrogate.car, tyre_speed_exp).
-    starts = (perturbed(dyn_base.replace(tyre_speed_exp=0.0), FIT_FIELDS["dynamic"], (cfg.starts + 1) // 2)
-              + perturbed(dyn_base.replace(tyre_speed_exp=1.0), FIT_FIELDS["dynamic"], cfg.starts // 2))
+    starts = perturbed(dyn_base.replace(tyre_speed_exp=0.0), FIT_FIELDS["dynamic"], (cfg.starts + 1) // 2)
+    if cfg.starts > 1:
+        starts += perturbed(dyn_base.replace(tyre_speed_exp=1.0), FIT_FIELDS["dynamic"], cfg.starts // 2)
     car_d, loss_d = min(fit_model(data, "dynamic", [delay] * cfg.starts, starts, cfg, steps=cfg.steps,
                                   progress=progress, probs=probs), key=lambda r: r[1])
     add("dynamic", "dynamic", delay, car_d, None, loss_d, t0)
