@@ -252,9 +252,8 @@ def test_a_run_over_several_tracks_is_driven_on_the_track_asked_for(run_dir, tmp
     (multi / "config.json").write_text(json.dumps(config))
     assert ev.main(["--agent", str(multi), "--out", str(tmp_path / "none"), "--no-progress"]) == 2
     assert "trained on several tracks (oval, flowing): give --track" in capsys.readouterr().err
-    assert ev.main(["--agent", str(multi), "--track", "technical", "--laps", "1", "--max-steps", "40", "--out",
-                    str(tmp_path / "technical"), "--no-progress", *BASELINE]) == 0
-    assert json.loads((tmp_path / "technical" / "report.json").read_text())["track"] == "technical"
+    tc = ev._run_settings(ev.EvalConfig(agent=str(multi), track="technical"), ev.load_agent(multi))
+    assert (tc.track, tc.tracks, tc.eval_tracks) == ("technical", (), ())  # driven alone, as a one-track run
 
 
 def test_game_evaluation_in_lockstep_drives_both_drivers_at_the_runs_control_period(run_dir, game_address, tmp_path, capsys):
