@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 
-from racerl_jax.lap_eval import BEST_LAP_FILE
 from surrogate.car import CarParams
 from surrogate.laptime import LapLimits, Reference
 from surrogate.racing_line import RacingLineError, laps_from_drive, line_from_laps
@@ -32,6 +31,8 @@ def parse_reference_line(text: str) -> list[Path]:
 
 def laps_from_run(run_dir: str | Path) -> list[dict[str, np.ndarray]]:
     """The clean laps a run directory holds: its best evaluation lap and its evaluations' agent drives."""
+    from racerl_jax.lap_eval import BEST_LAP_FILE  # here: lap_eval needs racing_setup, which needs this module
+
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RacingLineError(f"--reference-line: {run_dir} is not a directory; give a training run directory")
@@ -56,5 +57,5 @@ def learned_reference(spec: str, data: TrackData, car: CarParams, vehicle_width:
     laps = [lap for run in runs for lap in laps_from_run(run)]
     if not laps:
         raise RacingLineError(f"--reference-line {spec}: no clean lap in {', '.join(map(str, runs))} (a run's "
-                              f"{BEST_LAP_FILE}, or evaluate.py's agent_drive.npz under it); train or evaluate first")
+                              "best lap, or evaluate.py's agent_drive.npz under it); train or evaluate first")
     return line_from_laps(data, laps, LapLimits.from_car(car), vehicle_width=vehicle_width)[0]

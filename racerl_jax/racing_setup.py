@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from racerl_jax.learned_line import learned_reference
 from racerl_jax.train_config import TrainConfig, random_count, track_entries
 from surrogate.car import PARAM_NAMES, CarParams
 from surrogate.env import EnvConfig, EnvParams, RacingEnv, build_track, make_params
@@ -140,10 +141,15 @@ def build_setup(cfg: TrainConfig) -> RacingSetup:
         train = [fitted.track if fitted else cfg.track or DEFAULT_TRACK]
     unseen = load_entries(cfg.eval_tracks, cfg.seed, EVAL_STREAM, option="--eval-tracks")
     env_cfg = env_config(cfg, fitted, start="random")
+    references = None
+    if cfg.reference_line:  # one track (TrainConfig refuses it with --tracks)
+        train = [t if isinstance(t, TrackData) else load_track(t) for t in train]
+        references = [learned_reference(cfg.reference_line, train[0], car, 2.0 * env_cfg.car_half_width)]
+        references += [None] * len(unseen)
     params, refs = make_params(train + unseen, car=car, config=env_cfg, car_spread=car_spread(cfg, fitted),
                                reward_weights=cfg.reward, standing_start_prob=cfg.standing_starts,
                                residual=fitted.residual if fitted else None,
-                               sensor_noise=sensor_noise(cfg, fitted))
+                               sensor_noise=sensor_noise(cfg, fitted), references=references)
     limits = [float(r.lap_time_s) for r in refs]
     eval_steps = cfg.eval_max_steps or int(math.ceil(cfg.eval_laps * max(limits) / 0.6 / env_cfg.dt))
     eval_cfg = dataclasses.replace(env_cfg, start="line", max_episode_steps=eval_steps)

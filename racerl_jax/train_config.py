@@ -4,7 +4,6 @@ and the command line that maps onto it."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import time
@@ -15,8 +14,8 @@ import jax
 
 from bridge.sdk import DEFAULT_LOCKSTEP_ADDRESS, DEFAULT_PUB_ADDRESS, DEFAULT_PULL_ADDRESS
 from racerl_jax.crossq import CrossQConfig
-from racerl_jax.config_io import dataclass_from_dict, name_value_overrides
-from racerl_jax.spot import DEFAULT_METADATA_URL, EXIT_INTERRUPTED, SpotConfig
+from racerl_jax.config_io import dataclass_from_dict
+from racerl_jax.spot import DEFAULT_METADATA_URL, SpotConfig
 from surrogate.car import MODELS
 from surrogate.env import PEDALS, action_bounds
 from surrogate.reward import RewardWeights
@@ -77,6 +76,9 @@ class TrainConfig:
     # Tracks never trained on, evaluated beside the training tracks and reported apart ("unseen");
     # the same entry forms as --tracks.
     eval_tracks: tuple[str, ...] = ()
+    # The reward's and the plots' reference line: "" (the minimum-curvature line) or laps:RUN_DIR[,...]
+    # (learned from those runs' clean laps: racerl_jax.learned_line), for one track.
+    reference_line: str = ""
     model: str = ""  # "dynamic" | "kinematic"; "" = dynamic (or the surrogate file's)
     num_envs: int = 32
     budget_minutes: float = 20.0  # wall clock of the whole command, compilation included
@@ -234,6 +236,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: give --tracks or --surrogate, not both: the surrogate file {self.surrogate} "
                              "holds its own track; drop --tracks (--eval-tracks evaluates the fitted car on other "
                              "tracks) or drop --surrogate (--tracks trains the default car)")
+        if self.reference_line and self.tracks:
+            raise ValueError("TrainConfig: --reference-line laps:... learns one track's line; drop it or train on one "
+                             "--track")
         if self.backend == "real" and (self.tracks or self.eval_tracks):
             raise ValueError("TrainConfig: --backend real trains on the game's own track: drop --tracks and "
                              "--eval-tracks (or train on the surrogate: --backend surrogate)")
@@ -403,148 +408,3 @@ def crossq_config(cfg: TrainConfig) -> CrossQConfig:
     preset = cfg.preset or "cpu"
     base = CrossQConfig.cpu if preset == "cpu" else CrossQConfig.paper
     return base(**overrides)
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def _widths(text: str) -> tuple[int, ...]:
-    try:
-        widths = tuple(int(w) for w in text.split(",") if w.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer widths like 128,128, got {text!r}") from None
-    if not widths or min(widths) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive layer widths like 128,128, got {text!r}")
-    return widths
-
-
-def _track_list(text: str) -> tuple[str, ...]:
-    """``A,B,...``: track entries (see ``TrainConfig.tracks``)."""
-    entries = tuple(t.strip() for t in text.split(","))
-    if not any(entries):
-        raise argparse.ArgumentTypeError(f"expected comma-separated tracks like oval,technical,random:4, got {text!r}")
-    return tuple(t for t in entries if t)
-
-
-def _reward_weights(text: str) -> RewardWeights:
-    """``name=value,...`` over the default weights, e.g. ``action_change=0.05,deviation=0``."""
-    items = tuple(t.strip() for t in text.split(",") if t.strip())
-    try:
-        changes = name_value_overrides("--reward", items, RewardWeights)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    # Each term carries its sign in the reward: a negative weight would reward crashing or jerking.
-    for name, v in changes.items():
-        if v < 0:
-            raise argparse.ArgumentTypeError(f"--reward {name}={v:g}: weights are finite and >= 0 (the reward applies "
-                                             "the sign)")
-    return dataclasses.replace(DEFAULT_REWARD, **changes)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
-    p = argparse.ArgumentParser(
-        prog="train_crossq.py",
-        description="Train the CrossQ driver on the surrogate racing env; the last line printed is "
-        "first_clean_lap_min=... best_lap_s=... limit_s=... gap_pct=...",
-    )
-    p.add_argument("--backend", choices=["surrogate", "real"], default=d.backend,
-                   help="surrogate: thousands of simulated cars; real: the game through the bridge")
-    p.add_argument("--game-mode", choices=["lockstep", "realtime"], default=d.game_mode, help="--backend real")
-    p.add_argument("--address", default=d.address, help="--backend real: the plugin's lockstep (or hello/track) address")
-    p.add_argument("--telemetry-address", default=d.telemetry_address, help="--backend real, realtime: the plugin's PUB")
-    p.add_argument("--action-address", default=d.action_address, help="--backend real, realtime: the plugin's PULL")
-    p.add_argument("--game-seed", type=int, default=d.game_seed,
-                   help="--backend real: reset every episode with this seed (-1: random; CarRacing: 0 keeps its track)")
-    p.add_argument("--track", default=d.track, help=f"bundled track name or TUM-format CSV (default {DEFAULT_TRACK})")
-    p.add_argument("--surrogate", default=d.surrogate, help="fitted surrogate JSON (car and track); excludes --track")
-    p.add_argument("--tracks", type=_track_list, default=d.tracks, metavar="A,B,...",
-                   help="train one policy on several tracks at once: bundled names, CSV files, folders (every *.csv) "
-                   "and random:N (N procedural tracks drawn from --seed); excludes --track and --surrogate; every "
-                   "evaluation drives each track")
-    p.add_argument("--tracks-refresh-env-steps", type=int, default=d.tracks_refresh_env_steps,
-                   help="with random:N in --tracks: N fresh random tracks every this many env steps (0: the same N)")
-    p.add_argument("--eval-tracks", type=_track_list, default=d.eval_tracks, metavar="A,B,...",
-                   help="tracks never trained on (same forms as --tracks), evaluated and reported apart as unseen")
-    p.add_argument("--model", choices=sorted(MODELS), default=None, help="car model (default dynamic)")
-    p.add_argument("--num-envs", type=int, default=d.num_envs)
-    p.add_argument("--budget-minutes", type=float, default=d.budget_minutes, help="wall clock of the whole command")
-    p.add_argument("--total-env-steps", type=int, default=d.total_env_steps)
-    p.add_argument("--run-dir", default=d.run_dir, help="default runs/crossq-<track>-<time>")
-    p.add_argument("--resume", action="store_true", help="continue from the run dir's latest checkpoint")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--preset", choices=["cpu", "paper"], default=None, help="CrossQ preset (default cpu on CPU)")
-    p.add_argument("--updates-per-iter", type=int, default=d.updates_per_iter)
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="0: the preset's")
-    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="actor and critics; 0: the preset's")
-    p.add_argument("--lr-final", type=float, default=d.lr_final,
-                   help="learning rate at the end of the budget, as a fraction of --learning-rate (cosine decay; 1: constant)")
-    p.add_argument("--gamma", type=float, default=d.gamma,
-                   help="discount per control step; the horizon is about dt / (1 - gamma) seconds")
-    p.add_argument("--entropy-per-action", type=float, default=d.entropy_per_action,
-                   help="entropy per action dimension the temperature tuning holds the policy at (the paper's: -1); "
-                   "lower means less exploration noise")
-    p.add_argument("--entropy-per-action-final", type=float, default=d.entropy_per_action_final,
-                   help="the entropy goal per action dimension at the end of the budget, reached on the learning "
-                   "rate's cosine (default: --entropy-per-action throughout)")
-    p.add_argument("--buffer-size", type=int, default=d.buffer_size, help="replay capacity; 0: the preset's (1M)")
-    p.add_argument("--learning-starts", type=int, default=d.learning_starts)
-    p.add_argument("--renorm-warmup-steps", type=int, default=d.renorm_warmup_steps,
-                   help="gradient updates with plain batch norm before batch renormalisation's corrections start")
-    p.add_argument("--critic-hidden", type=_widths, default=None, help="e.g. 256,256 (default: the preset's)")
-    p.add_argument("--actor-hidden", type=_widths, default=None)
-    p.add_argument("--episode-steps", type=int, default=d.episode_steps)
-    p.add_argument("--car-spread", type=float, default=d.car_spread,
-                   help="domain randomisation: every car parameter scaled by U(1-s, 1+s) per episode")
-    p.add_argument("--fit-spread", type=float, default=d.fit_spread,
-                   help="with --surrogate: each car parameter randomised by at least this many times its fit "
-                        "uncertainty (0: off)")
-    p.add_argument("--sensor-noise", type=float, default=d.sensor_noise,
-                   help="with --surrogate: the telemetry noise the fit measured, times this, added to the "
-                        "policy's observations (0: off)")
-    p.add_argument("--standing-starts", type=float, default=d.standing_starts,
-                   help="fraction of training episodes that start from rest")
-    p.add_argument("--action-overshoot", type=float, default=d.action_overshoot,
-                   help="policy range beyond the controls' limits, as a fraction (then clipped)")
-    p.add_argument("--reward", type=_reward_weights, default=d.reward, metavar="NAME=VALUE,...",
-                   help="reward weights over the defaults: progress (per m), deviation (per m^2 from the reference "
-                   "line), action_change (per squared control change), off_track, stuck, time (per step); "
-                   f"default {','.join(f'{k}={v:g}' for k, v in dataclasses.asdict(DEFAULT_REWARD).items())}")
-    p.add_argument("--pedals", choices=PEDALS, default=d.pedals,
-                   help="combined: one pedal axis, throttle above zero and brake below; separate: the game's two")
-    p.add_argument("--smooth-temporal", type=float, default=d.smooth_temporal,
-                   help="weight of the policy's action change between consecutive states in the actor loss (CAPS); 0: off")
-    p.add_argument("--smooth-spatial", type=float, default=d.smooth_spatial,
-                   help="weight of the policy's action change under small observation noise (CAPS); 0: off")
-    p.add_argument("--matmul-precision", choices=MATMUL_PRECISIONS, default=d.matmul_precision,
-                   help="float32 matrix products on a GPU: highest (full float32), high or default (TF32)")
-    p.add_argument("--eval-every-env-steps", type=int, default=d.eval_every_env_steps)
-    p.add_argument("--eval-laps", type=int, default=d.eval_laps)
-    p.add_argument("--eval-max-steps", type=int, default=d.eval_max_steps, help="0: enough for --eval-laps")
-    p.add_argument("--checkpoint-every-env-steps", type=int, default=d.checkpoint_every_env_steps)
-    p.add_argument("--checkpoint-every-minutes", type=float, default=d.checkpoint_every_minutes,
-                   help="also checkpoint after this much wall clock since the last (bounds what a hard kill loses)")
-    p.add_argument("--spot-metadata-url", default=d.spot_metadata_url,
-                   help="EC2 instance metadata service polled for a spot interruption notice ('' = off; off AWS it "
-                   f"turns itself off after one failed probe); a notice, SIGTERM or SIGINT checkpoints and exits "
-                   f"with status {EXIT_INTERRUPTED}: run the same command with --resume to continue")
-    p.add_argument("--spot-poll-seconds", type=float, default=d.spot_poll_seconds)
-    p.add_argument("--chunk-iterations", type=int, default=d.chunk_iterations, help="iterations per jitted call")
-    p.add_argument("--no-recover-collapse", action="store_true",
-                   help="do not roll the agent back from a critic collapse (racerl_jax.collapse): only report it")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
-def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
-    a = vars(build_parser().parse_args(argv))
-    a["progress"] = not a.pop("no_progress")
-    a["recover_collapse"] = not a.pop("no_recover_collapse")
-    a["model"] = a["model"] or ""
-    a["preset"] = a["preset"] or ""
-    a["critic_hidden"] = a["critic_hidden"] or ()
-    a["actor_hidden"] = a["actor_hidden"] or ()
-    try:
-        return TrainConfig(**a)
-    except ValueError as e:
-        raise SystemExit(f"train_crossq.py: {e}") from None

@@ -33,8 +33,8 @@ from racerl_jax.racing_setup import RacingSetup, build_setup, car_spread, env_co
 from racerl_jax.run_plots import (  # noqa: F401
     BEST_LAP_PNG, CURVE_PNG, TRACK_GAPS_PNG, plot_best_lap, plot_learning_curve, plot_track_gaps)
 from racerl_jax.train_config import (  # noqa: F401
-    _PER_INVOCATION, DEFAULT_REWARD, MATMUL_PRECISIONS, TrainConfig, _action_dims, build_parser, crossq_config,
-    parse_args, resolve)
+    _PER_INVOCATION, DEFAULT_REWARD, MATMUL_PRECISIONS, TrainConfig, _action_dims, crossq_config, resolve)
+from racerl_jax.train_cli import build_parser, parse_args  # noqa: F401
 
 
 # ----------------------------------------------------------------------------- the command

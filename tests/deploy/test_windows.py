@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from racerl_jax import finetune, spot, train_config
+from racerl_jax import finetune, spot, train_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 WINDOWS = ROOT / "deploy" / "windows"
@@ -203,10 +203,10 @@ def test_the_dockerfile_copies_what_exists_and_its_command_parses():
 
     argv = json.loads(cmd)
     assert argv[:2] == ["python", "scripts/train_crossq.py"] and (ROOT / argv[1]).is_file()
-    cfg = train_config.parse_args(argv[2:])
+    cfg = train_cli.parse_args(argv[2:])
     assert cfg.resume and cfg.run_dir == "runs/surrogate"
     quick = re.findall(r"^#\s+docker run .*? racerl-jax (python .+)$", text, re.M)
     for command in quick:
         args = shlex.split(command)
         assert args[1] == "scripts/train_crossq.py"
-        train_config.parse_args(args[2:])
+        train_cli.parse_args(args[2:])

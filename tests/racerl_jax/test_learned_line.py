@@ -43,3 +43,16 @@ def test_reference_line_settings_that_make_no_sense_are_refused_with_the_fix(tmp
         learned_reference(f"laps:{tmp_path}", load_track("oval"), CarParams(), 1.8)
     with pytest.raises(RacingLineError, match="not a directory"):
         laps_from_run(tmp_path / "none")
+
+
+def test_training_with_reference_line_laps_builds_its_env_on_the_learned_line(tmp_path):
+    from racerl_jax.racing_setup import build_setup
+    from racerl_jax.train_cli import parse_args
+
+    x, y, t = oval_lap(-2.5)
+    np.savez(tmp_path / "best_lap.npz", x=x, y=y, speed=np.full(x.size, 30.0), lap_s=np.float64(t[-1] + 0.05))
+    cfg = parse_args(["--track", "oval", "--reference-line", f"laps:{tmp_path}"])
+    offset = np.asarray(build_setup(cfg).params.tracks.ref_offset)[0]
+    assert abs(np.median(offset) + 2.5) < 0.5  # the driven line, not the minimum-curvature one
+    with pytest.raises(SystemExit, match="learns one track's line"):
+        parse_args(["--tracks", "oval,technical", "--reference-line", f"laps:{tmp_path}"])
