@@ -82,8 +82,11 @@ def plot_transfer(surrogate: Mapping[str, np.ndarray], game: Mapping[str, np.nda
     ax_v.set_title(f"{title}\nagree over {cmp['common_m']:.0f} m: game {cmp['time_gap_pct']:+.1f}% time, "
                    f"speed off by {cmp['speed_diff_mps']:.1f} m/s on average")
     ax_v.legend()
+    # Where they agree, and a little past it: a drive of several laps beside one of 50 m says nothing more.
+    right = min(max(float(a["s"].max()), float(b["s"].max())), max(1.5 * cmp["common_m"], cmp["common_m"] + 100.0))
     for ax in (ax_v, ax_t):
         ax.grid(alpha=0.3)
+        ax.set_xlim(0.0, right)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)
