@@ -87,6 +87,8 @@ def plot_transfer(surrogate: Mapping[str, np.ndarray], game: Mapping[str, np.nda
     for ax in (ax_v, ax_t):
         ax.grid(alpha=0.3)
         ax.set_xlim(0.0, right)
+    shown = [d["t"][d["s"] <= right] for d in (a, b)]
+    ax_t.set_ylim(0.0, 1.05 * max((float(t.max()) for t in shown if t.size), default=1.0))
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)
