@@ -58,7 +58,7 @@ def test_parameters_map_into_their_physical_ranges_with_finite_gradients():
     space = F.Space(F.FIT_FIELDS["dynamic"])
     values = space.values(CarParams())
     back = np.asarray(space.from_z(jnp.asarray(space.to_z(values))))
-    # a value on an edge (tyre_speed_exp's 0) comes back a thousandth of its range inside it
+    # a value on an edge comes back a thousandth of its range inside it
     width = np.array([PARAM_RANGES[f][1] - PARAM_RANGES[f][0] for f in space.fields])
     assert np.all(np.abs(back - values) <= 1e-3 * np.abs(values) + 1.01e-3 * width), (back, values)
     for z in (-30.0, 0.0, 30.0):  # far out in the unconstrained space: still inside the ranges
