@@ -20,24 +20,17 @@ import argparse
 import json
 import math
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from benchmarks.stages import run_logged  # noqa: E402
+
 PY = sys.executable
 DEFAULT_CIRCUITS = ROOT.parent / "shared" / "tracks" / "tum"
-
-
-def run_logged(cmd: list[str], log: Path) -> str:
-    print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd)}", flush=True)
-    with log.open("w") as f:
-        code = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
-    lines = log.read_text().strip().splitlines()
-    if code != 0:
-        raise SystemExit(f"{cmd[1]} failed (exit {code}); see {log}")
-    return lines[-1] if lines else ""
 
 
 def circuit_row(name: str, report: dict) -> dict:

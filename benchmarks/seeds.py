@@ -20,25 +20,17 @@ import json
 import math
 import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from benchmarks.stages import run_logged  # noqa: E402
+
 PY = sys.executable
 BASELINE_LINE = re.compile(r"^baseline_best_lap_s=(\S+) limit_s=(\S+) gap_pct=(\S+)")
-
-
-def run_logged(cmd: list[str], log: Path) -> str:
-    """Run a stage to completion (its output to ``log``); its last line; SystemExit with the log on failure."""
-    print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd)}", flush=True)
-    with log.open("w") as f:
-        code = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
-    lines = log.read_text().strip().splitlines()
-    if code != 0:
-        raise SystemExit(f"{cmd[1]} failed (exit {code}); see {log}")
-    return lines[-1] if lines else ""
 
 
 def seed_row(run_dir: Path, seed: int) -> dict:
