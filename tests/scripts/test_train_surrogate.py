@@ -49,12 +49,14 @@ def record_kinematic_game(run_dir, episodes=4, steps=150, ticks=2, seed=0):
 def test_a_recording_becomes_a_surrogate_file_that_training_uses(tmp_path, capsys):
     run = record_kinematic_game(tmp_path / "rec")
     out = tmp_path / "fit"
-    assert sf.main([str(run), "--out", str(out), *TINY]) == 0
+    # The one-step comparison is left out here (tests/surrogate/test_fit.py shows it drifts): the
+    # command, its files and training on them are what this proves.
+    assert sf.main([str(run), "--out", str(out), *TINY, "--no-one-step"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     m = LAST.match(printed[-1])
     assert m, printed[-1]
     report = json.loads((out / "report.json").read_text())
-    assert set(report["models"]) == {"kinematic", "dynamic", "dynamic+residual", "dynamic (one-step)"}
+    assert set(report["models"]) == {"kinematic", "dynamic", "dynamic+residual"}
     chosen = report["chosen"]
     assert m.group(1) == chosen.replace(" ", "_")
     assert float(m.group(2)) == pytest.approx(report["models"][chosen]["validation"]["pos_err_1s_median"], abs=1e-3)
