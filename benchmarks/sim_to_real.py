@@ -77,7 +77,10 @@ def main(argv=None) -> int:
     ap.add_argument("--agent-minutes", type=float, default=5.0, help="game time recorded with each round's driver")
     ap.add_argument("--out", default="", help="default runs/sim_to_real-<time>")
     ap.add_argument("--fit-args", default="", help="extra train_surrogate.py options, e.g. '--grip-tolerance 0.05'")
-    ap.add_argument("--train-args", default="", help="extra train_crossq.py options, e.g. '--num-envs 8' for a test")
+    # A stop on the track costs what leaving it does: with the default (0) a driver of CarRacing's fitted
+    # car learned to stop before a hairpin it could not yet take (docs/experiments.md, session 12).
+    ap.add_argument("--train-args", default="--reward stuck=5",
+                    help="train_crossq.py options (default: --reward stuck=5), e.g. '--num-envs 8' for a test")
     a = ap.parse_args(argv)
     out = Path(a.out or f"runs/sim_to_real-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out.mkdir(parents=True, exist_ok=True)
