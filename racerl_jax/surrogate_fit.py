@@ -35,6 +35,7 @@ from surrogate import fit as F
 from surrogate.car import PARAM_UNITS, car_params_to_dict
 from surrogate.fit_data import FitData, FitDataError, prepare, sensor_noise
 from surrogate.fit_regimes import format_regime_errors
+from surrogate.observation import SENSOR_NOISE_SPEEDS
 from surrogate.surrogate_file import save_surrogate
 
 SURROGATE_FILE = "surrogate.json"
@@ -231,12 +232,12 @@ def report_text(result: F.FitResult, data: FitData) -> str:
 
 def format_sensor_noise(noise: dict) -> str:
     """The telemetry noise by speed band, one row per channel (what training adds to its observations)."""
-    speeds = noise["speed_mps"]
+    speeds = noise[SENSOR_NOISE_SPEEDS]
     rows = ["telemetry noise (standard deviation, added to the policy's observations in training) at speed (m/s):",
             f"  {'channel':<20}" + "".join(f"{v:>8.0f}" for v in speeds)]
     units = {"speed": "m/s", "accel_long": "m/s^2", "accel_lat": "m/s^2", "yaw_rate": "rad/s"}
     for name, values in noise.items():
-        if name != "speed_mps":
+        if name != SENSOR_NOISE_SPEEDS:
             rows.append(f"  {name + ' (' + units.get(name, '') + ')':<20}" + "".join(f"{v:8.3g}" for v in values))
     return "\n".join(rows)
 

@@ -30,6 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from surrogate.observation import SENSOR_NOISE_FIELDS, SENSOR_NOISE_SPEEDS
 from surrogate.track_io import TrackData, TrackFileError, load_track, validate_track
 
 GAP_FACTOR = 1.5  # a step longer than this many control periods is a gap
@@ -127,8 +128,7 @@ SENSOR_NOISE_BAND = 10.0  # m/s: the sensor noise is estimated per speed band th
 SENSOR_NOISE_MIN_FRAMES = 50  # frames a band needs for its estimate
 
 
-def sensor_noise(segments: Sequence["Segment"],
-                 names: Sequence[str] = ("speed", "accel_long", "accel_lat", "yaw_rate")) -> dict[str, list] | None:
+def sensor_noise(segments: Sequence["Segment"], names: Sequence[str] = SENSOR_NOISE_FIELDS) -> dict[str, list] | None:
     """The white noise on each telemetry channel by speed, as ``surrogate.observation.sensor_noise_table``
     reads it (``{"speed_mps": band centres, channel: standard deviations}``), or None without data.
 
@@ -150,18 +150,18 @@ def sensor_noise(segments: Sequence["Segment"],
             res[name].append((v[2:-2] - np.convolve(v, np.ones(5) / 5.0, mode="valid"))[ok])
     if not speeds:
         return None
-    speed = np.concatenate(speeds)
-    band = np.floor(speed / SENSOR_NOISE_BAND).astype(int)
-    out: dict[str, list] = {"speed_mps": [], **{name: [] for name in names}}
+    band = np.floor(np.concatenate(speeds) / SENSOR_NOISE_BAND).astype(int)
+    res = {name: np.concatenate(r) for name, r in res.items()}
+    out: dict[str, list] = {SENSOR_NOISE_SPEEDS: [], **{name: [] for name in names}}
     for b in np.unique(band):
         k = band == b
         if k.sum() < SENSOR_NOISE_MIN_FRAMES:
             continue
-        out["speed_mps"].append(float((b + 0.5) * SENSOR_NOISE_BAND))
+        out[SENSOR_NOISE_SPEEDS].append(float((b + 0.5) * SENSOR_NOISE_BAND))
         for name in names:
-            r = np.concatenate(res[name])[k]
+            r = res[name][k]
             out[name].append(1.4826 * float(np.median(np.abs(r - np.median(r)))) / math.sqrt(0.8))
-    return out if out["speed_mps"] else None
+    return out if out[SENSOR_NOISE_SPEEDS] else None
 
 
 # ----------------------------------------------------------------------------- track
