@@ -36,7 +36,7 @@ import numpy as np
 from racerl_jax.checkpoint import CONFIG_FILE
 from racerl_jax.config_io import name_value_overrides
 from racerl_jax.crossq import AgentState
-from racerl_jax.laps import LapBook, _json_safe, plot_driver, plot_lap_times, score, summary_line
+from racerl_jax.laps import LapBook, json_safe, plot_driver, plot_lap_times, score, summary_line
 from racerl_jax.saved_agent import _FORMS, AgentError, SavedAgent, load_agent
 from racerl_jax.train_loop import driving_action
 from racerl_jax.train_racing import TrainConfig, build_setup, env_config
@@ -296,7 +296,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         else:
             report = _evaluate_game(cfg, tc, saved, out)
     report["wall_s"] = time.monotonic() - t0
-    (out / REPORT_FILE).write_text(json.dumps(_json_safe(report), indent=2) + "\n")
+    (out / REPORT_FILE).write_text(json.dumps(json_safe(report), indent=2) + "\n")
     _print_report(report, out)
     print(summary_line(report["agent"]), flush=True)
     return report

@@ -181,11 +181,11 @@ def summary_line(s: dict[str, Any]) -> str:
             f"best_lap_s={s['best_lap_s']:.2f} limit_s={s['limit_s']:.2f} gap_pct={s['gap_pct']:.1f}")
 
 
-def _json_safe(v: Any) -> Any:
+def json_safe(v: Any) -> Any:
     if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
+        return {k: json_safe(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
+        return [json_safe(x) for x in v]
     if isinstance(v, (bool, np.bool_)):
         return bool(v)
     if isinstance(v, (int, np.integer)):

@@ -88,7 +88,8 @@ class CarParams:
     # Cornering stiffness grows as (forward speed / 10 m/s) ** tyre_speed_exp. 0: the force follows
     # the slip angle, as a real tyre's does (and most simulators'). 1: it follows the slip velocity
     # (lateral speed of the contact patch), as in Box2D games such as Gymnasium's CarRacing, whose car
-    # saturates at ever smaller slip angles the faster it goes; the fit finds where a game lies.
+    # saturates at ever smaller slip angles the faster it goes. Set by hand: surrogate.fit leaves it
+    # at 0 (fitted with the rest it ended in a worse optimum, docs/experiments.md).
     tyre_speed_exp: float = 0.0
     max_steer: float = 0.45  # rad, road-wheel angle at steer command +-1
     max_steer_rate: float = 2.0  # rad/s, road-wheel angle rate limit

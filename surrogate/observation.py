@@ -58,7 +58,7 @@ class Telemetry:
 # Telemetry channels a game measures with noise (``EnvParams.sensor_noise``). A game's accelerations
 # are often finite differences of a physics engine's velocities, which jitter from tick to tick, and
 # how much can depend on speed: CarRacing's lateral acceleration is steady below 40 m/s and jitters by
-# 40-130 m/s^2 (one standard deviation) above, its yaw rate by 0.5-1.5 rad/s. The surrogate's are
+# 23-135 m/s^2 (one standard deviation) above, its yaw rate by 0.3-1.7 rad/s. The surrogate's are
 # smooth, and a policy trained on smooth ones steers at the game's jitter.
 SENSOR_NOISE_FIELDS = ("speed", "accel_long", "accel_lat", "yaw_rate")
 SENSOR_NOISE_SPEEDS = "speed_mps"  # the key of the speeds the standard deviations are given at
