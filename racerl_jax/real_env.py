@@ -422,7 +422,7 @@ class RealGameEnv(gym.Env):
             info["lap_time"] = None  # not NaN: NaN != NaN would make identical steps look different
         if term:
             off = info["off_track"] and self.env_config.terminate_off_track
-            info["end_reason"] = "off_track" if off else "stuck" if info["stuck"] else "wrong_way"
+            info["end_reason"] = "off_track" if off else "wrong_way"
         elif trunc:
             info["end_reason"] = "stuck" if info["stuck"] else "time_limit"
         if frame.get("done") and not (term or trunc):

@@ -82,10 +82,6 @@ class EnvConfig:
     car_half_width: float = 0.9  # m: off track once the whole car is past an edge
     stuck_speed: float = 1.0  # m/s
     stuck_time: float = 3.0  # s below stuck_speed ends the episode (truncation)
-    # ... as a failure (termination: no value beyond it) rather than a truncation. A truncation is
-    # valued as what follows, and a car at rest on the track looks like a standing start, which the
-    # critics value well: a driver that cannot yet take a corner can learn to stop before it.
-    terminate_stuck: bool = False
     wrong_way_m: float = 50.0  # m driven backwards ends the episode (termination)
     projection_window: int = 16  # track segments searched per step
     n_track_points: int = 2048
@@ -189,7 +185,7 @@ def advance_episode(cfg: EnvConfig, weights: RewardWeights, ep: Episode, pos: Tr
     # (tolerance: stuck_time summed from float32 control periods)
     stuck = stuck_t >= cfg.stuck_time - 1e-4
     wrong_way = progress < -cfg.wrong_way_m
-    terminated = (off & cfg.terminate_off_track) | wrong_way | (stuck & cfg.terminate_stuck)
+    terminated = (off & cfg.terminate_off_track) | wrong_way
     steps = ep.steps + 1
     truncated = ~terminated & (stuck | (steps >= cfg.max_episode_steps))
 

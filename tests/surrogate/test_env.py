@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 
 from surrogate.car import CarParams, car_params_to_dict, speed
-from surrogate.env import (EnvConfig, RacingEnv, advance_episode, batch_reset, env_action, game_controls, make_params,
-                           start_episode)
+from surrogate.env import EnvConfig, RacingEnv, batch_reset, env_action, game_controls, make_params
 from surrogate.observation import Telemetry, noisy_telemetry, observe, sensor_noise_table
 from surrogate.reward import RewardWeights, reward
 from surrogate.rollout import batch_rollout, lap_metrics
-from surrogate.track import TrackPos, project_global, select_track
+from surrogate.track import project_global, select_track
 
 # The env's logic does not depend on the car model; the kinematic one compiles fastest.
 CFG = EnvConfig(model="kinematic", max_episode_steps=300, n_track_points=1024)
@@ -113,18 +112,6 @@ def test_standing_still_is_truncated_by_the_stuck_check(oval):
     assert not np.asarray(te).any()
     assert np.flatnonzero(tr)[0] == round(2.0 / cfg.dt) - 1
 
-
-
-def test_with_terminate_stuck_the_stuck_check_ends_an_episode_as_a_failure():
-    """No value is bootstrapped beyond it (a truncation would value what follows: a standing start)."""
-    pos = TrackPos(idx=jnp.int32(0), s=jnp.float32(0.0), lateral=jnp.float32(0.0), heading_error=jnp.float32(0.0))
-    ep = start_episode(pos).replace(stuck_t=jnp.float32(2.99))
-    for flag, ended_as in ((False, "truncated"), (True, "terminated")):
-        cfg = dataclasses.replace(CFG, terminate_stuck=flag)
-        _, _, term, trunc, info = advance_episode(cfg, RewardWeights(), ep, pos, jnp.float32(0.0), 1000.0, 5.0, 5.0,
-                                                  0.0, jnp.float32(0.0), jnp.zeros(3), cfg.dt)
-        assert bool(info["stuck"]) and {"terminated": bool(term), "truncated": bool(trunc)} == {
-            "terminated": ended_as == "terminated", "truncated": ended_as == "truncated"}
 
 
 def test_time_limit_truncates_a_running_episode(oval):
