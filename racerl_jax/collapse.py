@@ -93,7 +93,8 @@ class CollapseGuard:
             self._losses.append(float(loss))
             self._lengths.append(float(length) if _finite(length) else math.nan)
             steps = int(record.get("env_steps", 0))
-            if levels is not None and steps >= self._next_snapshot:
+            # (no copies when no recovery may use one: --no-recover-collapse only reports)
+            if levels is not None and steps >= self._next_snapshot and self.config.max_recoveries > 0:
                 q = record.get("q_mean")
                 self._snapshots.append((steps, float(q) if _finite(q) else -math.inf, jax.device_get(agent)))
                 self._next_snapshot = steps + self.config.snapshot_every_env_steps
