@@ -19,10 +19,9 @@ from racerl_jax import crossq
 from racerl_jax.checkpoint import Checkpointer, read_config, write_json_atomic
 from racerl_jax.crossq import AgentState, CrossQConfig
 from racerl_jax.train_loop import driving_action, scale_action
-from racerl_jax.racing_setup import EvalTrack, RacingSetup
+from racerl_jax.racing_setup import EvalTrack, RacingSetup, env_config
 from racerl_jax.train_config import TrainConfig
-from surrogate.env import EnvConfig, EnvParams, RacingEnv
-from surrogate.observation import ObsConfig
+from surrogate.env import EnvParams, RacingEnv
 from surrogate.rollout import lap_metrics, trajectory_row
 from surrogate.track import Track, select_track, stack_tracks
 
@@ -294,8 +293,8 @@ def load_best_agent(run_dir: str | Path) -> AgentState:
     config = CrossQConfig.from_dict(saved["crossq"])
     if not (run_dir / BEST_AGENT_DIR).is_dir():
         raise FileNotFoundError(f"{run_dir / BEST_AGENT_DIR} not found: the run has not driven a clean evaluation lap yet")
-    action_size = RacingEnv(EnvConfig(pedals=TrainConfig.from_dict(saved["command"]).pedals)).action_size
-    template = crossq.init_agent(jax.random.PRNGKey(0), ObsConfig().size, action_size, config)
+    env = RacingEnv(env_config(TrainConfig.from_dict(saved["command"]), None, start="line"))  # sizes only
+    template = crossq.init_agent(jax.random.PRNGKey(0), env.observation_size, env.action_size, config)
     with Checkpointer(run_dir / BEST_AGENT_DIR, max_to_keep=1) as ckpt:
         return ckpt.restore(template)
 

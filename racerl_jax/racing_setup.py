@@ -17,7 +17,7 @@ from racerl_jax.learned_line import learned_reference
 from racerl_jax.train_config import TrainConfig, random_count, track_entries
 from surrogate.car import PARAM_NAMES, CarParams
 from surrogate.env import EnvConfig, EnvParams, RacingEnv, build_track, make_params
-from surrogate.observation import SENSOR_NOISE_SPEEDS
+from surrogate.observation import SENSOR_NOISE_SPEEDS, ObsConfig
 from surrogate.surrogate_file import FittedSurrogate, load_surrogate
 from surrogate.track import Track, select_track, stack_tracks
 from surrogate.track_io import DEFAULT_TRACK, TrackData, load_track
@@ -67,7 +67,7 @@ def env_config(cfg: TrainConfig, fitted: FittedSurrogate | None, start: str) -> 
         if fitted.dt is not None:
             extra["dt"] = fitted.dt
     return EnvConfig(model=cfg.model or "dynamic", start=start, max_episode_steps=cfg.episode_steps,
-                     pedals=cfg.pedals, **extra)
+                     pedals=cfg.pedals, obs=ObsConfig(imu=cfg.observe_imu), **extra)
 
 
 def car_spread(cfg: TrainConfig, fitted: FittedSurrogate | None) -> float | dict[str, float]:

@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"with status {EXIT_INTERRUPTED}: run the same command with --resume to continue")
     p.add_argument("--spot-poll-seconds", type=float, default=d.spot_poll_seconds)
     p.add_argument("--chunk-iterations", type=int, default=d.chunk_iterations, help="iterations per jitted call")
+    p.add_argument("--no-observe-imu", action="store_true",
+                   help="the policy does not see the accelerations and the yaw rate, only the pose, the speed, the "
+                        "track and its own controls: for a game whose IMU readings are noisy at speed")
     p.add_argument("--no-recover-collapse", action="store_true",
                    help="do not roll the agent back from a critic collapse (racerl_jax.collapse): only report it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -160,6 +163,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     a = vars(build_parser().parse_args(argv))
     a["progress"] = not a.pop("no_progress")
     a["recover_collapse"] = not a.pop("no_recover_collapse")
+    a["observe_imu"] = not a.pop("no_observe_imu")
     a["model"] = a["model"] or ""
     a["preset"] = a["preset"] or ""
     a["critic_hidden"] = a["critic_hidden"] or ()

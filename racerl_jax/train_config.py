@@ -126,6 +126,8 @@ class TrainConfig:
     # With --surrogate: the telemetry noise the fit measured (the file's sensor_noise, by speed) added
     # to what the policy observes, times this; 0 turns it off.
     sensor_noise: float = 1.0
+    # The policy observes the accelerations and the yaw rate (surrogate.observation.ObsConfig.imu).
+    observe_imu: bool = True
     # Training episodes that start from rest (the rest start anywhere at up to half the reference
     # speed): evaluation laps and the game start from rest, and a policy that has rarely been
     # there can sit on the line.

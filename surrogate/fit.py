@@ -295,10 +295,11 @@ class ModelFit:
 
 def fit_model(data: FitData, model: str, delays: list[int], starts: list[CarParams], cfg: FitConfig, *, steps: int,
               one_step: bool = False, progress: Callable[[str], None] | None = None,
-              probs: np.ndarray | None = None) -> list[tuple[CarParams, float]]:
+              probs: np.ndarray | None = None, fields: tuple[str, ...] | None = None) -> list[tuple[CarParams, float]]:
     """Fit one model's physical parameters from several (start, delay) pairs at once (vmapped);
-    returns (car, training loss at the full horizon) for each pair."""
-    fields = FIT_FIELDS[model]
+    returns (car, training loss at the full horizon) for each pair. ``fields``: the parameters
+    fitted (default ``FIT_FIELDS[model]``); the rest keep the starts' values."""
+    fields = tuple(fields) if fields is not None else FIT_FIELDS[model]
     space = Space(fields)
     base = starts[0]
     train = _as_arrays(data.train)

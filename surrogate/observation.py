@@ -34,12 +34,17 @@ class ObsConfig:
 
     lookahead_m: tuple[float, ...] = (5.0, 10.0, 20.0, 35.0, 50.0, 70.0, 100.0, 140.0, 200.0)
     include_ref_speed: bool = True
+    # Whether the policy sees the accelerations and the yaw rate (IMU_FIELDS). A game whose IMU
+    # chatters (CarRacing's, above 40 m/s) sends a policy trained on the surrogate's smooth signals
+    # readings it has never seen; without them it steers from the pose, the speed and its own
+    # previous controls, which every game measures cleanly.
+    imu: bool = True
 
     @property
     def size(self) -> int:
         k = len(self.lookahead_m)
         per_point = 4 + (1 if self.include_ref_speed else 0)  # curvature, ref dx, ref dy, half-width (+ ref speed)
-        return 12 + per_point * k
+        return 12 - (0 if self.imu else len(IMU_FIELDS)) + per_point * k
 
 
 @struct.dataclass
@@ -61,6 +66,7 @@ class Telemetry:
 # 23-135 m/s^2 (one standard deviation) above, its yaw rate by 0.3-1.7 rad/s. The surrogate's are
 # smooth, and a policy trained on smooth ones steers at the game's jitter.
 SENSOR_NOISE_FIELDS = ("speed", "accel_long", "accel_lat", "yaw_rate")
+IMU_FIELDS = ("accel_long", "accel_lat", "yaw_rate")  # what ObsConfig.imu = False leaves out
 SENSOR_NOISE_SPEEDS = "speed_mps"  # the key of the speeds the standard deviations are given at
 
 
@@ -116,7 +122,7 @@ def noisy_telemetry(tel: Telemetry, table: jax.Array, key: jax.Array) -> Telemet
 def observe(track: Track, pos: TrackPos, tel: Telemetry, prev_action: jax.Array, cfg: ObsConfig) -> jax.Array:
     """Observation vector (float32, shape (cfg.size,)).
 
-    Layout: speed, accel_long, accel_lat, yaw_rate, lateral offset / half-width, lateral offset from
+    Layout: speed, accel_long, accel_lat, yaw_rate (these three only with cfg.imu), lateral offset / half-width, lateral offset from
     the reference line, sin and cos of the heading error, the three previous controls, distance to
     the left and right edges; then per lookahead point: curvature, reference-line point in the car
     frame (dx, dy), local half-width, and optionally the reference speed.
@@ -139,12 +145,11 @@ def observe_tables(
 def _assemble(pos: TrackPos, tel: Telemetry, prev_action, w_left, w_right, ref, la: dict, cfg: ObsConfig) -> jax.Array:
     half = 0.5 * (w_left + w_right)
     sin_he, cos_he = fast_sincos(pos.heading_error)
+    imu = [tel.accel_long / ACCEL_SCALE, tel.accel_lat / ACCEL_SCALE, tel.yaw_rate / YAW_RATE_SCALE] if cfg.imu else []
     base = jnp.stack(
         [
             tel.speed / SPEED_SCALE,
-            tel.accel_long / ACCEL_SCALE,
-            tel.accel_lat / ACCEL_SCALE,
-            tel.yaw_rate / YAW_RATE_SCALE,
+            *imu,
             pos.lateral / half,
             (pos.lateral - ref) / WIDTH_SCALE,
             sin_he,

@@ -11,7 +11,9 @@ import pytest
 from racerl_jax import train_racing as tr
 from racerl_jax.crossq import CrossQConfig
 from racerl_jax.logs import read_metrics
+from racerl_jax.saved_agent import load_agent
 from surrogate.car import PARAM_NAMES, CarParams
+from surrogate.observation import ObsConfig
 from surrogate.residual import init_residual
 from surrogate.surrogate_file import save_surrogate
 from surrogate.track_io import DEFAULT_TRACK, load_track
@@ -41,6 +43,7 @@ def test_every_command_line_option_sets_its_config_field():
         "--smooth-temporal", "0.7", "--smooth-spatial", "0.2", "--lr-final", "0.1",
         "--gamma", "0.995", "--entropy-per-action", "-2", "--entropy-per-action-final", "-3.5",
         "--renorm-warmup-steps", "500", "--fit-spread", "2", "--checkpoint-every-minutes", "2.5",
+        "--no-observe-imu",
     ])  # fmt: skip
     expected = dict(
         backend="surrogate", track="technical", model="kinematic", num_envs=7, budget_minutes=2.5, run_dir="r",
@@ -51,6 +54,7 @@ def test_every_command_line_option_sets_its_config_field():
         reward=dataclasses.replace(tr.DEFAULT_REWARD, action_change=0.05, deviation=0.0), pedals="separate",
         smooth_temporal=0.7, smooth_spatial=0.2, lr_final=0.1, gamma=0.995, entropy_per_action=-2.0,
         entropy_per_action_final=-3.5, renorm_warmup_steps=500, fit_spread=2.0, checkpoint_every_minutes=2.5,
+        observe_imu=False,
     )  # fmt: skip
     assert {k: getattr(cfg, k) for k in expected} == expected
     assert tr.parse_args([]) == tr.TrainConfig()  # no options: the dataclass defaults
@@ -319,13 +323,18 @@ def test_backend_real_trains_on_the_game_through_the_bridge_and_resumes(tmp_path
     args = ["--backend", "real", "--address", server.address, "--critic-hidden", "16,16", "--actor-hidden",
             "16,16", "--batch-size", "16", "--buffer-size", "2000", "--learning-starts", "50", "--chunk-iterations", "50",
             "--eval-every-env-steps", "100", "--eval-max-steps", "60", "--checkpoint-every-env-steps", "100",
-            "--episode-steps", "150", "--game-seed", "7", "--no-progress", "--run-dir", str(run_dir)]  # fmt: skip
+            "--episode-steps", "150", "--game-seed", "7", "--no-progress", "--run-dir", str(run_dir),
+            "--no-observe-imu"]  # fmt: skip
     try:
         summary = tr.main([*args, "--total-env-steps", "200"])
         assert LAST_LINE.match(_last_line(capsys))
         assert summary["env_steps"] == 200 and summary["updates"] == 200 - 50 + 1  # one update per game step
         config = json.loads((run_dir / "config.json").read_text())
         assert config["host_loop"] is True and config["command"]["backend"] == "real"
+        assert config["command"]["observe_imu"] is False  # the game's observation without its IMU readings
+        inputs = {leaf.shape[0] for leaf in jax.tree_util.tree_leaves(load_agent(run_dir).agent.actor_params)
+                  if np.ndim(leaf) == 2}  # the kernels' input sizes
+        assert ObsConfig(imu=False).size in inputs and ObsConfig().size not in inputs
         for name in ("metrics.jsonl", "learning_curve.png", "best_lap.png", "summary.json"):
             assert (run_dir / name).is_file(), name
         rows = read_metrics(run_dir / "metrics.jsonl")

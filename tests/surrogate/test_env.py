@@ -7,7 +7,7 @@ import pytest
 
 from surrogate.car import CarParams, car_params_to_dict, speed
 from surrogate.env import EnvConfig, RacingEnv, batch_reset, env_action, game_controls, make_params
-from surrogate.observation import Telemetry, noisy_telemetry, observe, sensor_noise_table
+from surrogate.observation import ObsConfig, Telemetry, noisy_telemetry, observe, sensor_noise_table
 from surrogate.reward import RewardWeights, reward
 from surrogate.rollout import batch_rollout, lap_metrics
 from surrogate.track import project_global, select_track
@@ -221,6 +221,23 @@ def test_observation_accepts_plain_numpy_telemetry_like_a_game_frame(oval):
     obs = observe(track, project_global(track, tel.x, tel.y, tel.yaw), tel, np.zeros(3, np.float32), CFG.obs)
     assert obs.shape == (CFG.obs.size,) and np.all(np.isfinite(np.asarray(obs)))
     assert float(obs[0]) == pytest.approx(30.0 / 50.0)
+
+
+def test_observation_without_imu_leaves_out_exactly_the_accelerations_and_yaw_rate(oval):
+    params, _ = oval
+    track = select_track(params.tracks, 0)
+    tel = Telemetry(*(np.float32(v) for v in (10.0, 2.0, 0.2, 30.0, 0.5, 3.0, 0.05)))
+    pos = project_global(track, tel.x, tel.y, tel.yaw)
+    prev = np.array([0.1, 0.5, 0.0], np.float32)
+    full = np.asarray(observe(track, pos, tel, prev, ObsConfig()))
+    bare_cfg = ObsConfig(imu=False)
+    bare = np.asarray(observe(track, pos, tel, prev, bare_cfg))
+    assert bare.shape == (bare_cfg.size,) == (ObsConfig().size - 3,)
+    np.testing.assert_array_equal(bare, np.delete(full, [1, 2, 3]))
+    # what the IMU reads no longer changes what the policy sees
+    loud = tel.replace(accel_long=np.float32(-40.0), accel_lat=np.float32(90.0), yaw_rate=np.float32(1.5))
+    np.testing.assert_array_equal(np.asarray(observe(track, pos, loud, prev, bare_cfg)), bare)
+    assert RacingEnv(EnvConfig(obs=bare_cfg)).observation_size == bare_cfg.size
 
 
 def test_reward_terms_add_up_and_punish_jerky_actions():
