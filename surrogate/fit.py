@@ -531,7 +531,9 @@ def fit_all(data: FitData, cfg: FitConfig = FitConfig(), progress: Callable[[str
     dyn_base = base.replace(**{f: getattr(car, f) for f in KINEMATIC_FIELDS})
     # The tyre's speed exponent (tyre_speed_exp) and shape (tyre_E) are not fitted: fitted with the rest
     # on CarRacing's probe and driver recordings, the fit ended at a training loss of 45 against 18
-    # without them and 3.1 m off 1 s ahead against 0.73 (docs/experiments.md).
+    # without them and 3.1 m off 1 s ahead against 0.73; fitted alone from this fit's car, every start
+    # met at the same loss and error (18.4, 0.70 m) with the error above 40 m/s unchanged
+    # (docs/experiments.md).
     starts = perturbed(dyn_base, FIT_FIELDS["dynamic"], cfg.starts)
     car_d, loss_d = min(fit_model(data, "dynamic", [delay] * cfg.starts, starts, cfg, steps=cfg.steps,
                                   progress=progress, probs=probs), key=lambda r: r[1])
