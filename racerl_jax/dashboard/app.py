@@ -20,7 +20,7 @@ from typing import Any
 
 from dash import Dash, Input, Output, Patch, State, dcc, html, no_update
 
-from racerl_jax.dashboard.data import Run
+from racerl_jax.dashboard.data import Run, track_folders
 from racerl_jax.dashboard.traces import Trace
 from racerl_jax.dashboard.figures import (X_KEYS, config_differences, current_lap, decisions_figure, lap_figure,
                                           map_figure, map_moving, training_figure)
@@ -62,21 +62,40 @@ class Board:
                 r.name = str(Path(r.path).resolve())
         self.lock = threading.Lock()
         self.last_refresh = 0.0
+        self._find_track_folders()
+
+    @property
+    def top(self) -> list[Run]:
+        """The run directories given (what the training curves and the settings table compare)."""
+        return [r for r in self.runs if r.parent is None]
+
+    def _find_track_folders(self) -> None:
+        """Each multi-track run's tracks/<name>/ folders, listed after it as runs of their own (the
+        car views on one track); new ones as the run writes them."""
+        known = {r.path for r in self.runs}
+        new = [Run(p, parent=top) for top in self.top for p in track_folders(top.path) if p not in known]
+        if new:
+            order = {id(r): k for k, r in enumerate(self.top)}
+            self.runs = sorted(self.runs + new, key=lambda r: (order[id(r.parent or r)], r.parent is not None, r.path.name))
+
+    def options(self) -> list[dict]:
+        """The run picker's entries, each keyed by its directory: a key stays with its run when
+        track folders appear before it in the list."""
+        return [{"label": r.name, "value": str(r.path)} for r in self.runs]
 
     def refresh(self) -> None:
         with self.lock:
             now = time.monotonic()
             # Several open pages poll independently: one read of the files serves them all.
             if now - self.last_refresh >= 0.5 * self.config.refresh_ms / 1000.0:
+                self._find_track_folders()
                 for r in self.runs:
                     r.refresh()
                 self.last_refresh = now
 
-    def run(self, i: Any) -> Run:
-        try:
-            return self.runs[int(i)]
-        except (TypeError, ValueError, IndexError):
-            return self.runs[0]
+    def run(self, key: Any) -> Run:
+        """The run of a picker value (``options``); the first for anything else."""
+        return next((r for r in self.runs if str(r.path) == key), self.runs[0])
 
 
 def _status(run: Run, trace: Trace | None, best: Trace | None, mode: str) -> list:
@@ -112,13 +131,12 @@ def build_app(config: DashboardConfig) -> Dash:
     # serve_locally (the default, said here because it matters): the page's JavaScript comes from
     # the installed package, not a CDN, so the dashboard works with no internet.
     app = Dash(__name__, title="racerl-jax dashboard", serve_locally=True, update_title=None)
-    options = [{"label": f"{r.name}", "value": str(i)} for i, r in enumerate(board.runs)]
-    first = next((i for i, r in enumerate(board.runs) if r.steps.episodes or r.evals), 0)
+    first = next((r for r in board.runs if r.steps.episodes or r.evals), board.runs[0])
     app.layout = html.Div(style={"fontFamily": "sans-serif", "margin": "8px 16px"}, children=[
         html.H3("racerl-jax dashboard", style={"margin": "4px 0"}),
         html.Div(style={"display": "flex", "gap": "24px", "alignItems": "center"}, children=[
             html.Div(style={"width": "420px"}, children=[
-                dcc.Dropdown(id="run", options=options, value=str(first), clearable=False)]),
+                dcc.Dropdown(id="run", options=board.options(), value=str(first.path), clearable=False)]),
             dcc.RadioItems(id="mode", options=[{"label": " live", "value": "live"},
                                                {"label": " replay", "value": "replay"}],
                            value="live", inline=True, inputStyle={"marginLeft": "12px"}),
@@ -153,8 +171,8 @@ def build_app(config: DashboardConfig) -> Dash:
                   Input("xkey", "value"))
     def training(_stamp, x_key):
         with board.lock:
-            fig = training_figure(board.runs, x_key if x_key in X_KEYS else "env_steps")
-            names, rows = config_differences(board.runs)
+            fig = training_figure(board.top, x_key if x_key in X_KEYS else "env_steps")
+            names, rows = config_differences(board.top)
         if len(names) < 2:
             table = html.Div("one run: nothing to compare (give several run directories to list their differences)")
         elif not rows:
@@ -165,6 +183,11 @@ def build_app(config: DashboardConfig) -> Dash:
                 html.Tbody([html.Tr([html.Td(c, style={"padding": "1px 8px", "borderTop": "1px solid #ddd"})
                                      for c in row]) for row in rows])])
         return fig, table
+
+    @app.callback(Output("run", "options"), Input("stamp-slow", "data"))
+    def run_options(_stamp):  # a multi-track run's track folders appear with its first evaluation
+        with board.lock:
+            return board.options()
 
     @app.callback(Output("item", "max"), Output("pos", "max"), Output("item-label", "children"),
                   Output("replay-controls", "style"), Input("stamp-replay", "data"), Input("run", "value"),

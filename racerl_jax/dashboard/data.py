@@ -34,6 +34,16 @@ EVAL_LAPS_FILE = "eval_laps.jsonl"
 STEPS_FILE = "steps.jsonl"
 TELEMETRY_FILE = "telemetry.ndjson"
 META_FILE = "meta.json"
+TRACKS_DIR = "tracks"  # a multi-track run's per-track evaluations: tracks/<name>/, each a run dir
+
+
+def track_folders(run_dir: str | os.PathLike) -> list[Path]:
+    """The per-track folders of a multi-track run (``--tracks``/``--eval-tracks``), sorted; none for
+    any other run. They appear with the run's first evaluation."""
+    try:
+        return sorted(p for p in (Path(run_dir) / TRACKS_DIR).iterdir() if p.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 # ----------------------------------------------------------------------------- the run
@@ -42,9 +52,13 @@ META_FILE = "meta.json"
 class Run:
     """Everything the dashboard shows of one run directory, brought up to date by ``refresh``."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, parent: "Run | None" = None) -> None:
         self.path = Path(path)
         self.name = self.path.name or str(self.path)
+        # A multi-track run's folder for one track: its laps on that track, under its run's name.
+        self.parent = parent
+        if parent is not None:
+            self.name = f"{parent.name} / {TRACKS_DIR}/{self.path.name}"
         self._metrics = TailFile(self.path / METRICS_FILE)
         self._evals = TailFile(self.path / EVAL_LAPS_FILE)
         self._steps = TailFile(self.path / STEPS_FILE)

@@ -123,3 +123,29 @@ def test_the_page_shows_the_recording_follows_telemetry_and_metrics_as_they_are_
             page.wait_for_function(f"() => ({JS_COUNT})(['lap', 'this lap']) > 500", timeout=10_000)  # a whole lap
         finally:
             ctx.close()
+
+
+def test_a_multi_track_runs_track_folders_are_listed_under_it_and_new_ones_join_as_they_are_written(tmp_path):
+    from racerl_jax.dashboard.app import Board, DashboardConfig
+
+    oval = synthetic.Oval()
+    rec = synthetic.recording(tmp_path / "rec", 10, oval)
+    rec.close()
+    steps, run = synthetic.training_run(tmp_path / "multi", oval, evals=1, steps=5)
+    steps.close()
+    synthetic.training_run(run / "tracks" / "oval", oval, evals=1, steps=0)[0].close()
+    (run / "tracks" / "not-a-folder.txt").write_text("x")
+    board = Board(DashboardConfig(run_dirs=(str(tmp_path / "multi"), str(tmp_path / "rec")), refresh_ms=50))
+    assert [r.name for r in board.runs] == ["multi", "multi / tracks/oval", "rec"]
+    assert [r.name for r in board.top] == ["multi", "rec"]  # what the training curves compare
+    oval_key = board.options()[1]["value"]
+
+    # a track folder written later (the first evaluation of an eval track) joins in name order
+    synthetic.training_run(run / "tracks" / "flowing", oval, evals=2, steps=0)[0].close()
+    board.last_refresh = -1e9
+    board.refresh()
+    assert [o["label"] for o in board.options()] == ["multi", "multi / tracks/flowing", "multi / tracks/oval", "rec"]
+    assert board.run(oval_key).path == run / "tracks" / "oval"  # a picked run stays picked
+    flowing = board.run(board.options()[1]["value"])
+    assert len(flowing.evals) == 2 and flowing.best_lap() is not None  # its own laps, on its own track
+    assert board.run("nonsense") is board.runs[0]
