@@ -16,7 +16,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from surrogate.env import EnvConfig, RacingEnv, batch_reset, make_params
+from surrogate.env import EnvConfig, RacingEnv, batch_reset
+from surrogate.env_params import make_params
 from surrogate.rollout import batch_rollout
 from surrogate.track import project_tables
 

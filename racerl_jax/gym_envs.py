@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from surrogate.env import EnvConfig, EnvParams, RacingEnv, batch_reset, make_params
+from surrogate.env import EnvConfig, EnvParams, RacingEnv, batch_reset
+from surrogate.env_params import make_params
 
 # Per-car info keys passed through to Gymnasium, and the mask that says where each is valid.
 _INFO_KEYS = {"lap_time": "lap_completed", "lap_clean": "lap_completed", "off_track": None, "speed": None,

@@ -16,7 +16,8 @@ import numpy as np
 from racerl_jax.learned_line import learned_reference
 from racerl_jax.train_config import TrainConfig, random_count, track_entries
 from surrogate.car import PARAM_NAMES, CarParams
-from surrogate.env import EnvConfig, EnvParams, RacingEnv, build_track, make_params
+from surrogate.env import EnvConfig, EnvParams, RacingEnv
+from surrogate.env_params import build_track, make_params
 from surrogate.observation import SENSOR_NOISE_SPEEDS, ObsConfig
 from surrogate.surrogate_file import FittedSurrogate, load_surrogate
 from surrogate.track import Track, select_track, stack_tracks

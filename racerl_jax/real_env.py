@@ -42,7 +42,8 @@ from bridge.safety import SafetyConfig, SafetyLayer
 from bridge.sdk import DEFAULT_LOCKSTEP_ADDRESS, DEFAULT_PUB_ADDRESS, DEFAULT_PULL_ADDRESS, CurveKeys
 from racerl_jax.gym_envs import gym_spaces
 from surrogate.car import CarParams, validate_car_params
-from surrogate.env import ACTION_HIGH, ACTION_LOW, EnvConfig, Episode, RacingEnv, advance_episode, build_track, game_controls, start_episode
+from surrogate.env import ACTION_HIGH, ACTION_LOW, EnvConfig, Episode, RacingEnv, advance_episode, game_controls, start_episode
+from surrogate.env_params import build_track
 from surrogate.observation import Telemetry, observe, observe_tables
 from surrogate.reward import RewardWeights
 from surrogate.track import Track, TrackPos, arc_delta, on_track, project_global, project_tables, sample_points, single_tables

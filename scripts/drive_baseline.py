@@ -24,7 +24,8 @@ from tqdm import tqdm
 from racerl_jax.plots import plot_lap
 from surrogate.baseline import BaselineParams, baseline_action, baseline_params_for
 from surrogate.car import CarParams
-from surrogate.env import EnvConfig, RacingEnv, make_params
+from surrogate.env import EnvConfig, RacingEnv
+from surrogate.env_params import make_params
 from surrogate.rollout import lap_metrics, rollout
 from surrogate.track import select_track
 from surrogate.track_io import DEFAULT_TRACK

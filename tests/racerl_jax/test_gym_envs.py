@@ -3,7 +3,8 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from racerl_jax.gym_envs import SurrogateEnv, SurrogateVectorEnv
-from surrogate.env import EnvConfig, make_params
+from surrogate.env import EnvConfig
+from surrogate.env_params import make_params
 
 CFG = EnvConfig(max_episode_steps=100, n_track_points=512)
 

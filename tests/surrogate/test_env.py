@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from surrogate.car import CarParams, car_params_to_dict, speed
-from surrogate.env import EnvConfig, RacingEnv, batch_reset, env_action, game_controls, make_params
+from surrogate.car import CarParams, speed
+from surrogate.env import EnvConfig, RacingEnv, batch_reset, env_action, game_controls
+from surrogate.env_params import make_params
 from surrogate.observation import ObsConfig, Telemetry, noisy_telemetry, observe, sensor_noise_table
 from surrogate.reward import RewardWeights, reward
 from surrogate.rollout import batch_rollout, lap_metrics
@@ -279,12 +280,6 @@ def test_env_config_rejects_unknown_model():
         EnvConfig(model="unicycle")
 
 
-def test_make_params_rejects_unphysical_car():
-    bad = CarParams(**{**car_params_to_dict(CarParams()), "mass": -5.0})
-    with pytest.raises(ValueError, match="mass"):
-        make_params(["oval"], car=bad, config=CFG)
-
-
 def test_combined_pedal_drives_as_the_same_throttle_or_brake_on_separate_pedals(oval):
     """One pedal axis: its positive half is the throttle, its negative half the brake; the car, the
     reward and the observation's previous controls see the game's three controls."""
@@ -362,10 +357,3 @@ def test_sensor_noise_jitters_only_the_observed_telemetry_and_each_car_draws_its
     assert np.all(d[:, 4:] == 0.0) and np.all(d[:, [0, 1]] == 0.0)  # speed and accel_long: no noise in the table
     moving = np.asarray(speed(s0.car)) > 1.0
     assert moving.sum() >= 3 and np.all(d[moving][:, 2] != 0.0) and len(set(d[moving][:, 2].tolist())) == moving.sum()
-
-
-def test_a_sensor_noise_table_that_makes_no_sense_is_refused_by_make_params():
-    with pytest.raises(ValueError, match="increasing speeds"):
-        make_params(["oval"], config=CFG, sensor_noise={"speed_mps": [20.0, 10.0], "accel_lat": [1.0, 2.0]})
-    params, _ = make_params(["oval"], config=CFG, sensor_noise={"speed_mps": [20.0], "accel_lat": [0.0]})
-    assert params.sensor_noise is None  # all zero: no noise, no draws

@@ -10,7 +10,8 @@ import pytest
 
 from surrogate.car import CarParams, sample_car_params
 from surrogate.fastmath import fast_atan, fast_sincos
-from surrogate.env import ACTION_HIGH, ACTION_LOW, EnvConfig, RacingEnv, batch_reset, make_params
+from surrogate.env import ACTION_HIGH, ACTION_LOW, EnvConfig, RacingEnv, batch_reset
+from surrogate.env_params import make_params
 from surrogate.observation import Telemetry, observe, observe_tables
 from surrogate.track import make_tables, project, project_global, project_tables, select_track
 

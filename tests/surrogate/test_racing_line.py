@@ -63,7 +63,8 @@ def test_no_laps_or_part_of_a_lap_is_refused_with_the_fix():
 
 
 def test_the_env_takes_a_learned_line_as_its_reference():
-    from surrogate.env import EnvConfig, make_params
+    from surrogate.env import EnvConfig
+    from surrogate.env_params import make_params
 
     data = load_track("oval")
     track = prepare_track(data)

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from surrogate.car import CarParams
-from surrogate.env import EnvConfig, build_track
+from surrogate.env import EnvConfig
+from surrogate.env_params import build_track
 from surrogate.rollout import lap_trace
 from surrogate.track import reference_xy
 from surrogate.track_io import load_track

@@ -9,7 +9,8 @@ import pytest
 from racerl_jax.plots import plot_lap
 from surrogate.baseline import baseline_action, baseline_params_for
 from surrogate.car import CarParams
-from surrogate.env import EnvConfig, RacingEnv, make_params
+from surrogate.env import EnvConfig, RacingEnv
+from surrogate.env_params import make_params
 from surrogate.rollout import lap_metrics, lap_trace, rollout
 from surrogate.track import select_track
 

@@ -7,7 +7,8 @@ import pytest
 
 from surrogate import tuning
 from surrogate.baseline import baseline_params_for
-from surrogate.env import EnvConfig, RacingEnv, make_params
+from surrogate.env import EnvConfig, RacingEnv
+from surrogate.env_params import make_params
 from surrogate.rollout import lap_metrics, rollout
 from surrogate.track import select_track
 
