@@ -42,7 +42,8 @@ from bridge.safety import SafetyConfig, SafetyLayer
 from bridge.sdk import DEFAULT_LOCKSTEP_ADDRESS, DEFAULT_PUB_ADDRESS, DEFAULT_PULL_ADDRESS, CurveKeys
 from racerl_jax.gym_envs import gym_spaces
 from surrogate.car import CarParams, validate_car_params
-from surrogate.env import ACTION_HIGH, ACTION_LOW, EnvConfig, Episode, RacingEnv, advance_episode, game_controls, start_episode
+from surrogate.env import (ACTION_HIGH, ACTION_LOW, EnvConfig, Episode, RacingEnv, advance_episode, game_controls, governed,
+                           start_episode)
 from surrogate.env_params import build_track
 from surrogate.observation import Telemetry, observe, observe_tables
 from surrogate.reward import RewardWeights
@@ -386,6 +387,7 @@ class RealGameEnv(gym.Env):
             raise ValueError(f"action has shape {a.shape}; expected {self.action_space.shape}: {names} "
                              f"(RealEnvConfig.env.pedals={self.env_config.pedals!r})")
         a = game_controls(a, self.env_config.pedals, xp=np).astype(np.float64)  # NaN stays NaN for the guards
+        a = governed(a, float(self._frame["speed"]), self.env_config.speed_limit, xp=np)  # as the surrogate's car
         extra: dict[str, Any] = {}
         if self._rt is None:
             if not np.all(np.isfinite(a)):

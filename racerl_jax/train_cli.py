@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"with status {EXIT_INTERRUPTED}: run the same command with --resume to continue")
     p.add_argument("--spot-poll-seconds", type=float, default=d.spot_poll_seconds)
     p.add_argument("--chunk-iterations", type=int, default=d.chunk_iterations, help="iterations per jitted call")
+    p.add_argument("--speed-limit", type=float, default=d.speed_limit,
+                   help="m/s: a speed limiter, the throttle faded out just below it, on the surrogate and on the "
+                        "game alike (0: none); keeps a driver where a fitted surrogate is right")
     p.add_argument("--no-observe-imu", action="store_true",
                    help="the policy does not see the accelerations and the yaw rate, only the pose, the speed, the "
                         "track and its own controls: for a game whose IMU readings are noisy at speed")

@@ -17,7 +17,7 @@ from racerl_jax.crossq import CrossQConfig
 from racerl_jax.config_io import dataclass_from_dict
 from racerl_jax.spot import DEFAULT_METADATA_URL, SpotConfig
 from surrogate.car import MODELS
-from surrogate.env import PEDALS, action_bounds
+from surrogate.env import GOVERNOR_FADE, PEDALS, action_bounds
 from surrogate.reward import RewardWeights
 from surrogate.surrogate_file import load_surrogate
 from surrogate.track_io import DEFAULT_TRACK
@@ -128,6 +128,9 @@ class TrainConfig:
     sensor_noise: float = 1.0
     # The policy observes the accelerations and the yaw rate (surrogate.observation.ObsConfig.imu).
     observe_imu: bool = True
+    # A speed limiter on the surrogate and on the game alike (surrogate.env.EnvConfig.speed_limit),
+    # m/s; 0: none.
+    speed_limit: float = 0.0
     # Training episodes that start from rest (the rest start anywhere at up to half the reference
     # speed): evaluation laps and the game start from rest, and a policy that has rarely been
     # there can sit on the line.
@@ -206,6 +209,8 @@ class TrainConfig:
         need(self.episode_steps >= 1, "episode_steps", "must be >= 1")
         need(0.0 <= self.car_spread < 1.0, "car_spread", "must be in [0, 1)")
         need(0.0 <= self.fit_spread <= 10.0, "fit_spread", "must be in [0, 10] (times the fit's uncertainty; 0: off)")
+        need(self.speed_limit == 0.0 or self.speed_limit > GOVERNOR_FADE, "speed_limit",
+             f"must be 0 (none) or above {GOVERNOR_FADE} m/s")
         need(0.0 <= self.sensor_noise <= 10.0, "sensor_noise", "must be in [0, 10] (times the fit's noise; 0: off)")
         need(0.0 <= self.standing_starts <= 1.0, "standing_starts", "must be a fraction in [0, 1]")
         need(0.0 <= self.action_overshoot < 1.0, "action_overshoot", "must be in [0, 1)")

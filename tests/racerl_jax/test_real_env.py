@@ -1,6 +1,7 @@
 """RealGameEnv over the bridge against the kinematic example game: the surrogate's observation and
 reward on game frames, lockstep episodes, derived telemetry, plugin restarts, the real-time
 watchdog, and Gymnasium's env checker."""
+import dataclasses
 import os
 import socket
 import subprocess
@@ -19,7 +20,7 @@ from bridge.games.kinematic import KinematicCarGame
 from bridge.safety import SafetyConfig
 from bridge.sdk import LockstepServer, RealtimeServer
 from racerl_jax.real_env import RealEnvConfig, RealGameEnv, telemetry_from
-from surrogate.env import EnvConfig
+from surrogate.env import GOVERNOR_FADE, EnvConfig
 from surrogate.observation import observe
 from surrogate.reward import reward
 from surrogate.track import interp, project, project_global
@@ -115,6 +116,25 @@ def test_lockstep_episode_drives_round_the_circle_then_ends_off_track(lockstep):
             env.step(GO)
         _, info = env.reset()
         assert info["episode"] == 1
+    finally:
+        env.close()
+
+
+def test_the_speed_limiter_cuts_the_games_throttle_as_it_cuts_the_surrogates(lockstep):
+    limit = 4.0
+    env = make_env(lockstep.address, env=dataclasses.replace(ENV, speed_limit=limit))
+    try:
+        env.reset(seed=0)
+        sent = []
+        for _ in range(100):
+            speed = env.last_frame["speed"]
+            obs, r, term, trunc, info = env.step(np.array([0.1, 1.0, 0.0], np.float32))
+            assert not (term or trunc)
+            sent.append((speed, float(info["applied_action"][1]), env.last_frame["throttle"]))
+        speeds, throttle, game = (np.array(c) for c in zip(*sent))
+        np.testing.assert_allclose(throttle, np.clip((limit - speeds) / GOVERNOR_FADE, 0.0, 1.0), atol=1e-6)
+        np.testing.assert_allclose(game, throttle, atol=1e-6)  # what the game applied
+        assert throttle[0] == 1.0 and speeds.max() <= limit + 0.5 and speeds[-20:].min() > limit - GOVERNOR_FADE
     finally:
         env.close()
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from surrogate.car import CarParams, speed
-from surrogate.env import EnvConfig, RacingEnv, batch_reset, env_action, game_controls
+from surrogate.env import EnvConfig, RacingEnv, batch_reset, env_action, game_controls, governed
 from surrogate.env_params import make_params
 from surrogate.observation import ObsConfig, Telemetry, noisy_telemetry, observe, sensor_noise_table
 from surrogate.reward import RewardWeights, reward
@@ -113,6 +113,29 @@ def test_standing_still_is_truncated_by_the_stuck_check(oval):
     assert not np.asarray(te).any()
     assert np.flatnonzero(tr)[0] == round(2.0 / cfg.dt) - 1
 
+
+
+def test_the_speed_limiter_fades_the_throttle_out_below_the_limit_and_leaves_brake_and_steering():
+    c = np.array([[0.3, 1.0, 0.2]] * 4, np.float32)
+    out = governed(c, np.array([10.0, 19.0, 20.0, 25.0]), 20.0, xp=np)
+    np.testing.assert_allclose(out[:, 1], [1.0, 0.5, 0.0, 0.0])
+    np.testing.assert_array_equal(out[:, [0, 2]], c[:, [0, 2]])
+    assert governed(c, np.full(4, 99.0), 0.0, xp=np) is c  # no limit: untouched
+    with pytest.raises(ValueError, match="speed_limit"):
+        EnvConfig(speed_limit=1.0)
+
+
+def test_a_car_on_full_throttle_stays_under_the_speed_limit_while_the_policy_still_sees_its_command(oval):
+    params, _ = oval
+    full = lambda st, k: jnp.array([[0.0, 1.0, 0.0]])  # noqa: E731
+    speeds = {}
+    for limit in (0.0, 15.0):
+        env = RacingEnv(dataclasses.replace(CFG, start="line", speed_limit=limit))
+        _, (obs, r, te, tr, info, st) = _run(env, params, full, 150)
+        speeds[limit] = np.asarray(info["speed"])[:, 0]
+        np.testing.assert_allclose(np.asarray(obs)[-1, 0, 9], 1.0)  # the previous throttle observed: as commanded
+    assert speeds[0.0].max() > 25.0
+    assert 13.0 < speeds[15.0].max() <= 15.0 + 0.5  # one control period of coasting past the fade at most
 
 
 def test_time_limit_truncates_a_running_episode(oval):
