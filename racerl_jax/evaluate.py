@@ -205,7 +205,7 @@ def drive_game(env: Any, act: Callable[[np.ndarray], np.ndarray], book: LapBook,
             "progress", "done", "dt", "end_reason")
     rows: dict[str, list] = {k: [] for k in keys}
     obs, _ = env.reset(seed=seed)
-    book.new_episode(float(env.track_pos.s))
+    book.new_episode(env.lap_start_s)
     game_s = 0.0
     for _ in range(max_steps):
         frame = env.last_frame  # the pose the step starts from, as on the surrogate
@@ -228,7 +228,7 @@ def drive_game(env: Any, act: Callable[[np.ndarray], np.ndarray], book: LapBook,
             break
         if done:
             obs, _ = env.reset(seed=seed)
-            book.new_episode(float(env.track_pos.s))
+            book.new_episode(env.lap_start_s)
     out = {k: np.asarray(rows[k], np.float64).reshape(-1)
            for k in ("x", "y", "speed", "lap_time", "ref_deviation", "progress", "dt")}
     out.update({k: np.asarray(rows[k], bool).reshape(-1) for k in ("lap_completed", "lap_clean", "off_track", "done")})

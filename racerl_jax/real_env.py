@@ -131,6 +131,11 @@ def transition(cfg: EnvConfig, track: Track, weights: RewardWeights, ep: Episode
     return obs, new, r, terminated, truncated, {**info, "projection_lost": lost}
 
 
+# A car that starts an episode this close to the line its laps count from (either side) drives a
+# timed standing lap to its first crossing; further away, that first crossing only starts the timing.
+GAME_LINE_TOLERANCE_M = 20.0
+
+
 # ----------------------------------------------------------------------------- derived telemetry
 
 
@@ -218,6 +223,10 @@ class RealGameEnv(gym.Env):
         self._deriver = MotionDeriver()
         self._episode: Episode | None = None
         self._frame: dict | None = None
+        # The game's own lap count (its frames' ``lap``), where it sends one: see _game_lap.
+        self._game_laps: int | None = None
+        self._game_lap_t0: float | None = None  # game time the running lap started; None: an out lap
+        self._game_lap_clean = True
         self._obs: np.ndarray | None = None
         self._tel: Telemetry | None = None
         self._frame_at = -math.inf
@@ -321,6 +330,40 @@ class RealGameEnv(gym.Env):
         return {"name": d.name, "closed": True, "x": d.x.tolist(), "y": d.y.tolist(), "w_left": d.w_left.tolist(),
                 "w_right": d.w_right.tolist()}
 
+    @property
+    def lap_start_s(self) -> float:
+        """Where the car stood at the episode's start, in metres from the start line that its laps
+        count from (negative: before it): the game's line where the game counts laps (its
+        ``lap_dist``, else the pose on the trainer's track), the trainer's track's otherwise. On such
+        a game a start within GAME_LINE_TOLERANCE_M of the line is on it (0): its first lap is timed
+        from the start (``_game_lap``)."""
+        s = float(self._episode.pos.s) if self._episode is not None else 0.0
+        game = self._game_laps is not None and self._frame is not None
+        if game and self._frame.get("lap_dist") is not None:
+            s = float(self._frame["lap_dist"])
+        length = float(self.track.length)
+        s %= length
+        s = s - length if s > 0.5 * length else s
+        return 0.0 if game and abs(s) <= GAME_LINE_TOLERANCE_M else s
+
+    def _game_lap(self, frame: dict, info: dict) -> None:
+        """A game that counts its laps (``lap`` in its frames) is the judge of when one is complete:
+        its line may not be where the trainer's track map starts, and a game may end the episode at
+        its line (CarRacing does, about 11 m before the first point of the centre line it serves),
+        before the car reaches the map's. The lap is timed on the game's clock from the previous
+        count, or from the episode's start where the car started on the line (a standing lap);
+        clean when no step of it was off the track. Overrides the map's lap in ``info``."""
+        off = bool(info["off_track"])
+        self._game_lap_clean = self._game_lap_clean and not off
+        counted = int(frame["lap"]) > self._game_laps
+        timed = counted and self._game_lap_t0 is not None
+        info["lap_completed"] = timed
+        info["lap_time"] = float(frame["t"]) - self._game_lap_t0 if timed else None
+        info["lap_clean"] = timed and self._game_lap_clean
+        self._game_laps = int(frame["lap"])
+        if counted:
+            self._game_lap_t0, self._game_lap_clean = float(frame["t"]), not off
+
     def _info(self, frame: dict, derived, **extra) -> dict:
         # The game's episode and seq counters are in last_frame and the reset info only: in step infos
         # they would make two identical seeded episodes look different.
@@ -366,6 +409,9 @@ class RealGameEnv(gym.Env):
                         "game's? (a game whose seed picks the track, like CarRacing, serves only one of them)",
                         frame["episode"], float(self._episode.pos.lateral))
         self._frame, self._obs = frame, obs
+        self._game_laps = frame.get("lap")
+        self._game_lap_t0 = frame["t"] if self.lap_start_s == 0.0 else None
+        self._game_lap_clean = start_on
         self.episodes += 1
         return obs.copy(), self._info(frame, derived, episode=frame["episode"], seq=frame["seq"],
                                       start_on_track=start_on)
@@ -421,6 +467,8 @@ class RealGameEnv(gym.Env):
         info = self._info(frame, derived, **extra)
         for k, v in jinfo.items():
             info[k] = {n: float(x) for n, x in v.items()} if isinstance(v, dict) else np.asarray(v).item()
+        if self._game_laps is not None and frame.get("lap") is not None:
+            self._game_lap(frame, info)
         if not info["lap_completed"]:
             info["lap_time"] = None  # not NaN: NaN != NaN would make identical steps look different
         if term:

@@ -139,6 +139,50 @@ def test_the_speed_limiter_cuts_the_games_throttle_as_it_cuts_the_surrogates(loc
         env.close()
 
 
+class LineBeforeTheMap(KinematicCarGame):
+    """Counts its laps at its own line, 11 m before the first point of the track it serves, and ends
+    the episode there, as CarRacing does; ``counts=False``: sends no lap count at all."""
+
+    def __init__(self, counts=True):
+        super().__init__()
+        self.counts = counts
+
+    def _fields(self, *a):
+        f = super()._fields(*a)
+        lap_len = 2 * np.pi * self.radius
+        f["lap"] = int((self._dist + 11.0) // lap_len)
+        f["lap_dist"] = (f["lap_dist"] + 11.0) % lap_len
+        if f["lap"] >= 1:
+            f["done"], f["reason"] = True, "finish"
+        if not self.counts:
+            del f["lap"]
+        return f
+
+
+@pytest.mark.parametrize("counts", [True, False])
+def test_a_game_that_counts_its_laps_is_the_judge_of_a_lap_even_where_its_line_is_not_the_maps(ctx, counts):
+    from racerl_jax.evaluate import drive_game
+    from racerl_jax.laps import LapBook
+
+    served = Served(LockstepServer(LineBeforeTheMap(counts), "tcp://127.0.0.1:*", context=ctx))
+    env = make_env(served.server.address, env=dataclasses.replace(ENV, max_episode_steps=2000))
+    try:
+        book = LapBook(1, float(env.track.length))
+        rows = drive_game(env, lambda obs: np.array([0.1, 0.8, 0.0], np.float32), book, 600, 0, lambda *a: None)
+        laps = book.laps
+        assert len(laps) == 1 and laps[0].start == "standing" and book.out_laps == 0
+        if counts:  # the game's lap: from the start to its line, on its clock, clean
+            game_t = float(np.sum(rows["dt"]))
+            assert laps[0].end == "lap" and laps[0].clean and laps[0].time_s == pytest.approx(game_t, abs=1e-6)
+            assert rows["lap_completed"].sum() == 1 and rows["lap_completed"][-1]
+            assert laps[0].distance_m == pytest.approx(env.track.length - 11.0, abs=2.0)
+        else:  # no count from the game: the map's line decides, and the game ended the lap before it
+            assert laps[0].end == "game:finish" and laps[0].time_s is None and not rows["lap_completed"].any()
+    finally:
+        env.close()
+        served.stop()
+
+
 def test_combined_pedal_env_sends_the_game_throttle_or_brake_from_one_axis(lockstep):
     env = make_env(lockstep.address, env=EnvConfig(dt=0.04, n_track_points=512, max_episode_steps=400, pedals="combined"))
     try:
