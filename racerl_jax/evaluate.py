@@ -39,16 +39,16 @@ from racerl_jax.crossq import AgentState
 from racerl_jax.laps import LapBook, json_safe, plot_driver, plot_lap_times, score, summary_line
 from racerl_jax.saved_agent import _FORMS, AgentError, SavedAgent, load_agent
 from racerl_jax.train_loop import driving_action
+from racerl_jax.racing_setup import SLOW_PACE, slow_lap_steps
 from racerl_jax.train_racing import TrainConfig, build_setup, env_config
 from surrogate.baseline import BaselineParams, baseline_action, baseline_params_for
 from surrogate.car import CarParams
-from surrogate.env import EnvParams, RacingEnv, env_action, game_controls
+from surrogate.env import EnvConfig, EnvParams, RacingEnv, env_action, game_controls
 from surrogate.track import Track, select_track
 
 REPORT_FILE = "report.json"
 # Step budget when none is given: the laps at this fraction of the reference pace (as training's
 # evaluation sizes its drives).
-SLOW_PACE = 0.6
 DRIVERS = ("agent", "baseline")
 # The env's own time limit, out of the way: the step budget ends a drive, and the lap it cuts short
 # counts as not reached (not clean), like the laps after it.
@@ -78,7 +78,7 @@ class EvalConfig:
     action_address: str = ""
     game_seed: int | None = None  # every game episode reset with it; None = the run's, else 0
     track: str = ""  # a track file or bundled name in place of the run's (see --track)
-    max_steps: int = 0  # control steps per driver; 0 = the laps at SLOW_PACE of the reference pace
+    max_steps: int = 0  # control steps per driver; 0 = racing_setup.slow_lap_steps for the laps
     out: str = ""  # "" = <run dir>/eval-<backend>-<time>
     seed: int = 0
     baseline_param: tuple[str, ...] = ()  # NAME=VALUE overrides of surrogate.baseline.BaselineParams
@@ -313,8 +313,8 @@ def _header(cfg: EvalConfig, tc: TrainConfig, saved: SavedAgent, track_name: str
     }
 
 
-def _max_steps(cfg: EvalConfig, limit_s: float, dt: float) -> int:
-    return cfg.max_steps or int(math.ceil(cfg.laps * limit_s / SLOW_PACE / dt))
+def _max_steps(cfg: EvalConfig, limit_s: float, length_m: float, env_cfg: EnvConfig) -> int:
+    return cfg.max_steps or slow_lap_steps(limit_s, length_m, env_cfg, cfg.laps)
 
 
 def _finish_driver(name: str, rows: dict[str, np.ndarray], book: LapBook, track: Track, dt: float, limit_s: float,
@@ -338,10 +338,10 @@ def _evaluate_surrogate(cfg: EvalConfig, tc: TrainConfig, saved: SavedAgent, out
                             "training ran: evaluate from there)", code=1) from None
     car = fitted.car if fitted else CarParams()
     dt = setup.eval_env.config.dt
-    max_steps = _max_steps(cfg, setup.limit_s, dt)
     env = RacingEnv(dataclasses.replace(setup.eval_env.config, max_episode_steps=NO_TIME_LIMIT))
     params = setup.eval_params
     track = select_track(params.tracks, 0)
+    max_steps = _max_steps(cfg, setup.limit_s, float(track.length), env.config)
     bp = dataclasses.replace(baseline_params_for(car), **cfg.baseline_overrides())
     report = _header(cfg, tc, saved, setup.track_name, setup.limit_s, dt, env.config.delay_steps, max_steps, bp)
     out.mkdir(parents=True, exist_ok=True)
@@ -388,7 +388,7 @@ def _evaluate_game(cfg: EvalConfig, tc: TrainConfig, saved: SavedAgent, out: Pat
     try:
         limit = float(env.reference.lap_time_s)
         dt = env_cfg.dt
-        max_steps = _max_steps(cfg, limit, dt)
+        max_steps = _max_steps(cfg, limit, float(env.track.length), env_cfg)
         bp = dataclasses.replace(baseline_params_for(car), **cfg.baseline_overrides())
         report = _header(cfg, tc, saved, env.track_data.name, limit, dt, 0, max_steps, bp)
         # What a step is on the game: whole ticks in lockstep (the run's period rounded to them).
@@ -488,7 +488,8 @@ def build_parser():
                    "game, its centre line when it serves none")
     # argparse formats help strings with %: the percent sign is doubled.
     p.add_argument("--max-steps", type=int, default=d.max_steps,
-                   help=f"control steps per driver at most (0: the laps at {SLOW_PACE:.0%}% of the reference pace)")
+                   help=f"control steps per driver at most (0: the laps at {SLOW_PACE:.0%}% of the reference pace, "
+                        "or of the run's --speed-limit where that is slower)")
     p.add_argument("--out", default=d.out, help="where report.json and the plots go (default: "
                    "<run dir>/eval-<backend>-<time>)")
     p.add_argument("--seed", type=int, default=d.seed)

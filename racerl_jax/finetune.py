@@ -40,6 +40,7 @@ from racerl_jax.crossq import AgentState, CrossQConfig
 from racerl_jax.replay import ReplayBuffer
 from racerl_jax.saved_agent import CHECKPOINTS_DIR, AgentError, SavedAgent, load_agent
 from racerl_jax.spot import DEFAULT_METADATA_URL, EXIT_INTERRUPTED, INTERRUPTED, SpotConfig
+from racerl_jax.racing_setup import slow_lap_steps
 from racerl_jax.train_racing import BEST_AGENT_DIR, env_config
 
 STATE_FILE = "finetune.json"  # the start and baseline scores, the best evaluation, game time driven
@@ -394,7 +395,7 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
         limit = float(env.reference.lap_time_s)
         # Game time of a step: whole ticks in lockstep (the agent's period rounded to them), else the period.
         dt = env.ticks * env.hello["dt"] if cfg.game_mode == "lockstep" and env.hello else env_cfg.dt
-        lap_steps = int(math.ceil(limit / 0.6 / dt))  # a lap at 60% of the reference pace
+        lap_steps = slow_lap_steps(limit, float(env.track.length), env.env_config)
         episode_steps = cfg.episode_steps or 2 * lap_steps
         if episode_steps != env.env_config.max_episode_steps:
             # Training episodes from the line long enough for laps (the surrogate's were short, from

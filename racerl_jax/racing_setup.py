@@ -59,6 +59,18 @@ class RacingSetup:
         return bool(self.eval_tracks)
 
 
+# Evaluations and game episodes allow for laps at this fraction of the reference's pace.
+SLOW_PACE = 0.6
+
+
+def slow_lap_steps(limit_s: float, length_m: float, env_cfg: EnvConfig, laps: float = 1.0) -> int:
+    """Control steps for ``laps`` laps at SLOW_PACE of the reference's pace (``limit_s``), or of the
+    speed limiter's (``env_cfg.speed_limit``) where that is slower: what an evaluation or an episode
+    on the game may take before it is cut."""
+    lap_s = max(limit_s, length_m / env_cfg.speed_limit) if env_cfg.speed_limit else limit_s
+    return int(math.ceil(laps * lap_s / SLOW_PACE / env_cfg.dt))
+
+
 def env_config(cfg: TrainConfig, fitted: FittedSurrogate | None, start: str) -> EnvConfig:
     """The env a run trains, evaluates and drives the game with: a fitted surrogate's control
     period (the game's ticks per step) and input delay, or the defaults."""
@@ -152,7 +164,9 @@ def build_setup(cfg: TrainConfig) -> RacingSetup:
                                residual=fitted.residual if fitted else None,
                                sensor_noise=sensor_noise(cfg, fitted), references=references)
     limits = [float(r.lap_time_s) for r in refs]
-    eval_steps = cfg.eval_max_steps or int(math.ceil(cfg.eval_laps * max(limits) / 0.6 / env_cfg.dt))
+    eval_steps = cfg.eval_max_steps or max(
+        slow_lap_steps(lim, float(select_track(params.tracks, i).length), env_cfg, cfg.eval_laps)
+        for i, lim in enumerate(limits))
     eval_cfg = dataclasses.replace(env_cfg, start="line", max_episode_steps=eval_steps)
     eval_params = params.replace(car_spread=jnp.zeros_like(params.car_spread))
     names = unique_names([t.name if isinstance(t, TrackData) else Path(str(t)).stem for t in train + unseen])

@@ -159,7 +159,7 @@ class TrainConfig:
     reward: RewardWeights = DEFAULT_REWARD
     eval_every_env_steps: int = 10_000
     eval_laps: int = 2  # laps an evaluation drives (the second is a flying lap)
-    eval_max_steps: int = 0  # 0 = enough for eval_laps at 60% of the reference pace
+    eval_max_steps: int = 0  # 0 = enough for eval_laps at 60% of the reference pace (or of the speed limit)
     checkpoint_every_env_steps: int = 100_000
     # Also a checkpoint after this many minutes of wall clock since the last: what a hard kill (a
     # spot instance taken without notice, a power cut) can lose, on the game as on the surrogate.

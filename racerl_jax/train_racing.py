@@ -29,7 +29,7 @@ from surrogate.surrogate_file import load_surrogate
 from racerl_jax.lap_eval import (  # noqa: F401  (the command's parts, importable from here)
     BEST_AGENT_DIR, BEST_LAP_FILE, BEST_TRACKS_FILE, TRACKS_DIR, LapEvaluator, MultiTrackEvaluator, lap_slice,
     load_best_agent, make_game_lap_drive, make_lap_drive, save_best)
-from racerl_jax.racing_setup import RacingSetup, build_setup, car_spread, env_config  # noqa: F401
+from racerl_jax.racing_setup import RacingSetup, build_setup, car_spread, env_config, slow_lap_steps  # noqa: F401
 from racerl_jax.run_plots import (  # noqa: F401
     BEST_LAP_PNG, CURVE_PNG, TRACK_GAPS_PNG, plot_best_lap, plot_learning_curve, plot_track_gaps)
 from racerl_jax.train_config import (  # noqa: F401
@@ -223,7 +223,7 @@ def _run_real(cfg: TrainConfig, run_dir: Path, t_start: float) -> dict[str, Any]
         print(f"game {env.hello.get('game')!r} ({cfg.game_mode}), track {name}: minimum-lap-time reference "
               f"{limit:.2f} s; preset {cfg.preset}, budget {cfg.budget_minutes:g} min, run dir {run_dir}", flush=True)
         loop = HostLoop(env, agent_cfg, seed=cfg.seed)
-        eval_steps = cfg.eval_max_steps or int(math.ceil(cfg.eval_laps * limit / 0.6 / env_cfg.dt))
+        eval_steps = cfg.eval_max_steps or slow_lap_steps(limit, float(env.track.length), env_cfg, cfg.eval_laps)
         evaluator = LapEvaluator(make_game_lap_drive(env, loop, eval_steps, cfg.seed), limit, env_cfg.dt, run_dir,
                                  t_start, env.track, name)
         result = train_host(loop, total_env_steps=cfg.total_env_steps, seed=cfg.seed,

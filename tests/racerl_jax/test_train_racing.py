@@ -377,3 +377,13 @@ def test_entropy_goal_moves_from_start_to_final_on_the_learning_rates_cosine():
     assert shift(0.0) == 0.0 and base + shift(1.0) == pytest.approx(-6.0)
     three = dataclasses.replace(cfg, pedals="separate")
     assert tr.crossq_config(three).target_entropy + opts(three)["entropy_schedule"](1.0) == pytest.approx(-9.0)
+
+
+def test_evaluations_allow_for_laps_at_60_percent_of_the_reference_or_of_the_speed_limiter_when_slower():
+    from racerl_jax.racing_setup import slow_lap_steps
+    from surrogate.env import EnvConfig
+
+    cfg = EnvConfig(dt=0.05)
+    assert slow_lap_steps(30.0, 1000.0, cfg, laps=2) == 2000  # 2 laps of 30 s at 60%: 100 s
+    assert slow_lap_steps(30.0, 1000.0, dataclasses.replace(cfg, speed_limit=50.0), laps=2) == 2000  # 20 s < 30 s
+    assert slow_lap_steps(30.0, 1000.0, dataclasses.replace(cfg, speed_limit=20.0), laps=2) == 3334  # 50 s a lap
