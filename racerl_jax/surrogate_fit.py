@@ -34,7 +34,7 @@ from bridge.recorder import read_run
 from surrogate import fit as F
 from surrogate.car import PARAM_UNITS, car_params_to_dict
 from surrogate.fit_data import FitData, FitDataError, prepare, sensor_noise
-from surrogate.fit_regimes import format_regime_errors
+from surrogate.fit_regimes import TRUST_FLOOR_M, TRUST_FRACTION, format_regime_errors, trusted_speed
 from surrogate.observation import SENSOR_NOISE_SPEEDS
 from surrogate.surrogate_file import save_surrogate
 
@@ -184,6 +184,7 @@ def run(cfg: SurrogateFitConfig) -> dict[str, Any]:
                           "fitted": list(F.FIT_FIELDS[f.model]), "spread": f.spread}
                    for name, f in result.fits.items()},
         "envelope": data.envelope(),
+        "trusted_speed_mps": trusted_speed(best.val["regimes_1s"]),
         "least_grip": {k: list(v) for k, v in capped.items()},
         "sensor_noise": noise,
         "provenance": provenance,
@@ -225,6 +226,11 @@ def report_text(result: F.FitResult, data: FitData) -> str:
         rows.append(f"  {field:<20} {float(getattr(best.car, field)):12.5g} {unit:<10}"
                     + (f" +-{100 * sp:.1f}%" if sp is not None else ""))
     rows.append(format_regime_errors(best.val["regimes_1s"], 1.0))
+    trusted = trusted_speed(best.val["regimes_1s"])
+    bound = f"max({TRUST_FLOOR_M:g} m, {100 * TRUST_FRACTION:g}% of the distance)"
+    rows.append(f"trusted up to {trusted:.0f} m/s (each speed band from rest within {bound} 1 s ahead): "
+                f"train_crossq.py --speed-limit {trusted:.0f} keeps a driver there" if trusted else
+                f"trusted at no speed: the slowest band is not within {bound} 1 s ahead")
     if data.stats.dropped:
         rows.append("left out: " + ", ".join(f"{k} {v}" for k, v in sorted(data.stats.dropped.items())))
     return "\n".join(rows)

@@ -62,18 +62,42 @@ def regime_errors(regimes: dict[str, np.ndarray], pos: np.ndarray, speed: np.nda
     steering regime and per speed band; each row names its regime and counts its windows."""
     rows = []
 
-    def add(kind: str, name: str, sel: np.ndarray) -> None:
+    def add(kind: str, name: str, sel: np.ndarray, **extra) -> None:
         if sel.any():
             rows.append({"kind": kind, "regime": name, "windows": int(sel.sum()),
-                         "pos_err_median": float(np.median(pos[sel])), "speed_err_median": float(np.median(speed[sel]))})
+                         "pos_err_median": float(np.median(pos[sel])), "speed_err_median": float(np.median(speed[sel])),
+                         **extra})
 
     for i, name in enumerate(PEDALS):
         add("pedal", name, regimes["pedal"] == i)
     for i, name in enumerate(STEERING):
         add("steering", name, regimes["steering"] == i)
     for b in np.unique(regimes["band"]):
-        add("speed", f"{b * SPEED_BAND:.0f}-{(b + 1) * SPEED_BAND:.0f} m/s", regimes["band"] == b)
+        lo, hi = float(b * SPEED_BAND), float((b + 1) * SPEED_BAND)
+        add("speed", f"{lo:.0f}-{hi:.0f} m/s", regimes["band"] == b, speed_lo=lo, speed_hi=hi)
     return rows
+
+
+# A speed band is one the fit can be trusted in when its median position error one second ahead is
+# within TRUST_FLOOR_M or TRUST_FRACTION of the distance the car covers in that second, whichever is
+# more. On CarRacing's probe and driver recordings: 0.4-1.0 m up to 40 m/s, then 5-11 m.
+TRUST_FLOOR_M = 1.0
+TRUST_FRACTION = 0.05
+
+
+def trusted_speed(rows: list[dict], min_windows: int = MIN_REGIME_WINDOWS) -> float | None:
+    """The top of the speed bands, contiguous from standstill, each with at least ``min_windows``
+    windows, whose error 1 s ahead (``regime_errors`` rows) is within the trust bound; None when the
+    slowest band already is not. What ``--speed-limit`` can hold a driver to in training."""
+    bands = sorted((r for r in rows if r["kind"] == "speed"), key=lambda r: r["speed_lo"])
+    top = None
+    for r in bands:
+        mid = 0.5 * (r["speed_lo"] + r["speed_hi"])
+        ok = r["windows"] >= min_windows and r["pos_err_median"] <= max(TRUST_FLOOR_M, TRUST_FRACTION * mid)
+        if not ok or r["speed_lo"] != (top if top is not None else 0.0):
+            break
+        top = r["speed_hi"]
+    return top
 
 
 def speed_band_score(band: np.ndarray, pos: np.ndarray, speed: np.ndarray, min_windows: int = MIN_REGIME_WINDOWS,

@@ -66,6 +66,9 @@ def test_a_recording_becomes_a_surrogate_file_that_training_uses(tmp_path, capsy
         assert (out / name).stat().st_size > 0, name
     text = (out / "report.txt").read_text()
     assert "kinematic" in text and "max_drive_force" in text and " N " in text  # parameters with units
+    trusted = report["trusted_speed_mps"]  # the speed limit the report suggests, from the bands' errors
+    assert trusted is None or f"--speed-limit {trusted:.0f}" in text
+    assert "trusted up to" in text or "trusted at no speed" in text
     # the surrogate file: the game's track and tick, the control period it was recorded at
     fitted = load_surrogate(out / "surrogate.json")
     assert fitted.track.name == "circle" and fitted.dt == pytest.approx(0.04) and fitted.game_dt == pytest.approx(0.02)

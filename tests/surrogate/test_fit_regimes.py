@@ -5,7 +5,7 @@ import pytest
 
 from surrogate.fit_data import Windows
 from surrogate.fit_regimes import (MIN_REGIME_WINDOWS, PEDALS, balanced_probabilities, format_regime_errors,
-                                   regime_errors, speed_band_score, window_regimes)
+                                   regime_errors, speed_band_score, trusted_speed, window_regimes)
 
 MAX_DELAY, HORIZON, DT = 2, 10, 0.05
 
@@ -67,3 +67,20 @@ def test_the_speed_band_score_weighs_every_covered_band_alike():
     # over all windows alike the slow majority would hide band 5 entirely: 0.4
     assert np.median(pos) / 0.5 + np.median(spd) / 0.5 == pytest.approx(0.4)
     assert speed_band_score(band[:3], pos[:3], spd[:3]) == pytest.approx(0.4)  # no band big enough: all windows
+
+
+def _band_rows(errors: list[float], windows: list[int]) -> list[dict]:
+    return [{"kind": "speed", "regime": f"{10 * b}-{10 * b + 10} m/s", "windows": n, "pos_err_median": e,
+             "speed_err_median": 0.0, "speed_lo": 10.0 * b, "speed_hi": 10.0 * b + 10} for b, (e, n) in
+            enumerate(zip(errors, windows))]
+
+
+def test_the_fit_is_trusted_up_to_the_first_speed_band_off_by_more_than_a_metre_or_five_percent():
+    carracing = [0.43, 0.58, 0.83, 1.03, 5.2, 6.4, 7.9]  # round 2's fit, 1 s ahead (docs/experiments.md)
+    rows = [{"kind": "pedal", "regime": "coast", "windows": 99, "pos_err_median": 0.1, "speed_err_median": 0.1}]
+    assert trusted_speed(rows + _band_rows(carracing, [300] * 7)) == 40.0  # 1.03 m is within 5% of 35 m
+    assert trusted_speed(_band_rows([1.2] + carracing[1:], [300] * 7)) is None  # slow driving already off
+    assert trusted_speed(_band_rows(carracing, [300, 300, 5, 300, 300, 300, 300])) == 20.0  # too few windows
+    gap = _band_rows(carracing, [300] * 7)
+    del gap[2]  # nothing recorded at 20-30 m/s: no trust beyond it
+    assert trusted_speed(gap) == 20.0
