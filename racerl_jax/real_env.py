@@ -227,6 +227,7 @@ class RealGameEnv(gym.Env):
         self._game_laps: int | None = None
         self._game_lap_t0: float | None = None  # game time the running lap started; None: an out lap
         self._game_lap_clean = True
+        self._lap_start_s = 0.0
         self._obs: np.ndarray | None = None
         self._tel: Telemetry | None = None
         self._frame_at = -math.inf
@@ -332,15 +333,18 @@ class RealGameEnv(gym.Env):
 
     @property
     def lap_start_s(self) -> float:
-        """Where the car stood at the episode's start, in metres from the start line that its laps
-        count from (negative: before it): the game's line where the game counts laps (its
-        ``lap_dist``, else the pose on the trainer's track), the trainer's track's otherwise. On such
-        a game a start within GAME_LINE_TOLERANCE_M of the line is on it (0): its first lap is timed
-        from the start (``_game_lap``)."""
-        s = float(self._episode.pos.s) if self._episode is not None else 0.0
-        game = self._game_laps is not None and self._frame is not None
-        if game and self._frame.get("lap_dist") is not None:
-            s = float(self._frame["lap_dist"])
+        """Where the car stood at the start of the episode (the last reset), in metres from the start
+        line that its laps count from (negative: before it): the game's line where the game counts
+        laps (its ``lap_dist``, else the pose on the trainer's track), the trainer's track's
+        otherwise. On such a game a start within GAME_LINE_TOLERANCE_M of the line is on it (0): its
+        first lap is timed from the start (``_game_lap``)."""
+        return self._lap_start_s
+
+    def _start_s(self, frame: dict, pos: TrackPos) -> float:
+        s = float(pos.s)
+        game = frame.get("lap") is not None
+        if game and frame.get("lap_dist") is not None:
+            s = float(frame["lap_dist"])
         length = float(self.track.length)
         s %= length
         s = s - length if s > 0.5 * length else s
@@ -410,7 +414,8 @@ class RealGameEnv(gym.Env):
                         frame["episode"], float(self._episode.pos.lateral))
         self._frame, self._obs = frame, obs
         self._game_laps = frame.get("lap")
-        self._game_lap_t0 = frame["t"] if self.lap_start_s == 0.0 else None
+        self._lap_start_s = self._start_s(frame, self._episode.pos)
+        self._game_lap_t0 = frame["t"] if self._lap_start_s == 0.0 else None
         self._game_lap_clean = start_on
         self.episodes += 1
         return obs.copy(), self._info(frame, derived, episode=frame["episode"], seq=frame["seq"],
