@@ -134,3 +134,11 @@ def test_balanced_sampling_draws_rare_regimes_more_often_and_is_off_by_default(d
     ks, counts = np.unique(keys, return_counts=True)
     big, rare = ks[np.argmax(counts)], ks[np.argmin(np.where(counts >= 20, counts, 10**9))]
     assert p[keys == big].sum() == pytest.approx(p[keys == rare].sum(), rel=1e-5)
+
+
+def test_a_fit_of_chosen_fields_moves_only_those_and_keeps_the_rest_of_the_start(data):
+    cfg = F.FitConfig(steps=5, starts=1, horizon_s=1.0, max_delay=2)
+    start = F.initial_car(data)
+    car = F.fit_model(data, "kinematic", [TRUE_DELAY], [start], cfg, steps=5, fields=("mu", "max_steer"))[0][0]
+    moved = {f for f in F.KINEMATIC_FIELDS if float(getattr(car, f)) != pytest.approx(float(getattr(start, f)), rel=1e-5)}
+    assert moved and moved <= {"mu", "max_steer"}
