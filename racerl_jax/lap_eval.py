@@ -16,11 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from racerl_jax import crossq
-from racerl_jax.checkpoint import Checkpointer, read_config, write_json_atomic
-from racerl_jax.crossq import AgentState, CrossQConfig
+from racerl_jax.checkpoint import Checkpointer, write_json_atomic
+from racerl_jax.crossq import AgentState
 from racerl_jax.train_loop import driving_action, scale_action
-from racerl_jax.racing_setup import EvalTrack, RacingSetup, env_config
-from racerl_jax.train_config import TrainConfig
+from racerl_jax.racing_setup import EvalTrack, RacingSetup
 from surrogate.env import EnvParams, RacingEnv
 from surrogate.rollout import lap_metrics, trajectory_row
 from surrogate.track import Track, select_track, stack_tracks
@@ -279,24 +278,10 @@ class MultiTrackEvaluator:
 
 def save_best(run_dir: Path, best: dict[str, Any], agent: AgentState) -> None:
     """The best clean lap (``best_lap.npz``, a ``LapEvaluator.best``) and the agent that drove it
-    (``best_agent/``), where a resumed run and ``load_best_agent`` find them."""
+    (``best_agent/``), where a resumed run and ``saved_agent.load_agent`` find them."""
     np.savez(run_dir / BEST_LAP_FILE, **best)
     with Checkpointer(run_dir / BEST_AGENT_DIR, max_to_keep=1) as ckpt:
         ckpt.save(int(agent.env_steps), agent)
-
-
-def load_best_agent(run_dir: str | Path) -> AgentState:
-    """The agent that drove the run's best clean evaluation lap, restored into the networks that
-    the run's config.json describes."""
-    run_dir = Path(run_dir)
-    saved = read_config(run_dir)
-    config = CrossQConfig.from_dict(saved["crossq"])
-    if not (run_dir / BEST_AGENT_DIR).is_dir():
-        raise FileNotFoundError(f"{run_dir / BEST_AGENT_DIR} not found: the run has not driven a clean evaluation lap yet")
-    env = RacingEnv(env_config(TrainConfig.from_dict(saved["command"]), None, start="line"))  # sizes only
-    template = crossq.init_agent(jax.random.PRNGKey(0), env.observation_size, env.action_size, config)
-    with Checkpointer(run_dir / BEST_AGENT_DIR, max_to_keep=1) as ckpt:
-        return ckpt.restore(template)
 
 
 def make_game_lap_drive(env: Any, loop: Any, steps: int, seed: int) -> Callable[[AgentState], dict]:

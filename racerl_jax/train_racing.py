@@ -28,7 +28,7 @@ from surrogate.track import select_track
 from surrogate.surrogate_file import load_surrogate
 from racerl_jax.lap_eval import (  # noqa: F401  (the command's parts, importable from here)
     BEST_AGENT_DIR, BEST_LAP_FILE, BEST_TRACKS_FILE, TRACKS_DIR, LapEvaluator, MultiTrackEvaluator, lap_slice,
-    load_best_agent, make_game_lap_drive, make_lap_drive, save_best)
+    make_game_lap_drive, make_lap_drive, save_best)
 from racerl_jax.racing_setup import RacingSetup, build_setup, car_spread, env_config, slow_lap_steps  # noqa: F401
 from racerl_jax.run_plots import (  # noqa: F401
     BEST_LAP_PNG, CURVE_PNG, TRACK_GAPS_PNG, plot_best_lap, plot_learning_curve, plot_track_gaps)

@@ -11,7 +11,7 @@ import pytest
 from racerl_jax import train_racing as tr
 from racerl_jax.crossq import CrossQConfig
 from racerl_jax.logs import read_metrics
-from racerl_jax.saved_agent import load_agent
+from racerl_jax.saved_agent import AgentError, load_agent
 from surrogate.car import PARAM_NAMES, CarParams
 from surrogate.observation import ObsConfig
 from surrogate.residual import init_residual
@@ -225,15 +225,15 @@ def test_the_agent_that_drove_the_best_lap_is_kept_and_loads_back(tmp_path):
               for i in range(3)]  # fmt: skip
     laps = iter([40.0, 38.0, 39.0])  # the second agent drives the best lap
     evaluator = tr.LapEvaluator(lambda agent: _lap_trajectory(next(laps)), 35.0, 0.05, tmp_path, 0.0)
-    with pytest.raises(FileNotFoundError, match="not driven a clean evaluation lap"):
-        tr.load_best_agent(tmp_path)
+    with pytest.raises(AgentError, match="holds no saved agent"):
+        load_agent(tmp_path)
     evaluator(agents[0])  # the evaluator only scores: its first clean lap is a best, written by the training
     assert evaluator.improved and not (tmp_path / tr.BEST_AGENT_DIR).exists()
     eval_fn = tr.keeping_best(evaluator, tmp_path)
     for agent in agents[1:]:
         eval_fn(agent)
     assert evaluator.best_lap_s == pytest.approx(38.0, abs=0.05)
-    best = tr.load_best_agent(tmp_path)
+    best = load_agent(tmp_path / tr.BEST_AGENT_DIR).agent
     assert int(best.env_steps) == 200
     for got, want, other in zip(jax.tree.leaves(best.actor_params), jax.tree.leaves(agents[1].actor_params),
                                 jax.tree.leaves(agents[2].actor_params)):

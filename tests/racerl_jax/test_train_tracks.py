@@ -12,6 +12,7 @@ from racerl_jax import crossq
 from racerl_jax import train_racing as tr
 from racerl_jax.logs import read_metrics
 from racerl_jax.racing_setup import EvalTrack, load_entries, random_tracks
+from racerl_jax.saved_agent import load_agent
 from surrogate.track import make_track
 from surrogate.track_io import BUNDLED_DIR, load_track
 from tests.racerl_jax.test_train_racing import TINY
@@ -183,7 +184,7 @@ def test_several_tracks_are_scored_each_and_the_best_mean_over_training_tracks_k
     assert s[2]["mean_gap_pct"] == pytest.approx(12.5, abs=0.2) and s[2]["best_mean_gap_pct"] == pytest.approx(10.0, abs=0.2)
     assert s[3]["gap_pct/flowing"] == pytest.approx(0.0, abs=0.2) and np.isnan(s[3]["mean_gap_pct"])
     assert s[3]["best_lap_s"] == pytest.approx(115.5, abs=0.1)
-    assert int(tr.load_best_agent(tmp_path).env_steps) == 200  # the second evaluation's agent
+    assert int(load_agent(tmp_path / tr.BEST_AGENT_DIR).agent.env_steps) == 200  # the second evaluation's agent
     best = json.loads((tmp_path / tr.BEST_TRACKS_FILE).read_text())
     assert best["env_steps"] == 200 and best["laps"]["technical"] == pytest.approx(77.0, abs=0.05)
     assert best["unseen_mean_gap_pct"] == pytest.approx(20.0, abs=0.2)
@@ -195,7 +196,7 @@ def test_several_tracks_are_scored_each_and_the_best_mean_over_training_tracks_k
     assert again.per[0].best_lap_s == pytest.approx(36.75, abs=0.05)
     s4 = tr.keeping_best(again, tmp_path)(agents[4])
     assert again.improved and s4["best_mean_gap_pct"] == pytest.approx(5.0, abs=0.2)
-    assert int(tr.load_best_agent(tmp_path).env_steps) == 500
+    assert int(load_agent(tmp_path / tr.BEST_AGENT_DIR).agent.env_steps) == 500
     summary = tr._tracks_summary(again)
     assert (summary["tracks"], summary["unseen_tracks"]) == (2, 1) and np.isnan(summary["unseen_mean_gap_pct"])
     assert summary["per_track"]["technical"]["best_agent_lap_s"] == pytest.approx(73.5, abs=0.05)
