@@ -176,6 +176,7 @@ def run(cfg: SurrogateFitConfig) -> dict[str, Any]:
         "chosen": result.chosen,
         "fit_minutes": result.minutes,
         "delay_scores": {str(k): v for k, v in result.delay_scores.items()},
+        "delay_band_scores": {str(k): v for k, v in result.delay_band_scores.items()},
         "delay_control_steps": delay,
         "control_period_s": data.control_period,
         "models": {name: {"model": f.model, "delay_frames": f.delay, "residual": f.residual is not None,

@@ -482,8 +482,9 @@ def least_grip(data: FitData, fit: ModelFit, tolerance: float, substeps: int = 4
 class FitResult:
     fits: dict[str, ModelFit]
     chosen: str
-    delay_scores: dict[int, float]
+    delay_scores: dict[int, float]  # each delay's kinematic fit, over all held-out windows: the choice
     minutes: float
+    delay_band_scores: dict[int, float] = dataclasses.field(default_factory=dict)  # the same by speed band
 
     @property
     def best(self) -> ModelFit:
@@ -524,14 +525,15 @@ def fit_all(data: FitData, cfg: FitConfig = FitConfig(), progress: Callable[[str
     runs = fit_model(data, "kinematic", [d for d in delays for _ in starts], starts * len(delays), cfg,
                      steps=cfg.steps, progress=progress, probs=probs)
     per_delay = {d: min(runs[i * len(starts):(i + 1) * len(starts)], key=lambda r: r[1]) for i, d in enumerate(delays)}
-    delay_scores = {d: evaluate(data, data.val, "kinematic", d, per_delay[d][0], None, cfg.substeps)["score_all_windows"]
-                    for d in delays}
+    delay_evals = {d: evaluate(data, data.val, "kinematic", d, per_delay[d][0], None, cfg.substeps) for d in delays}
+    delay_scores = {d: e["score_all_windows"] for d, e in delay_evals.items()}
+    delay_band_scores = {d: e["score"] for d, e in delay_evals.items()}
     delay = min(delay_scores, key=lambda d: (delay_scores[d], d))
     car, loss = per_delay[delay]
     add("kinematic", "kinematic", delay, car, None, loss, t0)
     if "dynamic" not in models:
         fits["kinematic"].spread = uncertainty(data, fits["kinematic"], cfg)
-        return FitResult(fits, "kinematic", delay_scores, (time.monotonic() - t_start) / 60.0)
+        return FitResult(fits, "kinematic", delay_scores, (time.monotonic() - t_start) / 60.0, delay_band_scores)
     t0 = time.monotonic()
     dyn_base = base.replace(**{f: getattr(car, f) for f in KINEMATIC_FIELDS})
     # The tyre's speed exponent (tyre_speed_exp) and shape (tyre_E) are not fitted: fitted with the rest
@@ -555,4 +557,4 @@ def fit_all(data: FitData, cfg: FitConfig = FitConfig(), progress: Callable[[str
     candidates = [n for n in fits if n != "dynamic (one-step)"]
     chosen = min(candidates, key=lambda n: fits[n].val["score"])
     fits[chosen].spread = uncertainty(data, fits[chosen], cfg)
-    return FitResult(fits, chosen, delay_scores, (time.monotonic() - t_start) / 60.0)
+    return FitResult(fits, chosen, delay_scores, (time.monotonic() - t_start) / 60.0, delay_band_scores)

@@ -58,6 +58,7 @@ def test_a_recording_becomes_a_surrogate_file_that_training_uses(tmp_path, capsy
     report = json.loads((out / "report.json").read_text())
     assert set(report["models"]) == {"kinematic", "dynamic", "dynamic+residual"}
     chosen = report["chosen"]
+    assert set(report["delay_scores"]) == set(report["delay_band_scores"]) == {"0", "1"}  # --max-delay 1
     assert m.group(1) == chosen.replace(" ", "_")
     assert float(m.group(2)) == pytest.approx(report["models"][chosen]["validation"]["pos_err_1s_median"], abs=1e-3)
     assert chosen != "dynamic (one-step)"
