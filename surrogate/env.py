@@ -95,7 +95,7 @@ class EnvConfig:
     projection_window: int = 16  # track segments searched per step
     n_track_points: int = 2048
     obs: ObsConfig = ObsConfig()
-    # Batched steps reset the finished cars in passes of this fraction of the cars (see batch_step).
+    # Batched steps reset up to this fraction of the cars in a compact pass (see batch_step).
     reset_slot_frac: float = 0.125
     pedals: str = "separate"  # see PEDALS
     # Control periods between a command and the car feeling it (a game's input delay, fitted by

@@ -51,7 +51,7 @@ def test_random_actions_on_many_cars_stay_finite_and_auto_reset(oval):
 
 @pytest.mark.parametrize("ending", [[1, 6, 11], [0, 2, 3, 5, 8, 9, 12, 13, 15]], ids=["few", "more_than_slots"])
 def test_batch_step_resets_exactly_the_finished_cars(oval, ending):
-    """Few finished cars are reset in one pass of the reset slots, more than the slots in several;
+    """Few finished cars go through the compact reset, more than its slots through the full one;
     either way the others step on exactly as ``step`` moves them and each finished car starts its
     own fresh episode."""
     params, _ = oval
