@@ -371,13 +371,10 @@ class RacingEnv:
         """``step`` for a batch of cars (``action`` of shape (N, action_size)) from one key.
 
         Vmapping ``step`` computes a reset for every car on every step, a third of the step's
-        time, though only a few cars finish at once. Here only the finished cars are reset, in
-        passes of up to ``reset_slots(N)`` cars gathered, reset together and scattered back, as
-        many passes as it takes (none on a step where no car finishes). One pass is compiled, not a
-        compact and a full reset side by side: the reset is the larger half of the step's program,
-        and compiling it twice made the step's compilation a third longer. Each finished car gets
-        a fresh episode drawn from the same distribution (from different keys than ``step`` would
-        use)."""
+        time, though only a few cars finish at once. Here only the finished cars are reset: up to
+        ``reset_slots(N)`` of them are gathered, reset together and scattered back; a step where
+        more finish resets every car, as ``step`` does. Either way each finished car gets a fresh
+        episode drawn from the same distribution (from different keys than ``step`` would use)."""
         tables = self.tables(params)
         n = action.shape[0]
         noise_keys = None if params.sensor_noise is None else jax.random.split(jax.random.fold_in(key, 3), n)
@@ -386,17 +383,23 @@ class RacingEnv:
             tables, state, action, params, noise_keys)
         done = terminated | truncated
         fresh = jax.vmap(self._fresh, in_axes=(0, None, None))
-        k = min(self.reset_slots(n), n)
+        k = self.reset_slots(n)
 
-        def one_pass(carry):
-            i, left, obs, st = carry
-            (idx,) = jnp.nonzero(left, size=k, fill_value=n)  # slots past the finished cars point past the end
-            new_obs, new = fresh(jax.random.split(jax.random.fold_in(key, i), k), params, tables)
+        def reset_some():
+            (idx,) = jnp.nonzero(done, size=k, fill_value=n)  # slots past the finished cars point past the end
+            new_obs, new = fresh(jax.random.split(key, k), params, tables)
             put = lambda a, b: a.at[idx].set(b, mode="drop")  # noqa: E731
-            return i + 1, left.at[idx].set(False, mode="drop"), put(obs, new_obs), jax.tree_util.tree_map(put, st, new)
+            return put(obs, new_obs), jax.tree_util.tree_map(put, next_state, new)
 
-        _, _, new_obs, new_state = jax.lax.while_loop(lambda c: jnp.any(c[1]), one_pass,
-                                                      (jnp.int32(0), done, obs, next_state))
+        def reset_all():
+            new_obs, new = fresh(jax.random.split(key, n), params, tables)
+            pick = lambda a, b: jnp.where(done.reshape((n,) + (1,) * (a.ndim - 1)), a, b)  # noqa: E731
+            return pick(new_obs, obs), jax.tree_util.tree_map(pick, new, next_state)
+
+        if k >= n:
+            new_obs, new_state = reset_all()
+        else:
+            new_obs, new_state = jax.lax.cond(jnp.sum(done) <= k, reset_some, reset_all)
         return new_obs, new_state, r, terminated, truncated, info
 
     def reset_slots(self, num_envs: int) -> int:
