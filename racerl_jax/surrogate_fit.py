@@ -226,6 +226,10 @@ def report_text(result: F.FitResult, data: FitData) -> str:
         sp = best.spread.get(field)
         rows.append(f"  {field:<20} {float(getattr(best.car, field)):12.5g} {unit:<10}"
                     + (f" +-{100 * sp:.1f}%" if sp is not None else ""))
+    cap = F.held_top_speed(data)
+    rows.append(f"  {'max_speed':<20} {float(best.car.max_speed):12.5g} {'m/s':<10} "
+                + ("held on the throttle in the recordings: the game's speed cap" if cap is not None else
+                   "(none: no recorded speed was held on the throttle)"))
     rows.append(format_regime_errors(best.val["regimes_1s"], 1.0))
     trusted = trusted_speed(best.val["regimes_1s"])
     bound = f"max({TRUST_FLOOR_M:g} m, {100 * TRUST_FRACTION:g}% of the distance)"

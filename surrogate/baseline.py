@@ -17,7 +17,8 @@ from surrogate.track import Track, TrackPos, interp
 @struct.dataclass
 class BaselineParams:
     wheelbase: float = 2.6  # m
-    max_steer: float = 0.45  # rad road-wheel angle at full steer command
+    max_steer: float = 0.45  # rad road-wheel angle at full lock
+    steer_lock_command: float = 1.0  # the steer command that reaches full lock (CarParams' field)
     lookahead_time: float = 0.8  # s of travel to the pure-pursuit target
     lookahead_min: float = 6.0  # m
     yaw_rate_gain: float = 0.25  # rad of steer per rad/s of yaw-rate shortfall
@@ -30,7 +31,8 @@ class BaselineParams:
 
 def baseline_params_for(car) -> BaselineParams:
     """Geometry of a ``surrogate.car.CarParams`` for the controller."""
-    return BaselineParams(wheelbase=car.lf + car.lr, max_steer=car.max_steer)
+    return BaselineParams(wheelbase=car.lf + car.lr, max_steer=car.max_steer,
+                          steer_lock_command=car.steer_lock_command)
 
 
 def baseline_action(track: Track, pos: TrackPos, tel: Telemetry, p: BaselineParams) -> jax.Array:
@@ -55,7 +57,8 @@ def baseline_action(track: Track, pos: TrackPos, tel: Telemetry, p: BaselinePara
     # Geometry alone assumes no tyre slip; near the grip limit the car turns less than it steers,
     # so the yaw-rate shortfall against that arc adds steering.
     delta = jnp.arctan(p.wheelbase * kappa) + p.yaw_rate_gain * (v * kappa - tel.yaw_rate)
-    steer = jnp.clip(delta / p.max_steer, -1.0, 1.0)
+    # Commands past the lock turn the wheels no further: the wheel angle maps onto [-lock, lock].
+    steer = jnp.clip(delta / p.max_steer, -1.0, 1.0) * p.steer_lock_command
 
     # Speed: the reference profile (which already brakes ahead of corners) scaled by the margin,
     # read a little ahead; the acceleration needed to reach it over the preview distance is the

@@ -9,8 +9,9 @@ gravity (CoG): vx forward, vy left. Action = [steer in [-1, 1], throttle in [0, 
 (the bridge protocol's ranges), clipped here.
 
 Shared physics (both models, so they agree at low speed):
-- steering: the road-wheel angle follows ``steer * max_steer`` with a first-order lag ``steer_tau``
-  (a servo; none by default) at most ``max_steer_rate``;
+- steering: the road-wheel angle follows its target (``steer_angle_target``: linear in the command up
+  to the lock ``max_steer``, reached at the command ``steer_lock_command``) with a first-order lag
+  ``steer_tau`` (a servo; none by default) at most ``max_steer_rate``;
 - pedals: the drive and brake forces scale with ``throttle ** throttle_gamma`` and
   ``brake ** brake_gamma`` (linear by default);
 - axle loads: static split from lf/lr plus longitudinal load transfer ``cg_height * m * ax / L``,
@@ -19,7 +20,9 @@ Shared physics (both models, so they agree at low speed):
   split by ``brake_front_share``, each axle capped at its peak friction (``mu * Fz`` front,
   ``mu * rear_grip_ratio * Fz`` rear); aero drag and rolling resistance. Brakes, drag and rolling
   resistance oppose motion and only ever bring the speed to zero: they never reverse the car (no
-  reverse gear either; a car given vx < 0 just decelerates to zero).
+  reverse gear either; a car given vx < 0 just decelerates to zero);
+- a speed cap ``max_speed`` (a game engine's limit or a limiter; none by default): each substep's
+  velocity is scaled down to it, direction kept.
 
 Kinematic model: bicycle geometry at the CoG, slip angle ``beta = atan(lr / L * tan(delta))``.
 Friction: the longitudinal tyre forces are capped per axle as above (traction and brake limits),
@@ -91,7 +94,12 @@ class CarParams:
     # saturates at ever smaller slip angles the faster it goes. Set by hand: surrogate.fit leaves it
     # at 0 (fitted with the rest it ended in a worse optimum, docs/experiments.md).
     tyre_speed_exp: float = 0.0
-    max_steer: float = 0.45  # rad, road-wheel angle at steer command +-1
+    max_steer: float = 0.45  # rad, road-wheel angle at full lock
+    # The steer command at which the wheels reach full lock; commands beyond it turn them no further.
+    # 1: the lock is at the end of the command's travel (linear throughout). Games differ: CarRacing
+    # takes the command as the wheel angle in radians and stops the wheels at 0.4 rad, so its lock
+    # is at command 0.4 and the wheels turn 1 rad per unit of command below it.
+    steer_lock_command: float = 1.0
     max_steer_rate: float = 2.0  # rad/s, road-wheel angle rate limit
     engine_power: float = 150e3  # W, at the driven (rear) wheels
     max_drive_force: float = 7000.0  # N, gearing/traction limit at low speed
@@ -99,6 +107,10 @@ class CarParams:
     brake_front_share: float = 0.6  # fraction of brake force on the front axle
     drag_coef: float = 0.4  # N/(m/s)^2, 0.5 * rho * Cd * A
     rolling_resistance: float = 200.0  # N
+    # A hard cap on the speed over ground: a game engine's limit or a car's limiter. Box2D moves a
+    # body at most 2 m a tick, so CarRacing's car never passes 100 m/s at 50 Hz whatever its engine
+    # could do. 150 m/s: no cap that a car reaches.
+    max_speed: float = 150.0  # m/s
     g: float = 9.81  # m/s^2
     # Rear axle peak friction relative to the front (mu_rear = mu * rear_grip_ratio). A single-track
     # model with one tyre law on both axles is exactly neutral-steering, and the forward load transfer
@@ -137,6 +149,7 @@ PARAM_RANGES: dict[str, tuple[float, float]] = {
     "tyre_E": (-2.0, 1.0),  # E > 1 makes the force curve fold back on itself
     "tyre_speed_exp": (0.0, 1.5),  # slip angle (0) .. slip velocity (1) .. beyond
     "max_steer": (0.05, 1.0),  # rad
+    "steer_lock_command": (0.1, 1.0),
     "max_steer_rate": (0.1, 50.0),  # rad/s
     "engine_power": (1e3, 5e7),  # W
     "max_drive_force": (100.0, 400000.0),  # N
@@ -144,6 +157,7 @@ PARAM_RANGES: dict[str, tuple[float, float]] = {
     "brake_front_share": (0.0, 1.0),
     "drag_coef": (0.01, 20.0),  # N/(m/s)^2; > 0 so a top speed exists
     "rolling_resistance": (0.0, 5000.0),  # N
+    "max_speed": (5.0, 150.0),  # m/s
     "g": (9.7, 9.9),  # m/s^2, Earth's surface
     "rear_grip_ratio": (0.5, 2.0),
     "steer_tau": (0.0, 0.5),  # s
@@ -153,9 +167,10 @@ PARAM_RANGES: dict[str, tuple[float, float]] = {
 
 PARAM_UNITS: dict[str, str] = {
     "mass": "kg", "yaw_inertia": "kg m^2", "lf": "m", "lr": "m", "cg_height": "m", "mu": "",
-    "tyre_B": "1/rad", "tyre_C": "", "tyre_E": "", "tyre_speed_exp": "", "max_steer": "rad", "max_steer_rate": "rad/s",
+    "tyre_B": "1/rad", "tyre_C": "", "tyre_E": "", "tyre_speed_exp": "", "max_steer": "rad", "steer_lock_command": "",
+    "max_steer_rate": "rad/s",
     "engine_power": "W", "max_drive_force": "N", "max_brake_force": "N", "brake_front_share": "",
-    "drag_coef": "N/(m/s)^2", "rolling_resistance": "N", "g": "m/s^2", "rear_grip_ratio": "",
+    "drag_coef": "N/(m/s)^2", "rolling_resistance": "N", "max_speed": "m/s", "g": "m/s^2", "rear_grip_ratio": "",
     "steer_tau": "s", "throttle_gamma": "", "brake_gamma": "",
 }
 
@@ -271,7 +286,8 @@ def sample_car_params(key: jax.Array, nominal: CarParams, spread: float | Mappin
 
 
 def top_speed(params: CarParams) -> jax.Array:
-    """Straight-line top speed, m/s: where full-throttle drive force equals drag + rolling resistance.
+    """Straight-line top speed, m/s: where full-throttle drive force equals drag + rolling resistance,
+    or the cap ``max_speed`` where that is lower.
 
     Power-limited: P / v = c v^2 + R_roll, a cubic with one positive root (Cardano). If the
     max_drive_force limit binds there instead, c v^2 + R_roll = F_max.
@@ -283,7 +299,7 @@ def top_speed(params: CarParams) -> jax.Array:
     v_power = jnp.cbrt(-q / 2.0 + root) + jnp.cbrt(-q / 2.0 - root)
     v_force = jnp.sqrt(jnp.maximum(params.max_drive_force - params.rolling_resistance, 0.0) / c)
     power_limited = params.engine_power / jnp.maximum(v_power, 1e-6) <= params.max_drive_force
-    return jnp.where(power_limited, v_power, v_force)
+    return jnp.minimum(jnp.where(power_limited, v_power, v_force), params.max_speed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,13 +356,19 @@ def _pedal_map(pedal, gamma):
     return jnp.where(pedal > 0.0, jnp.exp(gamma * jnp.log(safe)), 0.0)
 
 
+def steer_angle_target(params, steer_cmd):
+    """The road-wheel angle (rad) a steer command asks for: linear up to the lock ``max_steer``,
+    which the command ``steer_lock_command`` reaches; the wheels turn no further beyond it."""
+    steer_cmd = jnp.clip(jnp.asarray(steer_cmd, jnp.float32), -1.0, 1.0)
+    return params.max_steer * jnp.clip(steer_cmd / params.steer_lock_command, -1.0, 1.0)
+
+
 def _parse_action(params, action):
     """Road-wheel angle target and the pedals after their maps (fractions of full force)."""
     action = jnp.asarray(action, jnp.float32)
-    steer_cmd = jnp.clip(action[..., 0], -1.0, 1.0)
     throttle = _pedal_map(jnp.clip(action[..., 1], 0.0, 1.0), params.throttle_gamma)
     brake = _pedal_map(jnp.clip(action[..., 2], 0.0, 1.0), params.brake_gamma)
-    return steer_cmd * params.max_steer, throttle, brake
+    return steer_angle_target(params, action[..., 0]), throttle, brake
 
 
 def _steer_update(params, steer, target, h):
@@ -513,6 +535,12 @@ def _advance_pose(s: CarState, v: _Velocity, h) -> CarState:
     )
 
 
+def _capped(params, v: _Velocity) -> _Velocity:
+    """The velocity scaled down to ``max_speed`` where it is faster, direction kept (as Box2D caps a body)."""
+    scale = jnp.minimum(1.0, params.max_speed / jnp.maximum(_safe_norm(v.vx, v.vy), 1e-6))
+    return v.replace(vx=v.vx * scale, vy=v.vy * scale)
+
+
 def _blend(w, a: _Velocity, b: _Velocity) -> _Velocity:
     """w * a + (1 - w) * b, field by field."""
     return jax.tree_util.tree_map(lambda p, q: q + w * (p - q), a, b)
@@ -530,7 +558,7 @@ def _integrate(params, state, action, dt, substeps, model_substep):
         fz_f, fz_r = _axle_loads(params, s.ax)
         lon = _longitudinal(params, s.vx, throttle, brake, fz_f, fz_r)
         s = s.replace(steer=steer)
-        new = _advance_pose(s, model_substep(params, s, steer, lon, fz_f, fz_r, h), h)
+        new = _advance_pose(s, _capped(params, model_substep(params, s, steer, lon, fz_f, fz_r, h)), h)
         # IMU acceleration: rate of change of the car-frame velocity plus the frame's rotation.
         r_mid = 0.5 * (s.yaw_rate + new.yaw_rate)
         ax = (new.vx - s.vx) / h - r_mid * 0.5 * (s.vy + new.vy)

@@ -34,15 +34,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from surrogate.car import MODELS, PARAM_RANGES, CarParams, CarState, speed
+from surrogate.car import MODELS, PARAM_RANGES, CarParams, CarState, speed, steer_angle_target
 from surrogate.fit_data import FitData, Windows
 from surrogate.fit_regimes import balanced_probabilities, regime_errors, speed_band_score, window_regimes
 from surrogate.residual import Residual, apply_residual, init_residual
 
 # Fields fitted per model (the rest keep their defaults: mass, g, the tyre curve's E and speed exponent).
-KINEMATIC_FIELDS = ("lf", "lr", "mu", "max_steer", "max_steer_rate", "steer_tau", "engine_power", "max_drive_force",
-                    "max_brake_force", "brake_front_share", "drag_coef", "rolling_resistance", "throttle_gamma",
-                    "brake_gamma")
+KINEMATIC_FIELDS = ("lf", "lr", "mu", "max_steer", "steer_lock_command", "max_steer_rate", "steer_tau",
+                    "engine_power", "max_drive_force", "max_brake_force", "brake_front_share", "drag_coef",
+                    "rolling_resistance", "throttle_gamma", "brake_gamma")
 FIT_FIELDS = {
     "kinematic": KINEMATIC_FIELDS,
     "dynamic": KINEMATIC_FIELDS + ("yaw_inertia", "tyre_B", "tyre_C", "rear_grip_ratio", "cg_height"),
@@ -137,10 +137,37 @@ class Space:
         return np.array([float(getattr(car, f)) for f in self.fields])
 
 
+# Within this fraction of each other, two frames' speeds are the same speed: held, not passed through.
+_HELD_SPEED_TOL = 1e-4
+
+
+def held_top_speed(data: FitData) -> float | None:
+    """The game's speed cap where the recordings show one, else None.
+
+    A car on the throttle that meets drag approaches its top speed ever more slowly and is still a
+    little short of it frame after frame; one that meets a cap (an engine's limit: Box2D moves a body
+    at most 2 m a tick; a limiter) stops there. The cap is the highest recorded speed where the car
+    held it on two frames in a row with the throttle on. A single frame's noise cannot make one, and
+    a fastest frame that was still accelerating or already slowing leaves the top speed to the
+    fitted drag."""
+    usable = [s for s in data.segments if s.usable.any()]
+    if not usable:
+        return None
+    v_max = max(float(np.max(s.speed[s.usable])) for s in usable)
+    for s in usable:
+        at = s.usable & (s.speed >= v_max * (1.0 - _HELD_SPEED_TOL))
+        if np.any(at[1:] & at[:-1] & (s.controls[1:, 1] > 0.3)):
+            return v_max
+    return None
+
+
 def initial_car(data: FitData, base: CarParams = CarParams()) -> CarParams:
     """A starting car read off the data: grip from the largest lateral acceleration, drive and brake
     force from the largest longitudinal ones, power from the largest acceleration times speed, and a
-    drag that puts the top speed a little above the fastest recorded."""
+    drag that puts the top speed a little above the fastest recorded, the speed cap where the
+    recordings held one (``held_top_speed``; never fitted by gradient). The steering lock starts inside
+    the command's travel: from the end of its range (1) the transformed space is flat and the fit
+    would barely move it."""
     seg = data.segments
     cat = lambda f: np.concatenate([f(s) for s in seg])  # noqa: E731
     m, g = base.mass, base.g
@@ -158,7 +185,9 @@ def initial_car(data: FitData, base: CarParams = CarParams()) -> CarParams:
     power = clip("engine_power", m * max(pct((ax * v)[fast], 95, 0.0), 1.0) * 1.2) if fast.sum() > 20 else base.engine_power
     v_top = max(pct(v, 99.5, 30.0) * 1.3, 5.0)
     drag = clip("drag_coef", power / v_top ** 3)
-    return base.replace(mu=mu, max_drive_force=drive, max_brake_force=brake, engine_power=power, drag_coef=drag)
+    cap = held_top_speed(data)
+    return base.replace(mu=mu, max_drive_force=drive, max_brake_force=brake, engine_power=power, drag_coef=drag,
+                        steer_lock_command=0.7, max_speed=base.max_speed if cap is None else clip("max_speed", cap))
 
 
 # ----------------------------------------------------------------------------- rollouts and loss
@@ -173,7 +202,7 @@ def rollout(model: str, max_delay: int, substeps: int, car: CarParams, residual:
     delay = jnp.asarray(delay, jnp.int32)
     prev = jax.lax.dynamic_index_in_dim(controls, max_delay - delay, keepdims=False)
     state = CarState(x=init[0], y=init[1], yaw=init[2], vx=init[3], vy=init[4], yaw_rate=init[5],
-                     steer=jnp.clip(prev[0], -1.0, 1.0) * car.max_steer, ax=init[6], ay=init[7])
+                     steer=steer_angle_target(car, prev[0]), ax=init[6], ay=init[7])
     horizon = dts.shape[0]
     applied = jax.lax.dynamic_slice_in_dim(controls, max_delay + 1 - delay, horizon)
 

@@ -71,8 +71,8 @@ class LapLimits:
     def from_car(cls, car: Any) -> "LapLimits":
         """From ``surrogate.car.CarParams`` (or anything with the same attribute names).
 
-        Top speed: the car's own ``v_max`` / ``max_speed`` if it has one, else the speed at which
-        drag and rolling resistance use up the engine.
+        Top speed: the lowest of the car's own ``v_max`` / ``max_speed`` (a cap) and the speed at
+        which drag and rolling resistance use up the engine.
         """
         def field(name: str, default: Any = dataclasses.MISSING) -> float:
             val = getattr(car, name, default)
@@ -95,10 +95,10 @@ class LapLimits:
             drag_per_mass=field("drag_coef", 0.0) / mass,
             roll_per_mass=field("rolling_resistance", 0.0) / mass,
         )
-        v_top = getattr(car, "v_max", None) or getattr(car, "max_speed", None)
-        if v_top is None:
-            v_top = _drag_limited_speed(limits)
-        return cls(v_max=float(v_top), **limits)
+        caps = [float(v) for v in (getattr(car, "v_max", None), getattr(car, "max_speed", None)) if v is not None]
+        if limits["drag_per_mass"] > 0.0 or not caps:
+            caps.append(_drag_limited_speed(limits))
+        return cls(v_max=min(caps), **limits)
 
     def drive_accel(self, v: float) -> float:
         """Engine acceleration available at speed ``v`` before resistances."""

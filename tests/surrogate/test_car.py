@@ -436,3 +436,29 @@ def test_a_slip_velocity_tyre_stiffens_with_speed_and_a_slip_angle_tyre_does_not
     assert lateral_accel(0.0, 40.0) == pytest.approx(lateral_accel(0.0, 20.0), rel=0.02)
     assert lateral_accel(1.0, 40.0) / lateral_accel(1.0, 20.0) == pytest.approx(2.0, rel=0.05)
     assert lateral_accel(1.0, 10.0) == pytest.approx(lateral_accel(0.0, 10.0), rel=1e-3)
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_steering_past_the_lock_command_turns_the_wheels_no_further(model):
+    # CarRacing's kind of steering: the command is the wheel angle in radians, the wheels stop at 0.4.
+    car = P.replace(max_steer=0.4, steer_lock_command=0.4, max_steer_rate=50.0)
+    s0 = init_car_state(0.0, 0.0, 0.0, 5.0)
+    angle = lambda params, cmd: float(last(rollout(model, params, s0, [cmd, 0.0, 0.0])).steer)  # noqa: E731
+    assert angle(car, 0.2) == pytest.approx(0.2, rel=1e-4)  # 1 rad per unit of command below the lock
+    assert angle(car, 0.4) == pytest.approx(0.4, rel=1e-4)
+    assert angle(car, 1.0) == pytest.approx(0.4, rel=1e-4) and angle(car, -0.7) == pytest.approx(-0.4, rel=1e-4)
+    # the default lock is at the end of the command's travel: linear throughout, as before the field
+    assert P.steer_lock_command == 1.0
+    assert angle(P.replace(max_steer_rate=50.0), 0.5) == pytest.approx(0.5 * P.max_steer, rel=1e-4)
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_a_speed_cap_holds_the_car_at_it_on_full_throttle_with_no_acceleration_left(model):
+    capped = P.replace(max_speed=25.0)
+    traj = rollout(model, capped, init_car_state(0.0, 0.0, 0.0, 20.0), [0.0, 1.0, 0.0])
+    v = np.asarray(speed(traj))
+    assert v.max() <= 25.0 + 1e-4 and v[-1] == pytest.approx(25.0, rel=1e-5)
+    assert abs(float(traj.ax[-1])) < 1e-3  # the IMU feels the cap: no push left
+    assert float(top_speed(capped)) == pytest.approx(25.0)
+    # the default cap is beyond anything the default car reaches: its top speed is drag's
+    assert float(top_speed(P)) < P.max_speed

@@ -20,11 +20,11 @@ TRUE = CarParams(mu=0.8, max_steer=0.3, max_steer_rate=1.0, max_drive_force=5000
 TRUE_DELAY = 1
 
 
-def simulate(car, delay, seed, n=400):
+def simulate(car, delay, seed, n=400, steer_scale=1.0):
     """One recorded episode of ``car`` under smooth random controls, frames as the recorder keeps them."""
     rng = np.random.default_rng(seed)
     smooth = lambda x, k: np.convolve(x, np.ones(k) / k, "same")  # noqa: E731
-    steer = np.clip(smooth(rng.normal(0, 1.2, n), 15), -1, 1)
+    steer = np.clip(smooth(rng.normal(0, 1.2 * steer_scale, n), 15), -1, 1)
     pedal = smooth(rng.normal(0.2, 1.5, n), 30)
     ctrl = np.stack([steer, np.clip(pedal, 0, 1), np.clip(-pedal, 0, 1)], 1).astype(np.float32)
     ctrl[0] = 0.0
@@ -142,3 +142,38 @@ def test_a_fit_of_chosen_fields_moves_only_those_and_keeps_the_rest_of_the_start
     car = F.fit_model(data, "kinematic", [TRUE_DELAY], [start], cfg, steps=5, fields=("mu", "max_steer"))[0][0]
     moved = {f for f in F.KINEMATIC_FIELDS if float(getattr(car, f)) != pytest.approx(float(getattr(start, f)), rel=1e-5)}
     assert moved and moved <= {"mu", "max_steer"}
+
+
+def test_the_fit_finds_a_steering_lock_inside_the_commands_travel():
+    # A car whose wheels stop at 0.25 rad from command 0.5 on, steered past it half the time with grip
+    # to spare (where friction caps the turn, the lock is hidden): the fit moves the lock in from the
+    # start's 0.7 to where the recording shows it.
+    true = TRUE.replace(mu=2.0, max_steer=0.25, steer_lock_command=0.5, max_steer_rate=5.0)
+    th = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    track = {"name": "c", "closed": True, "x": list(300 * np.cos(th)), "y": list(300 * np.sin(th)),
+             "w_left": [10.0] * 64, "w_right": [10.0] * 64}
+    rec = types.SimpleNamespace(episodes=[simulate(true, 0, s, steer_scale=2.5) for s in range(4)], track=track, meta={},
+                                rejected=0, bad_lines=0)
+    d = prepare([rec], ["synthetic"], horizon_s=1.0, max_delay=0, stride=2, val_fraction=0.25)
+    cfg = F.FitConfig(steps=150, starts=1, horizon_s=1.0, max_delay=0, learning_rate=0.15)
+    start = F.initial_car(d).replace(max_steer=0.3)
+    fields = ("max_steer", "steer_lock_command", "max_steer_rate")
+    car = F.fit_model(d, "kinematic", [0], [start], cfg, steps=150, fields=fields)[0][0]
+    assert float(car.steer_lock_command) == pytest.approx(0.5, abs=0.08)
+    assert float(car.max_steer) == pytest.approx(0.25, rel=0.1)
+    assert float(car.max_steer_rate) == pytest.approx(5.0, rel=0.2)
+
+
+def test_a_speed_the_recordings_hold_on_the_throttle_is_the_cars_cap_and_one_passed_through_is_not(data):
+    capped = TRUE.replace(max_speed=11.0)
+    th = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    track = {"name": "c", "closed": True, "x": list(300 * np.cos(th)), "y": list(300 * np.sin(th)),
+             "w_left": [10.0] * 64, "w_right": [10.0] * 64}
+    rec = types.SimpleNamespace(episodes=[simulate(capped, 0, s) for s in range(3)], track=track, meta={},
+                                rejected=0, bad_lines=0)
+    d = prepare([rec], ["synthetic"], horizon_s=1.0, max_delay=0, stride=2, val_fraction=0.34)
+    assert F.held_top_speed(d) == pytest.approx(11.0, rel=1e-4)
+    assert float(F.initial_car(d).max_speed) == pytest.approx(11.0, rel=1e-4)
+    # the uncapped car's fastest frame was passed through: no cap, the fitted drag sets its top speed
+    assert F.held_top_speed(data) is None
+    assert float(F.initial_car(data).max_speed) == CarParams().max_speed
