@@ -86,6 +86,9 @@ def parse_args(argv=None) -> SurrogateFitConfig:
     p.add_argument("--starts", type=int, default=d.starts, help="starting points fitted at once per model")
     p.add_argument("--horizon-s", type=float, default=d.horizon_s, help="longest rollout, s")
     p.add_argument("--max-delay", type=int, default=d.max_delay, help="input delays tried: 0 .. N frames")
+    p.add_argument("--dynamic-delays", type=int, default=d.dynamic_delays,
+                   help="the dynamic model is fitted at the N delays the kinematic model ranks first; the best "
+                        "on held-out episodes is the delay")
     p.add_argument("--grip-tolerance", type=float, default=d.grip_tolerance,
                    help="write the car with the least grip whose held-out error is within this fraction of the "
                         "fit's (0: the fitted grip)")
@@ -99,7 +102,8 @@ def parse_args(argv=None) -> SurrogateFitConfig:
     a = p.parse_args(argv)
     try:
         fit = F.FitConfig(steps=a.steps, delay_starts=a.delay_starts, residual_steps=a.residual_steps, batch=a.batch,
-                          starts=a.starts, horizon_s=a.horizon_s, max_delay=a.max_delay, residual=not a.no_residual,
+                          starts=a.starts, horizon_s=a.horizon_s, max_delay=a.max_delay,
+                          dynamic_delays=a.dynamic_delays, residual=not a.no_residual,
                           one_step=not a.no_one_step, seed=a.seed, grip_tolerance=a.grip_tolerance,
                           balance=a.balance)
         return SurrogateFitConfig(runs=tuple(a.runs), out=a.out, track=a.track, val_fraction=a.val_fraction,
@@ -177,6 +181,7 @@ def run(cfg: SurrogateFitConfig) -> dict[str, Any]:
         "fit_minutes": result.minutes,
         "delay_scores": {str(k): v for k, v in result.delay_scores.items()},
         "delay_band_scores": {str(k): v for k, v in result.delay_band_scores.items()},
+        "delay_dynamic_scores": {str(k): v for k, v in result.delay_dynamic_scores.items()},
         "delay_control_steps": delay,
         "control_period_s": data.control_period,
         "models": {name: {"model": f.model, "delay_frames": f.delay, "residual": f.residual is not None,
@@ -220,6 +225,12 @@ def report_text(result: F.FitResult, data: FitData) -> str:
     rows.append(f"median open-loop errors on {best.val['windows']} held-out windows (m, m/s, rad); delay in frames "
                 f"of {data.dt:.3f} s; chosen by the score: position plus speed error 1 s ahead over 0.5 each, "
                 "averaged over the speed bands")
+    if result.delay_dynamic_scores:
+        rows.append("input delay: the kinematic model's score at each delay over all held-out windows "
+                    + ", ".join(f"{d}: {v:.2f}" for d, v in result.delay_scores.items())
+                    + "; the dynamic model's at the first-ranked "
+                    + ", ".join(f"{d}: {v:.2f}" for d, v in result.delay_dynamic_scores.items())
+                    + f" -> {result.fits['dynamic'].delay} frames")
     rows.append(f"fitted parameters of {result.chosen} (uncertainty as a +- fraction):")
     for field in F.FIT_FIELDS[best.model]:
         unit = PARAM_UNITS[field]

@@ -59,6 +59,12 @@ def test_a_recording_becomes_a_surrogate_file_that_training_uses(tmp_path, capsy
     assert set(report["models"]) == {"kinematic", "dynamic", "dynamic+residual"}
     chosen = report["chosen"]
     assert set(report["delay_scores"]) == set(report["delay_band_scores"]) == {"0", "1"}  # --max-delay 1
+    # the dynamic model fitted at both delays (the two the kinematic model ranked first); its best is the delay
+    dyn_scores = {int(k): v for k, v in report["delay_dynamic_scores"].items()}
+    assert set(dyn_scores) == {0, 1}
+    assert report["models"]["dynamic"]["delay_frames"] == min(dyn_scores, key=lambda d: (dyn_scores[d], d))
+    assert report["models"]["dynamic"]["validation"]["score_all_windows"] == pytest.approx(
+        dyn_scores[report["models"]["dynamic"]["delay_frames"]])
     assert m.group(1) == chosen.replace(" ", "_")
     assert float(m.group(2)) == pytest.approx(report["models"][chosen]["validation"]["pos_err_1s_median"], abs=1e-3)
     assert chosen != "dynamic (one-step)"
@@ -67,6 +73,9 @@ def test_a_recording_becomes_a_surrogate_file_that_training_uses(tmp_path, capsy
         assert (out / name).stat().st_size > 0, name
     text = (out / "report.txt").read_text()
     assert "kinematic" in text and "max_drive_force" in text and " N " in text  # parameters with units
+    assert "input delay:" in text
+    # the example game has no speed cap: the report says none was found and the car keeps the default
+    assert "(none: no recorded speed was held on the throttle)" in text
     trusted = report["trusted_speed_mps"]  # the speed limit the report suggests, from the bands' errors
     assert trusted is None or f"--speed-limit {trusted:.0f}" in text
     assert "trusted up to" in text or "trusted at no speed" in text
