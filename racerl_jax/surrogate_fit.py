@@ -92,6 +92,9 @@ def parse_args(argv=None) -> SurrogateFitConfig:
     p.add_argument("--grip-tolerance", type=float, default=d.grip_tolerance,
                    help="write the car with the least grip whose held-out error is within this fraction of the "
                         "fit's (0: the fitted grip)")
+    p.add_argument("--fit-steer-lock", action="store_true",
+                   help="also fit the steer command at which the wheels reach full lock (off: the lock is at the "
+                        "command's end; drivers trained with a fitted lock steered lock to lock on CarRacing)")
     p.add_argument("--no-residual", action="store_true", help="skip the learned residual")
     p.add_argument("--no-one-step", action="store_true", help="skip the one-step comparison fit")
     p.add_argument("--balance", action="store_true",
@@ -103,7 +106,7 @@ def parse_args(argv=None) -> SurrogateFitConfig:
     try:
         fit = F.FitConfig(steps=a.steps, delay_starts=a.delay_starts, residual_steps=a.residual_steps, batch=a.batch,
                           starts=a.starts, horizon_s=a.horizon_s, max_delay=a.max_delay,
-                          dynamic_delays=a.dynamic_delays, residual=not a.no_residual,
+                          dynamic_delays=a.dynamic_delays, fit_steer_lock=a.fit_steer_lock, residual=not a.no_residual,
                           one_step=not a.no_one_step, seed=a.seed, grip_tolerance=a.grip_tolerance,
                           balance=a.balance)
         return SurrogateFitConfig(runs=tuple(a.runs), out=a.out, track=a.track, val_fraction=a.val_fraction,
@@ -169,6 +172,7 @@ def run(cfg: SurrogateFitConfig) -> dict[str, Any]:
     car, capped = best.car, {}
     if cfg.fit.grip_tolerance:
         car, capped = F.least_grip(data, best, cfg.fit.grip_tolerance, cfg.fit.substeps)
+    car = F.with_speed_cap(data, car)
     provenance["least_grip"] = {"tolerance": cfg.fit.grip_tolerance, "changed": capped}
     out.mkdir(parents=True, exist_ok=True)
     noise = sensor_noise(data.segments)
@@ -187,7 +191,7 @@ def run(cfg: SurrogateFitConfig) -> dict[str, Any]:
         "models": {name: {"model": f.model, "delay_frames": f.delay, "residual": f.residual is not None,
                           "train_loss": f.train_loss, "seconds": f.seconds, "validation": f.val,
                           "car": car_params_to_dict(f.car),
-                          "fitted": list(F.FIT_FIELDS[f.model]), "spread": f.spread}
+                          "fitted": list(f.fitted), "spread": f.spread}
                    for name, f in result.fits.items()},
         "envelope": data.envelope(),
         "trusted_speed_mps": trusted_speed(best.val["regimes_1s"]),
@@ -232,15 +236,15 @@ def report_text(result: F.FitResult, data: FitData) -> str:
                     + ", ".join(f"{d}: {v:.2f}" for d, v in result.delay_dynamic_scores.items())
                     + f" -> {result.fits['dynamic'].delay} frames")
     rows.append(f"fitted parameters of {result.chosen} (uncertainty as a +- fraction):")
-    for field in F.FIT_FIELDS[best.model]:
+    for field in best.fitted:
         unit = PARAM_UNITS[field]
         sp = best.spread.get(field)
         rows.append(f"  {field:<20} {float(getattr(best.car, field)):12.5g} {unit:<10}"
                     + (f" +-{100 * sp:.1f}%" if sp is not None else ""))
     cap = F.held_top_speed(data)
-    rows.append(f"  {'max_speed':<20} {float(best.car.max_speed):12.5g} {'m/s':<10} "
-                + ("held on the throttle in the recordings: the game's speed cap" if cap is not None else
-                   "(none: no recorded speed was held on the throttle)"))
+    rows.append(f"  {'max_speed':<20} {float(F.with_speed_cap(data, best.car).max_speed):12.5g} {'m/s':<10} "
+                + ("held on the throttle in the recordings: the game's speed cap, set on the car written for "
+                   "training" if cap is not None else "(none: no recorded speed was held on the throttle)"))
     rows.append(format_regime_errors(best.val["regimes_1s"], 1.0))
     trusted = trusted_speed(best.val["regimes_1s"])
     bound = f"max({TRUST_FLOOR_M:g} m, {100 * TRUST_FRACTION:g}% of the distance)"

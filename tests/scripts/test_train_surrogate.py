@@ -51,7 +51,7 @@ def test_a_recording_becomes_a_surrogate_file_that_training_uses(tmp_path, capsy
     out = tmp_path / "fit"
     # The one-step comparison is left out here (tests/surrogate/test_fit.py shows it drifts): the
     # command, its files and training on them are what this proves.
-    assert sf.main([str(run), "--out", str(out), *TINY, "--no-one-step"]) == 0
+    assert sf.main([str(run), "--out", str(out), *TINY, "--no-one-step", "--dynamic-delays", "2"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     m = LAST.match(printed[-1])
     assert m, printed[-1]

@@ -156,7 +156,11 @@ def test_the_fit_finds_a_steering_lock_inside_the_commands_travel():
                                 rejected=0, bad_lines=0)
     d = prepare([rec], ["synthetic"], horizon_s=1.0, max_delay=0, stride=2, val_fraction=0.25)
     cfg = F.FitConfig(steps=150, starts=1, horizon_s=1.0, max_delay=0, learning_rate=0.15)
-    start = F.initial_car(d).replace(max_steer=0.3)
+    # fitted only on request (FitConfig.fit_steer_lock): the default fit keeps the lock at the command's end
+    assert "steer_lock_command" not in F.model_fields("dynamic") and "steer_lock_command" in F.model_fields("dynamic", True)
+    assert float(F.initial_car(d).steer_lock_command) == 1.0
+    start = F.initial_car(d, steer_lock=True).replace(max_steer=0.3)
+    assert float(start.steer_lock_command) == 0.7
     fields = ("max_steer", "steer_lock_command", "max_steer_rate")
     car = F.fit_model(d, "kinematic", [0], [start], cfg, steps=150, fields=fields)[0][0]
     assert float(car.steer_lock_command) == pytest.approx(0.5, abs=0.08)
@@ -173,7 +177,9 @@ def test_a_speed_the_recordings_hold_on_the_throttle_is_the_cars_cap_and_one_pas
                                 rejected=0, bad_lines=0)
     d = prepare([rec], ["synthetic"], horizon_s=1.0, max_delay=0, stride=2, val_fraction=0.34)
     assert F.held_top_speed(d) == pytest.approx(11.0, rel=1e-4)
-    assert float(F.initial_car(d).max_speed) == pytest.approx(11.0, rel=1e-4)
+    # the fit runs without it; the car written for training gets it
+    assert float(F.initial_car(d).max_speed) == CarParams().max_speed
+    assert float(F.with_speed_cap(d, TRUE).max_speed) == pytest.approx(11.0, rel=1e-4)
     # the uncapped car's fastest frame was passed through: no cap, the fitted drag sets its top speed
     assert F.held_top_speed(data) is None
-    assert float(F.initial_car(data).max_speed) == CarParams().max_speed
+    assert F.with_speed_cap(data, TRUE) == TRUE
