@@ -80,7 +80,7 @@ def env_config(cfg: TrainConfig, fitted: FittedSurrogate | None, start: str) -> 
         if fitted.dt is not None:
             extra["dt"] = fitted.dt
     return EnvConfig(model=cfg.model or "dynamic", start=start, max_episode_steps=cfg.episode_steps,
-                     pedals=cfg.pedals, obs=ObsConfig(imu=cfg.observe_imu), speed_limit=cfg.speed_limit, **extra)
+                     pedals=cfg.pedals, obs=ObsConfig(imu=cfg.observe_imu, imu_filter_s=cfg.imu_filter_s), speed_limit=cfg.speed_limit, **extra)
 
 
 def car_spread(cfg: TrainConfig, fitted: FittedSurrogate | None) -> float | dict[str, float]:

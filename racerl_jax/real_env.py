@@ -45,7 +45,7 @@ from surrogate.car import CarParams, validate_car_params
 from surrogate.env import (ACTION_HIGH, ACTION_LOW, EnvConfig, Episode, RacingEnv, advance_episode, game_controls, governed,
                            start_episode)
 from surrogate.env_params import build_track
-from surrogate.observation import Telemetry, observe, observe_tables
+from surrogate.observation import Telemetry, filter_imu, imu_vector, observe, observe_tables, with_imu
 from surrogate.reward import RewardWeights
 from surrogate.track import Track, TrackPos, arc_delta, on_track, project_global, project_tables, sample_points, single_tables
 from surrogate.track_io import TrackData, TrackFileError, load_track, validate_track
@@ -104,7 +104,7 @@ def telemetry_from(values: dict) -> Telemetry:
 @functools.partial(jax.jit, static_argnums=0)
 def start(cfg: EnvConfig, track: Track, tel: Telemetry) -> tuple[jax.Array, Episode]:
     """First observation and bookkeeping of an episode: global projection, as after a teleport."""
-    ep = start_episode(project_global(track, tel.x, tel.y, tel.yaw))
+    ep = start_episode(project_global(track, tel.x, tel.y, tel.yaw), imu_vector(tel))
     return observe(track, ep.pos, tel, ep.prev_action, cfg.obs), ep
 
 
@@ -124,10 +124,11 @@ def transition(cfg: EnvConfig, track: Track, weights: RewardWeights, ep: Episode
     lost = jnp.abs(near.lateral) > 2.0 * half + 5.0
     pos = jax.lax.cond(lost, lambda: project_global(track, tel.x, tel.y, tel.yaw), lambda: near)
     here = sample_points(tables, 0, pos.s)
+    imu = filter_imu(cfg.obs, ep.imu, tel, dt)
     new, r, terminated, truncated, info = advance_episode(
         cfg, weights, ep, pos, arc_delta(track, ep.pos.s, pos.s), track.length, here.field("w_left"),
-        here.field("w_right"), here.field("ref_offset"), tel.speed, action, dt)
-    obs = observe_tables(tables, 0, pos, tel, action, cfg.obs, here)
+        here.field("w_right"), here.field("ref_offset"), tel.speed, action, dt, imu)
+    obs = observe_tables(tables, 0, pos, with_imu(tel, imu), action, cfg.obs, here)
     return obs, new, r, terminated, truncated, {**info, "projection_lost": lost}
 
 

@@ -172,7 +172,8 @@ def run(cfg: SurrogateFitConfig) -> dict[str, Any]:
     car, capped = best.car, {}
     if cfg.fit.grip_tolerance:
         car, capped = F.least_grip(data, best, cfg.fit.grip_tolerance, cfg.fit.substeps)
-    car = F.with_speed_cap(data, car)
+    cap = F.held_top_speed(data)
+    car = F.with_speed_cap(car, cap)
     provenance["least_grip"] = {"tolerance": cfg.fit.grip_tolerance, "changed": capped}
     out.mkdir(parents=True, exist_ok=True)
     noise = sensor_noise(data.segments)
@@ -200,7 +201,7 @@ def run(cfg: SurrogateFitConfig) -> dict[str, Any]:
         "provenance": provenance,
     }
     (out / REPORT_JSON).write_text(json.dumps(report, indent=1) + "\n")
-    text = report_text(result, data)
+    text = report_text(result, data, cap)
     if noise:
         text += "\n" + format_sensor_noise(noise)
     if capped:
@@ -217,7 +218,8 @@ def run(cfg: SurrogateFitConfig) -> dict[str, Any]:
     return {"out": str(out), "line": line, "report": report}
 
 
-def report_text(result: F.FitResult, data: FitData) -> str:
+def report_text(result: F.FitResult, data: FitData, cap: float | None) -> str:
+    """The report's text; ``cap``: the speed cap found in the recordings (``fit.held_top_speed``), or None."""
     rows = [f"{'model':<20} {'delay':>5} " + " ".join(f"{'pos ' + str(h) + 's':>9} {'spd ' + str(h) + 's':>9} {'yaw ' + str(h) + 's':>9}"
                                                    for h in F.REPORT_HORIZONS_S) + f" {'score':>6} {'fit s':>6}"]
     for name, f in result.fits.items():
@@ -241,8 +243,7 @@ def report_text(result: F.FitResult, data: FitData) -> str:
         sp = best.spread.get(field)
         rows.append(f"  {field:<20} {float(getattr(best.car, field)):12.5g} {unit:<10}"
                     + (f" +-{100 * sp:.1f}%" if sp is not None else ""))
-    cap = F.held_top_speed(data)
-    rows.append(f"  {'max_speed':<20} {float(F.with_speed_cap(data, best.car).max_speed):12.5g} {'m/s':<10} "
+    rows.append(f"  {'max_speed':<20} {float(F.with_speed_cap(best.car, cap).max_speed):12.5g} {'m/s':<10} "
                 + ("held on the throttle in the recordings: the game's speed cap, set on the car written for "
                    "training" if cap is not None else "(none: no recorded speed was held on the throttle)"))
     rows.append(format_regime_errors(best.val["regimes_1s"], 1.0))

@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-observe-imu", action="store_true",
                    help="the policy does not see the accelerations and the yaw rate, only the pose, the speed, the "
                         "track and its own controls: for a game whose IMU readings are noisy at speed")
+    p.add_argument("--imu-filter-s", type=float, default=d.imu_filter_s,
+                   help="time constant (s) of a low-pass on the accelerations and the yaw rate the policy observes, "
+                        "the same on the surrogate and on the game: for a game whose IMU chatters at speed (0: raw)")
     p.add_argument("--no-recover-collapse", action="store_true",
                    help="do not roll the agent back from a critic collapse (racerl_jax.collapse): only report it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -130,6 +130,9 @@ class TrainConfig:
     sensor_noise: float = 0.0
     # The policy observes the accelerations and the yaw rate (surrogate.observation.ObsConfig.imu).
     observe_imu: bool = True
+    # Time constant (s) of the low-pass on the observed accelerations and yaw rate, the same on the
+    # surrogate and on the game (surrogate.observation.ObsConfig.imu_filter_s); 0: raw readings.
+    imu_filter_s: float = 0.0
     # A speed limiter on the surrogate and on the game alike (surrogate.env.EnvConfig.speed_limit),
     # m/s; 0: none.
     speed_limit: float = 0.0
@@ -213,6 +216,7 @@ class TrainConfig:
         need(0.0 <= self.fit_spread <= 10.0, "fit_spread", "must be in [0, 10] (times the fit's uncertainty; 0: off)")
         need(self.speed_limit == 0.0 or self.speed_limit > GOVERNOR_FADE, "speed_limit",
              f"must be 0 (none) or above {GOVERNOR_FADE} m/s")
+        need(0.0 <= self.imu_filter_s <= 2.0, "imu_filter_s", "must be a time constant in [0, 2] s (0: no filter)")
         need(0.0 <= self.sensor_noise <= 10.0, "sensor_noise", "must be in [0, 10] (times the fit's noise; 0: off)")
         need(0.0 <= self.standing_starts <= 1.0, "standing_starts", "must be a fraction in [0, 1]")
         need(0.0 <= self.action_overshoot < 1.0, "action_overshoot", "must be in [0, 1)")

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from surrogate.car import MODELS, PARAM_NAMES, PARAM_RANGES, CarParams, CarState, init_car_state, sample_car_params, speed
-from surrogate.observation import ObsConfig, Telemetry, noisy_telemetry, observe_tables
+from surrogate.observation import ObsConfig, Telemetry, filter_imu, imu_vector, noisy_telemetry, observe_tables, with_imu
 from surrogate.residual import Residual, apply_residual
 from surrogate.reward import RewardWeights, reward
 from surrogate.track import (
@@ -163,12 +163,14 @@ class Episode:
     lap_clean: jax.Array  # no off-track since lap_start_t
     laps: jax.Array  # laps completed (timed, clean or not)
     stuck_t: jax.Array  # s spent below stuck_speed in a row
+    imu: jax.Array  # (3,) the accelerations and yaw rate as observed (ObsConfig.imu_filter_s: low-passed)
 
 
-def start_episode(pos: TrackPos) -> Episode:
+def start_episode(pos: TrackPos, imu: jax.Array) -> Episode:
+    """A new episode at ``pos``; ``imu``: the first readings (``imu_vector``), where the filter starts."""
     zero = jnp.float32(0.0)
     return Episode(
-        pos=pos, prev_action=jnp.zeros((3,), jnp.float32), t=zero, steps=jnp.int32(0), s_start=pos.s, progress=zero,
+        pos=pos, prev_action=jnp.zeros((3,), jnp.float32), imu=jnp.asarray(imu, jnp.float32), t=zero, steps=jnp.int32(0), s_start=pos.s, progress=zero,
         # Starting on the line starts the first timed lap; elsewhere the first crossing does.
         lap_start_t=jnp.where(pos.s < 1e-3, zero, jnp.float32(-1.0)),
         lap_clean=jnp.bool_(True), laps=jnp.int32(0), stuck_t=zero,
@@ -176,11 +178,12 @@ def start_episode(pos: TrackPos) -> Episode:
 
 
 def advance_episode(cfg: EnvConfig, weights: RewardWeights, ep: Episode, pos: TrackPos, d_s, length,
-                    w_left, w_right, ref_offset, speed_ms, action, dt):
+                    w_left, w_right, ref_offset, speed_ms, action, dt, imu):
     """One control step of bookkeeping on a new track position: lap timing, the end-of-episode
     rules and the reward. ``d_s`` is the arc length gained since ``ep.pos``; ``w_left``,
     ``w_right`` and ``ref_offset`` are the track's values at ``pos``; ``dt`` the time elapsed
-    (the control period in the surrogate, the game time that really passed in a game).
+    (the control period in the surrogate, the game time that really passed in a game); ``imu`` the
+    observed IMU after this step (``filter_imu``).
     Returns (episode, reward, terminated, truncated, info)."""
     progress = ep.progress + d_s
     # Lap timing: a forward crossing of the start line closes the running lap; the crossing
@@ -212,7 +215,7 @@ def advance_episode(cfg: EnvConfig, weights: RewardWeights, ep: Episode, pos: Tr
         pos=pos, prev_action=action, t=ep.t + dt, steps=steps, s_start=ep.s_start, progress=progress,
         lap_start_t=jnp.where(crossed, t_cross, jnp.where(backwards, -1.0, ep.lap_start_t)),
         lap_clean=jnp.where(crossed, on, ep.lap_clean & on),
-        laps=ep.laps + lap_done.astype(jnp.int32), stuck_t=stuck_t,
+        laps=ep.laps + lap_done.astype(jnp.int32), stuck_t=stuck_t, imu=imu,
     )
     info = {"lap_completed": lap_done, "lap_time": lap_time, "lap_clean": lap_clean, "off_track": off,
             "progress": d_s, "speed": speed_ms, "ref_deviation": ref_dev, "stuck": stuck, "wrong_way": wrong_way,
@@ -275,14 +278,15 @@ class RacingEnv:
         return make_tables(params.tracks, self.config.projection_window)
 
     def observe(self, params: EnvParams, state: EnvState) -> jax.Array:
-        return self._observe(self.tables(params), state)
+        """The observation of ``state`` (without sensor noise on the speed; the IMU as last observed)."""
+        tel = with_imu(self.telemetry(state.car), state.episode.imu)
+        return observe_tables(self.tables(params), state.track_id, state.pos, tel, state.episode.prev_action,
+                              self.config.obs)
 
-    def _observe(self, tables: TrackTables, state: EnvState, here=None, noise: tuple | None = None) -> jax.Array:
-        """The observation; ``noise``: (std, key) of the sensor noise to add, or None."""
-        tel = self.telemetry(state.car)
-        if noise is not None:
-            tel = noisy_telemetry(tel, *noise)
-        return observe_tables(tables, state.track_id, state.pos, tel, state.episode.prev_action, self.config.obs, here)
+    def _measure(self, car: CarState, noise: tuple | None) -> Telemetry:
+        """What a game's telemetry would read of ``car``; ``noise``: (std, key) of the sensor noise, or None."""
+        tel = self.telemetry(car)
+        return tel if noise is None else noisy_telemetry(tel, *noise)
 
     @staticmethod
     def _noise(params: EnvParams, key: jax.Array | None, salt: int) -> tuple | None:
@@ -332,7 +336,7 @@ class RacingEnv:
             jnp.all(params.car_spread == 0.0), nominal, lambda: sample_car_params(k_car, params.car, spread)
         )
         pos, here = project_tables(tables, track_id, x, y, h, idx, cfg.projection_window)
-        state = EnvState(car=car, car_params=car_params, track_id=track_id, episode=start_episode(pos),
+        state = EnvState(car=car, car_params=car_params, track_id=track_id, episode=start_episode(pos, imu_vector(self.telemetry(car))),
                          pending=jnp.zeros((max(cfg.delay_steps, 1), 3), jnp.float32))
         return state, here
 
@@ -347,17 +351,23 @@ class RacingEnv:
         car = apply_residual(params.residual, car, applied, cfg.dt)
         pos, here = project_tables(tables, tid, car.x, car.y, car.yaw, state.pos.idx, cfg.projection_window)
         d_s = arc_delta_tables(tables, tid, state.pos.s, pos.s)
+        tel = self._measure(car, self._noise(params, noise_key, 1))
+        imu = filter_imu(cfg.obs, state.episode.imu, tel, cfg.dt)
         episode, r, terminated, truncated, ep_info = advance_episode(
             cfg, params.reward, state.episode, pos, d_s, tables.length[tid], here.field("w_left"),
-            here.field("w_right"), here.field("ref_offset"), speed(car), action, cfg.dt)
+            here.field("w_right"), here.field("ref_offset"), speed(car), action, cfg.dt, imu)
         next_state = EnvState(car=car, car_params=state.car_params, track_id=tid, episode=episode, pending=pending)
-        obs = self._observe(tables, next_state, here, self._noise(params, noise_key, 1))
+        obs = observe_tables(tables, tid, pos, with_imu(tel, imu), action, cfg.obs, here)
         info = {"final_obs": obs, **{k: ep_info[k] for k in INFO_KEYS}}
         return obs, next_state, r, terminated, truncated, info
 
     def _fresh(self, key, params: EnvParams, tables: TrackTables):
         state, here = self._reset_state(key, params, tables)
-        return self._observe(tables, state, here, self._noise(params, key, 2)), state
+        tel = self._measure(state.car, self._noise(params, key, 2))
+        # The filter starts from the first (noisy) readings, as a game's first frame starts it.
+        state = state.replace(episode=state.episode.replace(imu=imu_vector(tel)))
+        obs = observe_tables(tables, state.track_id, state.pos, tel, state.episode.prev_action, self.config.obs, here)
+        return obs, state
 
     def step(self, key, state: EnvState, action, params: EnvParams):
         tables = self.tables(params)

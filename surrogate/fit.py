@@ -180,14 +180,13 @@ def held_top_speed(data: FitData) -> float | None:
     return None
 
 
-def with_speed_cap(data: FitData, car: CarParams) -> CarParams:
-    """The fitted car with the game's speed cap where the recordings show one (``held_top_speed``).
+def with_speed_cap(car: CarParams, cap: float | None) -> CarParams:
+    """The fitted car with the game's speed cap ``held_top_speed`` found in the recordings (None: as it is).
 
     Set on the car written for training, not during the fit: fitted with the cap on CarRacing's probe
     and driver recordings, the dynamic model ended far off (7 m 1 s ahead, against 0.58 m without it)
     and the kinematic model's delay ranking changed (docs/experiments.md). The recordings never pass
     the cap, so the fit's car differs from the capped one only above it, where nothing was recorded."""
-    cap = held_top_speed(data)
     if cap is None:
         return car
     lo, hi = PARAM_RANGES["max_speed"]

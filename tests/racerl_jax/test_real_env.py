@@ -21,7 +21,7 @@ from bridge.safety import SafetyConfig
 from bridge.sdk import LockstepServer, RealtimeServer
 from racerl_jax.real_env import RealEnvConfig, RealGameEnv, telemetry_from
 from surrogate.env import GOVERNOR_FADE, EnvConfig
-from surrogate.observation import observe
+from surrogate.observation import ACCEL_SCALE, YAW_RATE_SCALE, ObsConfig, observe
 from surrogate.reward import reward
 from surrogate.track import interp, project, project_global
 from surrogate.track_io import TrackData, save_track
@@ -421,5 +421,30 @@ def test_passes_gymnasium_env_checker_against_the_kinematic_game_in_lockstep(loc
     env = make_env(lockstep.address)
     try:
         check_env(env, skip_render_check=True)
+    finally:
+        env.close()
+
+
+def test_the_games_imu_reaches_the_policy_through_the_surrogates_filter(lockstep):
+    """With ObsConfig.imu_filter_s the game's accelerations and yaw rate are low-passed over the game
+    time that elapsed, from the episode's first frame on, by the same ``filter_imu`` as the surrogate."""
+    tau = 0.1
+    env = make_env(lockstep.address, env=dataclasses.replace(ENV, obs=ObsConfig(imu_filter_s=tau)))
+    try:
+        obs, _ = env.reset(seed=1)
+        prev_frame = env.last_frame
+        imu = np.array([prev_frame[k] for k in ("accel_long", "accel_lat", "yaw_rate")], np.float64)
+        scale = np.array([ACCEL_SCALE, ACCEL_SCALE, YAW_RATE_SCALE])
+        np.testing.assert_allclose(obs[1:4], imu / scale, rtol=1e-5, atol=1e-6)
+        lag = 0.0
+        for t in range(12):  # full throttle, then a steering step: every IMU channel moves
+            obs, *_ = env.step(np.array([0.0 if t < 6 else 0.5, 1.0, 0.0], np.float32))
+            f = env.last_frame
+            raw = np.array([f[k] for k in ("accel_long", "accel_lat", "yaw_rate")], np.float64)
+            dt = f["t"] - prev_frame["t"]
+            imu = imu + dt / (tau + dt) * (raw - imu)
+            np.testing.assert_allclose(obs[1:4], imu / scale, rtol=1e-4, atol=1e-5)
+            lag, prev_frame = max(lag, np.abs(raw - imu).max()), f
+        assert lag > 0.1  # the readings moved faster than the filter follows
     finally:
         env.close()

@@ -11,6 +11,7 @@ import pytest
 from racerl_jax import train_racing as tr
 from racerl_jax.crossq import CrossQConfig
 from racerl_jax.logs import read_metrics
+from racerl_jax.racing_setup import env_config
 from racerl_jax.saved_agent import AgentError, load_agent
 from surrogate.car import PARAM_NAMES, CarParams
 from surrogate.observation import ObsConfig
@@ -43,7 +44,7 @@ def test_every_command_line_option_sets_its_config_field():
         "--smooth-temporal", "0.7", "--smooth-spatial", "0.2", "--lr-final", "0.1",
         "--gamma", "0.995", "--entropy-per-action", "-2", "--entropy-per-action-final", "-3.5",
         "--renorm-warmup-steps", "500", "--fit-spread", "2", "--checkpoint-every-minutes", "2.5",
-        "--no-observe-imu", "--speed-limit", "45",
+        "--no-observe-imu", "--speed-limit", "45", "--imu-filter-s", "0.15",
     ])  # fmt: skip
     expected = dict(
         backend="surrogate", track="technical", model="kinematic", num_envs=7, budget_minutes=2.5, run_dir="r",
@@ -54,9 +55,10 @@ def test_every_command_line_option_sets_its_config_field():
         reward=dataclasses.replace(tr.DEFAULT_REWARD, action_change=0.05, deviation=0.0), pedals="separate",
         smooth_temporal=0.7, smooth_spatial=0.2, lr_final=0.1, gamma=0.995, entropy_per_action=-2.0,
         entropy_per_action_final=-3.5, renorm_warmup_steps=500, fit_spread=2.0, checkpoint_every_minutes=2.5,
-        observe_imu=False, speed_limit=45.0,
+        observe_imu=False, speed_limit=45.0, imu_filter_s=0.15,
     )  # fmt: skip
     assert {k: getattr(cfg, k) for k in expected} == expected
+    assert env_config(cfg, None, "random").obs == ObsConfig(imu=False, imu_filter_s=0.15)  # what the env observes
     assert tr.parse_args([]) == tr.TrainConfig()  # no options: the dataclass defaults
     agent = tr.crossq_config(cfg)
     assert (agent.preset, agent.batch_size, agent.critic_hidden, agent.actor_hidden, agent.learning_starts,
@@ -140,6 +142,8 @@ def test_bad_options_are_refused_with_the_reason():
         tr.parse_args(["--lr-final", "1.5"])
     with pytest.raises(SystemExit, match=r"gamma=1.0: must be in \(0, 1\)"):
         tr.parse_args(["--gamma", "1"])
+    with pytest.raises(SystemExit, match=r"imu_filter_s=-0.1: must be a time constant in \[0, 2\] s"):
+        tr.parse_args(["--imu-filter-s", "-0.1"])
     with pytest.raises(SystemExit, match=r"entropy_per_action=nan: must be a finite number"):
         tr.parse_args(["--entropy-per-action", "nan"])
     with pytest.raises(SystemExit, match=r"entropy_per_action_final=inf: must be a finite number, or None"):

@@ -8,7 +8,8 @@ import pytest
 from surrogate.car import CarParams, speed
 from surrogate.env import EnvConfig, RacingEnv, batch_reset, env_action, game_controls, governed
 from surrogate.env_params import make_params
-from surrogate.observation import ObsConfig, Telemetry, noisy_telemetry, observe, sensor_noise_table
+from surrogate.observation import (ACCEL_SCALE, YAW_RATE_SCALE, ObsConfig, Telemetry, filter_imu, imu_vector, noisy_telemetry,
+                                   observe, sensor_noise_table)
 from surrogate.reward import RewardWeights, reward
 from surrogate.rollout import batch_rollout, lap_metrics
 from surrogate.track import project_global, select_track
@@ -380,3 +381,35 @@ def test_sensor_noise_jitters_only_the_observed_telemetry_and_each_car_draws_its
     assert np.all(d[:, 4:] == 0.0) and np.all(d[:, [0, 1]] == 0.0)  # speed and accel_long: no noise in the table
     moving = np.asarray(speed(s0.car)) > 1.0
     assert moving.sum() >= 3 and np.all(d[moving][:, 2] != 0.0) and len(set(d[moving][:, 2].tolist())) == moving.sum()
+
+
+def test_the_imu_filter_moves_towards_each_reading_by_dt_over_its_time_constant_plus_dt():
+    tel = Telemetry(*(jnp.float32(v) for v in (0.0, 0.0, 0.0, 30.0, 10.0, -20.0, 1.0)))
+    prev = jnp.array([0.0, 0.0, 0.0])
+    np.testing.assert_allclose(filter_imu(ObsConfig(imu_filter_s=0.1), prev, tel, 0.04),
+                               np.array([10.0, -20.0, 1.0]) * 0.04 / 0.14, rtol=1e-6)
+    np.testing.assert_array_equal(filter_imu(ObsConfig(), prev, tel, 0.04), [10.0, -20.0, 1.0])  # 0: the readings
+    with pytest.raises(ValueError, match="imu_filter_s"):
+        ObsConfig(imu_filter_s=-0.1)
+
+
+def test_the_observed_imu_is_the_cars_low_passed_and_restarts_with_each_episode(oval):
+    """With a filter the three IMU features are the car's accelerations and yaw rate low-passed,
+    starting again from the reading at each reset (episodes of 25 steps here)."""
+    params, _ = oval
+    tau, n = 0.1, 4
+    env = RacingEnv(dataclasses.replace(CFG, max_episode_steps=25, obs=ObsConfig(imu_filter_s=tau)))
+    obs, st = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(0), n), params)
+    step = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))
+    imu, a, scale = [1, 2, 3], CFG.dt / (tau + CFG.dt), np.array([ACCEL_SCALE, ACCEL_SCALE, YAW_RATE_SCALE])
+    reading = lambda st: np.asarray(jax.vmap(lambda c: imu_vector(env.telemetry(c)))(st.car)) / scale  # noqa: E731
+    prev, resets, lag = reading(st), 0, 0.0
+    np.testing.assert_allclose(np.asarray(obs)[:, imu], prev, rtol=1e-5, atol=1e-6)
+    for t in range(60):  # full throttle, weaving: the accelerations and the yaw rate change every step
+        act = jnp.stack([0.7 * jnp.sin(0.25 * t + jnp.arange(n)), jnp.full((n,), 0.9), jnp.zeros((n,))], axis=1)
+        obs, st, _, te, tr, _ = step(jax.random.split(jax.random.PRNGKey(t + 1), n), st, act, params)
+        raw, done = reading(st), np.asarray(te | tr)  # after a reset: the new episode's car
+        want = np.where(done[:, None], raw, prev + a * (raw - prev))
+        np.testing.assert_allclose(np.asarray(obs)[:, imu], want, rtol=1e-4, atol=1e-5)
+        prev, resets, lag = want, resets + done.sum(), max(lag, np.abs(want - raw).max())
+    assert resets >= n and lag > 0.05  # every car restarted, and the filter did something

@@ -179,7 +179,7 @@ def test_a_speed_the_recordings_hold_on_the_throttle_is_the_cars_cap_and_one_pas
     assert F.held_top_speed(d) == pytest.approx(11.0, rel=1e-4)
     # the fit runs without it; the car written for training gets it
     assert float(F.initial_car(d).max_speed) == CarParams().max_speed
-    assert float(F.with_speed_cap(d, TRUE).max_speed) == pytest.approx(11.0, rel=1e-4)
+    assert float(F.with_speed_cap(TRUE, F.held_top_speed(d)).max_speed) == pytest.approx(11.0, rel=1e-4)
     # the uncapped car's fastest frame was passed through: no cap, the fitted drag sets its top speed
     assert F.held_top_speed(data) is None
-    assert F.with_speed_cap(data, TRUE) == TRUE
+    assert F.with_speed_cap(TRUE, F.held_top_speed(data)) == TRUE
