@@ -100,6 +100,9 @@ def parse_args(argv=None) -> SurrogateFitConfig:
     p.add_argument("--balance", action="store_true",
                    help="weigh every regime (pedal x steering x speed band) alike when drawing training windows, "
                         "instead of in proportion to the time the recordings spent in it")
+    p.add_argument("--no-servo-where-trusted", action="store_true",
+                   help="fit the steering servo over every window, not only below the speed up to which the dynamic "
+                        "model is within 1 m one second ahead")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -108,7 +111,7 @@ def parse_args(argv=None) -> SurrogateFitConfig:
                           starts=a.starts, horizon_s=a.horizon_s, max_delay=a.max_delay,
                           dynamic_delays=a.dynamic_delays, fit_steer_lock=a.fit_steer_lock, residual=not a.no_residual,
                           one_step=not a.no_one_step, seed=a.seed, grip_tolerance=a.grip_tolerance,
-                          balance=a.balance)
+                          balance=a.balance, servo_where_trusted=not a.no_servo_where_trusted)
         return SurrogateFitConfig(runs=tuple(a.runs), out=a.out, track=a.track, val_fraction=a.val_fraction,
                                   stride=a.stride, fit=fit, progress=not a.no_progress)
     except ValueError as e:
@@ -187,6 +190,7 @@ def run(cfg: SurrogateFitConfig) -> dict[str, Any]:
         "delay_scores": {str(k): v for k, v in result.delay_scores.items()},
         "delay_band_scores": {str(k): v for k, v in result.delay_band_scores.items()},
         "delay_dynamic_scores": {str(k): v for k, v in result.delay_dynamic_scores.items()},
+        "servo": result.servo,
         "delay_control_steps": delay,
         "control_period_s": data.control_period,
         "models": {name: {"model": f.model, "delay_frames": f.delay, "residual": f.residual is not None,
@@ -237,6 +241,12 @@ def report_text(result: F.FitResult, data: FitData, cap: float | None) -> str:
                     + "; the dynamic model's at the first-ranked "
                     + ", ".join(f"{d}: {v:.2f}" for d, v in result.delay_dynamic_scores.items())
                     + f" -> {result.fits['dynamic'].delay} frames")
+    if result.servo:
+        dyn = result.fits["dynamic"].car
+        rows.append(f"steering servo refitted on the windows below {result.servo['below_mps']:.0f} m/s, where the "
+                    "dynamic model is within 1 m 1 s ahead: "
+                    + ", ".join(f"{f} {v:.4g} -> {float(getattr(dyn, f)):.4g} {PARAM_UNITS[f]}"
+                                for f, v in result.servo["before"].items()))
     rows.append(f"fitted parameters of {result.chosen} (uncertainty as a +- fraction):")
     for field in best.fitted:
         unit = PARAM_UNITS[field]

@@ -85,15 +85,16 @@ TRUST_FLOOR_M = 1.0
 TRUST_FRACTION = 0.05
 
 
-def trusted_speed(rows: list[dict], min_windows: int = MIN_REGIME_WINDOWS) -> float | None:
+def trusted_speed(rows: list[dict], min_windows: int = MIN_REGIME_WINDOWS, fraction: float = TRUST_FRACTION) -> float | None:
     """The top of the speed bands, contiguous from standstill, each with at least ``min_windows``
-    windows, whose error 1 s ahead (``regime_errors`` rows) is within the trust bound; None when the
-    slowest band already is not. What ``--speed-limit`` can hold a driver to in training."""
+    windows, whose error 1 s ahead (``regime_errors`` rows) is within max(TRUST_FLOOR_M, ``fraction``
+    of the distance); None when the slowest band already is not. What ``--speed-limit`` can hold a
+    driver to in training; with ``fraction`` 0, where the fit refits the steering servo."""
     bands = sorted((r for r in rows if r["kind"] == "speed"), key=lambda r: r["speed_lo"])
     top = None
     for r in bands:
         mid = 0.5 * (r["speed_lo"] + r["speed_hi"])
-        ok = r["windows"] >= min_windows and r["pos_err_median"] <= max(TRUST_FLOOR_M, TRUST_FRACTION * mid)
+        ok = r["windows"] >= min_windows and r["pos_err_median"] <= max(TRUST_FLOOR_M, fraction * mid)
         if not ok or r["speed_lo"] != (top if top is not None else 0.0):
             break
         top = r["speed_hi"]

@@ -51,7 +51,7 @@ def test_a_recording_becomes_a_surrogate_file_that_training_uses(tmp_path, capsy
     out = tmp_path / "fit"
     # The one-step comparison is left out here (tests/surrogate/test_fit.py shows it drifts): the
     # command, its files and training on them are what this proves.
-    assert sf.main([str(run), "--out", str(out), *TINY, "--no-one-step", "--dynamic-delays", "2"]) == 0
+    assert sf.main([str(run), "--out", str(out), *TINY, "--no-one-step", "--dynamic-delays", "2", "--batch", "32"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     m = LAST.match(printed[-1])
     assert m, printed[-1]
@@ -63,8 +63,10 @@ def test_a_recording_becomes_a_surrogate_file_that_training_uses(tmp_path, capsy
     dyn_scores = {int(k): v for k, v in report["delay_dynamic_scores"].items()}
     assert set(dyn_scores) == {0, 1}
     assert report["models"]["dynamic"]["delay_frames"] == min(dyn_scores, key=lambda d: (dyn_scores[d], d))
-    assert report["models"]["dynamic"]["validation"]["score_all_windows"] == pytest.approx(
-        dyn_scores[report["models"]["dynamic"]["delay_frames"]])
+    # the steering servo refitted on the windows below the speed up to which the dynamic model is within 1 m
+    servo = report["servo"]
+    assert servo["below_mps"] == report["trusted_speed_mps"]  # here both bounds are the 1 m floor
+    assert set(servo["before"]) == {"max_steer_rate", "steer_tau"}
     assert m.group(1) == chosen.replace(" ", "_")
     assert float(m.group(2)) == pytest.approx(report["models"][chosen]["validation"]["pos_err_1s_median"], abs=1e-3)
     assert chosen != "dynamic (one-step)"
@@ -74,6 +76,7 @@ def test_a_recording_becomes_a_surrogate_file_that_training_uses(tmp_path, capsy
     text = (out / "report.txt").read_text()
     assert "kinematic" in text and "max_drive_force" in text and " N " in text  # parameters with units
     assert "input delay:" in text
+    assert f"steering servo refitted on the windows below {servo['below_mps']:.0f} m/s" in text
     # the example game has no speed cap: the report says none was found and the car keeps the default
     assert "(none: no recorded speed was held on the throttle)" in text
     trusted = report["trusted_speed_mps"]  # the speed limit the report suggests, from the bands' errors

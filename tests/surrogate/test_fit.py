@@ -183,3 +183,32 @@ def test_a_speed_the_recordings_hold_on_the_throttle_is_the_cars_cap_and_one_pas
     # the uncapped car's fastest frame was passed through: no cap, the fitted drag sets its top speed
     assert F.held_top_speed(data) is None
     assert F.with_speed_cap(TRUE, F.held_top_speed(data)) == TRUE
+
+
+def test_the_servo_is_refitted_from_the_slow_windows_alone():
+    """Windows below a speed from a car with a slow steering servo, above it from the same car with a
+    fast one: refitted below that speed the servo is the slow car's, whatever the fast windows say."""
+    fast = TRUE.replace(max_steer_rate=8.0)
+    th = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    track = {"name": "c", "closed": True, "x": list(300 * np.cos(th)), "y": list(300 * np.sin(th)),
+             "w_left": [10.0] * 64, "w_right": [10.0] * 64}
+
+    def windows(car):
+        rec = types.SimpleNamespace(episodes=[simulate(car, TRUE_DELAY, s, steer_scale=2.0) for s in range(4)],
+                                    track=track, meta={}, rejected=0, bad_lines=0)
+        return prepare([rec], ["synthetic"], horizon_s=1.0, max_delay=2, stride=2, val_fraction=0.25)
+
+    slow_data, fast_data = windows(TRUE), windows(fast)
+    below = float(np.median(F.window_speeds(slow_data.train)))
+    mixed = dataclasses.replace(slow_data, train=F.Windows(*(
+        np.concatenate([getattr(slow_data.train.take(F.window_speeds(slow_data.train) < below), f.name),
+                        getattr(fast_data.train.take(F.window_speeds(fast_data.train) >= below), f.name)])
+        for f in dataclasses.fields(F.Windows))))
+    cfg = F.FitConfig(steps=120, batch=64, horizon_s=1.0, max_delay=2, learning_rate=0.15)
+    start = TRUE.replace(max_steer_rate=4.0, steer_tau=0.05)
+    refit = F.fit_servo(mixed, "kinematic", TRUE_DELAY, start, cfg, below)
+    assert float(refit.max_steer_rate) == pytest.approx(1.0, rel=0.2) and float(refit.steer_tau) < 0.03
+    assert all(float(getattr(refit, f)) == float(getattr(start, f)) for f in F.KINEMATIC_FIELDS if f not in F.SERVO_FIELDS)
+    over_all = F.fit_servo(mixed, "kinematic", TRUE_DELAY, start, cfg, np.inf)
+    assert float(over_all.max_steer_rate) > 1.5 * float(refit.max_steer_rate)  # the fast windows pull it up
+    assert F.fit_servo(mixed, "kinematic", TRUE_DELAY, start, cfg, 0.5) is None  # no window starts that slowly
