@@ -11,6 +11,7 @@ from bridge.games.kinematic import KinematicCarGame
 from bridge.recorder import Recorder
 from racerl_jax import surrogate_fit as sf
 from racerl_jax import train_racing as tr
+from surrogate import fit as F
 from surrogate.surrogate_file import load_surrogate
 
 LAST = re.compile(r"^model=(\S+) pos_err_1s_median_m=(\S+) speed_err_1s_median_mps=(\S+) "
@@ -112,3 +113,9 @@ def test_bad_options_are_refused_by_name(capsys):
     with pytest.raises(SystemExit):
         sf.parse_args(["r", "--steps", "0"])
     assert "FitConfig.steps" in capsys.readouterr().err
+
+
+def test_switches_reach_the_fit_config():
+    assert sf.parse_args(["r"]).fit == F.FitConfig()  # no options: the fit's defaults
+    cfg = sf.parse_args(["r", "--no-servo-where-trusted", "--fit-steer-lock", "--balance", "--no-residual"]).fit
+    assert (cfg.servo_where_trusted, cfg.fit_steer_lock, cfg.balance, cfg.residual) == (False, True, True, False)

@@ -84,3 +84,5 @@ def test_the_fit_is_trusted_up_to_the_first_speed_band_off_by_more_than_a_metre_
     gap = _band_rows(carracing, [300] * 7)
     del gap[2]  # nothing recorded at 20-30 m/s: no trust beyond it
     assert trusted_speed(gap) == 20.0
+    # with the 1 m floor alone (where the fit refits the steering servo) 1.03 m at 30-40 m/s is out
+    assert trusted_speed(_band_rows(carracing, [300] * 7), fraction=0.0) == 30.0
