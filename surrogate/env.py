@@ -170,7 +170,8 @@ def start_episode(pos: TrackPos, imu: jax.Array) -> Episode:
     """A new episode at ``pos``; ``imu``: the first readings (``imu_vector``), where the filter starts."""
     zero = jnp.float32(0.0)
     return Episode(
-        pos=pos, prev_action=jnp.zeros((3,), jnp.float32), imu=jnp.asarray(imu, jnp.float32), t=zero, steps=jnp.int32(0), s_start=pos.s, progress=zero,
+        pos=pos, prev_action=jnp.zeros((3,), jnp.float32), imu=jnp.asarray(imu, jnp.float32), t=zero, steps=jnp.int32(0),
+        s_start=pos.s, progress=zero,
         # Starting on the line starts the first timed lap; elsewhere the first crossing does.
         lap_start_t=jnp.where(pos.s < 1e-3, zero, jnp.float32(-1.0)),
         lap_clean=jnp.bool_(True), laps=jnp.int32(0), stuck_t=zero,
@@ -299,7 +300,8 @@ class RacingEnv:
         return self._fresh(key, params, self.tables(params))
 
     def _reset_state(self, key: jax.Array, params: EnvParams, tables: TrackTables):
-        """A new episode's state, and the track fields at its position (for its observation)."""
+        """A new episode's state, the track fields at its position and what the telemetry reads there
+        (sensor noise drawn from ``key``): its observation's inputs."""
         cfg = self.config
         k_track, k_idx, k_lat, k_speed, k_car = jax.random.split(key, 5)
         n_tracks = tables.points.shape[0]
@@ -336,9 +338,11 @@ class RacingEnv:
             jnp.all(params.car_spread == 0.0), nominal, lambda: sample_car_params(k_car, params.car, spread)
         )
         pos, here = project_tables(tables, track_id, x, y, h, idx, cfg.projection_window)
-        state = EnvState(car=car, car_params=car_params, track_id=track_id, episode=start_episode(pos, imu_vector(self.telemetry(car))),
+        # The IMU filter starts from the first (noisy) readings, as a game's first frame starts it.
+        tel = self._measure(car, self._noise(params, key, 2))
+        state = EnvState(car=car, car_params=car_params, track_id=track_id, episode=start_episode(pos, imu_vector(tel)),
                          pending=jnp.zeros((max(cfg.delay_steps, 1), 3), jnp.float32))
-        return state, here
+        return state, here, tel
 
     def _advance(self, tables: TrackTables, state: EnvState, action, params: EnvParams, noise_key=None):
         """One control step of one car without the auto-reset: (obs, state, reward, terminated,
@@ -362,10 +366,7 @@ class RacingEnv:
         return obs, next_state, r, terminated, truncated, info
 
     def _fresh(self, key, params: EnvParams, tables: TrackTables):
-        state, here = self._reset_state(key, params, tables)
-        tel = self._measure(state.car, self._noise(params, key, 2))
-        # The filter starts from the first (noisy) readings, as a game's first frame starts it.
-        state = state.replace(episode=state.episode.replace(imu=imu_vector(tel)))
+        state, here, tel = self._reset_state(key, params, tables)
         obs = observe_tables(tables, state.track_id, state.pos, tel, state.episode.prev_action, self.config.obs, here)
         return obs, state
 
