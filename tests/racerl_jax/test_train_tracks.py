@@ -255,7 +255,10 @@ def test_tiny_run_on_two_tracks_evaluates_each_and_an_unseen_one_and_random_trac
     draws = []
     real_refresh = setup.refresh
     setup.refresh = lambda g: draws.append(g) or real_refresh(g)
-    result = tr._train_refreshing(cfg, setup, dict(progress=False))
+    # At the run's matmul precision, as tr.run trains: the precision is part of what jit compiles,
+    # so this reuses the run's compiled training chunk instead of compiling another.
+    with jax.default_matmul_precision(None if cfg.matmul_precision == "default" else cfg.matmul_precision):
+        result = tr._train_refreshing(cfg, setup, dict(progress=False))
     assert [(r["env_steps"], r["tracks_draw"]) for r in result.history] == [(100, 0), (200, 0), (300, 1), (400, 1), (500, 2)]
     assert draws == [0, 1, 2] and int(result.carry.agent.env_steps) == 500
     lengths = np.asarray(result.carry.env_state.episode.steps)
