@@ -176,7 +176,8 @@ def test_lr_scale_scales_the_step_of_actor_and_critics_and_zero_freezes_them():
     batch = _batch(jax.random.PRNGKey(5))
     moved = {}
     for scale in (1.0, 0.5, 0.0):
-        new, _ = crossq.update(agent, batch, TINY, jnp.float32(scale))  # update 0 steps the actor too
+        # Jitted: op by op the update compiles each of its hundreds of small ops on the first call.
+        new, _ = crossq.jit_update(agent, batch, TINY, jnp.float32(scale))  # update 0 steps the actor too
         moved[scale] = [jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), getattr(new, f), getattr(agent, f))
                         for f in ("actor_params", "critic_params")]
     for full, half, none in zip(jax.tree.leaves(moved[1.0]), jax.tree.leaves(moved[0.5]), jax.tree.leaves(moved[0.0])):
