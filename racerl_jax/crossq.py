@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -388,6 +388,10 @@ def init_agent(key: jax.Array, obs_size: int, action_size: int, config: CrossQCo
 
 # ----------------------------------------------------------------------------- losses
 
+# What the actor sees of a batch of observations: (obs, key) -> obs of the same shape.
+ActorView = Callable[[jax.Array, jax.Array], jax.Array]
+
+
 
 def critic_loss(
     critic_params: Any,
@@ -414,13 +418,19 @@ def critic_loss(
 
 def actor_loss(
     actor_params: Any, actor_stats: Any, agent: AgentState, obs: jax.Array, next_obs: jax.Array, key: jax.Array,
-    alpha: jax.Array,
+    alpha: jax.Array, actor_view: ActorView | None = None,
 ) -> tuple[jax.Array, tuple[Any, jax.Array, jax.Array]]:
     """SAC's actor loss plus the CAPS smoothness terms when configured; aux: (new stats, log pi,
-    mean distance between the deterministic actions of neighbouring states, NaN when off)."""
+    mean distance between the deterministic actions of neighbouring states, NaN when off).
+    ``actor_view``: what the actor sees of the states (``update``); the critics judge its actions on
+    ``obs`` itself."""
     config = agent.config
     b = obs.shape[0]
     k_sample, k_noise = jax.random.split(key)
+    critic_obs = obs
+    if actor_view is not None:  # keys folded from ``key``: without a view the draws are what they were
+        k_obs, k_next = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
+        obs, next_obs = actor_view(obs, k_obs), actor_view(next_obs, k_next)
     # The neighbouring states go through the actor in the same batch as obs, so its batch norm
     # normalises all of them alike (as the critics' joint pass does).
     inputs = [obs]
@@ -433,7 +443,7 @@ def actor_loss(
     mean, log_std = mean_all[:b], log_std_all[:b]
     action, log_prob = sample_tanh_gaussian(mean, log_std, k_sample)
     # Critics in eval mode: the actor's batch must not move the critics' running statistics.
-    q, _ = apply_critics(config, agent.critic_params, agent.critic_stats, obs, action, train=False)
+    q, _ = apply_critics(config, agent.critic_params, agent.critic_stats, critic_obs, action, train=False)
     loss = jnp.mean(alpha * log_prob - jnp.min(q, axis=0))
 
     det = jnp.tanh(mean_all)
@@ -469,12 +479,13 @@ def _scaled(updates: Any, lr_scale: jax.Array | float) -> Any:
 
 def _update_actor_and_alpha(agent: AgentState, batch: Transition, key: jax.Array,
                             lr_scale: jax.Array | float = 1.0,
-                            entropy_shift: jax.Array | float = 0.0) -> tuple[AgentState, dict]:
+                            entropy_shift: jax.Array | float = 0.0,
+                            actor_view: ActorView | None = None) -> tuple[AgentState, dict]:
     config = agent.config
     actor_tx, _, alpha_tx = _optimisers(config)
     alpha = jnp.exp(agent.log_alpha)
     (loss, (stats, log_prob, change)), grads = jax.value_and_grad(actor_loss, has_aux=True)(
-        agent.actor_params, agent.actor_stats, agent, batch.obs, batch.next_obs, key, alpha
+        agent.actor_params, agent.actor_stats, agent, batch.obs, batch.next_obs, key, alpha, actor_view
     )
     upd, actor_opt = actor_tx.update(grads, agent.actor_opt, agent.actor_params)
     actor_params = optax.apply_updates(agent.actor_params, _scaled(upd, lr_scale))
@@ -493,11 +504,14 @@ def _update_actor_and_alpha(agent: AgentState, batch: Transition, key: jax.Array
 
 def update(agent: AgentState, batch: Transition, config: CrossQConfig,
            lr_scale: jax.Array | float = 1.0,
-           entropy_shift: jax.Array | float = 0.0) -> tuple[AgentState, dict[str, jax.Array]]:
+           entropy_shift: jax.Array | float = 0.0,
+           actor_view: ActorView | None = None) -> tuple[AgentState, dict[str, jax.Array]]:
     """One gradient step on the critics; the actor and entropy coefficient are stepped every
     ``policy_delay`` critic steps. Actor metrics are NaN on steps that skip the actor.
     ``lr_scale`` multiplies the actor's and critics' learning rate and ``entropy_shift`` is added
-    to the target entropy (schedules' values: traced, so changing them compiles nothing)."""
+    to the target entropy (schedules' values: traced, so changing them compiles nothing).
+    ``actor_view(obs, key)``: what the actor sees of a batch of states (asymmetric actor-critic: a
+    noisy sensor's view for the actor, the clean state for the critics); None: the states themselves."""
     if config != agent.config:
         raise ValueError(
             f"update: config (preset {config.preset!r}) differs from the one the agent was built with "
@@ -507,7 +521,9 @@ def update(agent: AgentState, batch: Transition, config: CrossQConfig,
     key, k_next, k_actor = jax.random.split(agent.key, 3)
     alpha = jnp.exp(agent.log_alpha)
 
-    (mean, log_std), _ = apply_actor(config, agent.action_size, agent.actor_params, agent.actor_stats, batch.next_obs, train=False)
+    # The bootstrap's next action is the one the actor would take from what it sees there.
+    next_seen = batch.next_obs if actor_view is None else actor_view(batch.next_obs, jax.random.fold_in(k_next, 1))
+    (mean, log_std), _ = apply_actor(config, agent.action_size, agent.actor_params, agent.actor_stats, next_seen, train=False)
     next_action, next_log_prob = sample_tanh_gaussian(mean, log_std, k_next)
     (c_loss, (c_stats, q_mean)), grads = jax.value_and_grad(critic_loss, has_aux=True)(
         agent.critic_params, agent.critic_stats, batch, next_action, next_log_prob, alpha, config
@@ -523,7 +539,7 @@ def update(agent: AgentState, batch: Transition, config: CrossQConfig,
     nan = jnp.full((), jnp.nan, jnp.float32)
     agent, actor_metrics = jax.lax.cond(
         agent.updates % config.policy_delay == 0,
-        lambda a: _update_actor_and_alpha(a, batch, k_actor, lr_scale, entropy_shift),
+        lambda a: _update_actor_and_alpha(a, batch, k_actor, lr_scale, entropy_shift, actor_view),
         lambda a: (a, {"actor_loss": nan, "entropy": nan, "alpha_loss": nan, "policy_change": nan}),
         agent,
     )

@@ -91,12 +91,12 @@ def car_spread(cfg: TrainConfig, fitted: FittedSurrogate | None) -> float | dict
     return {name: min(max(cfg.car_spread, cfg.fit_spread * fitted.spread.get(name, 0.0)), 0.5) for name in PARAM_NAMES}
 
 
-def sensor_noise(cfg: TrainConfig, fitted: FittedSurrogate | None) -> dict | None:
-    """The fitted game's telemetry noise by speed (the file's ``sensor_noise``) times ``--sensor-noise``."""
-    if fitted is None or not fitted.sensor_noise or cfg.sensor_noise == 0.0:
+def sensor_noise(fitted: FittedSurrogate | None, scale: float) -> dict | None:
+    """The fitted game's telemetry noise by speed (the file's ``sensor_noise``) times ``scale``
+    (``--sensor-noise`` or ``--actor-noise``); None without one."""
+    if fitted is None or not fitted.sensor_noise or scale == 0.0:
         return None
-    return {k: v if k == SENSOR_NOISE_SPEEDS else [cfg.sensor_noise * a for a in v]
-            for k, v in fitted.sensor_noise.items()}
+    return {k: v if k == SENSOR_NOISE_SPEEDS else [scale * a for a in v] for k, v in fitted.sensor_noise.items()}
 
 
 # ----------------------------------------------------------------------------- track sets
@@ -162,7 +162,8 @@ def build_setup(cfg: TrainConfig) -> RacingSetup:
     params, refs = make_params(train + unseen, car=car, config=env_cfg, car_spread=car_spread(cfg, fitted),
                                reward_weights=cfg.reward, standing_start_prob=cfg.standing_starts,
                                residual=fitted.residual if fitted else None,
-                               sensor_noise=sensor_noise(cfg, fitted), references=references)
+                               sensor_noise=sensor_noise(fitted, cfg.sensor_noise),
+                               actor_noise=sensor_noise(fitted, cfg.actor_noise), references=references)
     limits = [float(r.lap_time_s) for r in refs]
     eval_steps = cfg.eval_max_steps or max(
         slow_lap_steps(lim, float(select_track(params.tracks, i).length), env_cfg, cfg.eval_laps)

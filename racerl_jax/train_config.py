@@ -128,6 +128,10 @@ class TrainConfig:
     # it left the game after 31-103 m where the same seeds without it drove 373-1,055 m
     # (docs/experiments.md, sessions 12 and 14).
     sensor_noise: float = 0.0
+    # With --surrogate: the same noise, times this, seen by the actor alone; the env and the critics
+    # keep the clean telemetry (asymmetric actor-critic), so the critics' values stay what the state
+    # is worth and the actor learns not to steer at the chatter.
+    actor_noise: float = 0.0
     # The policy observes the accelerations and the yaw rate (surrogate.observation.ObsConfig.imu).
     observe_imu: bool = True
     # Time constant (s) of the low-pass on the observed accelerations and yaw rate, the same on the
@@ -218,6 +222,7 @@ class TrainConfig:
              f"must be 0 (none) or above {GOVERNOR_FADE} m/s")
         need(0.0 <= self.imu_filter_s <= 2.0, "imu_filter_s", "must be a time constant in [0, 2] s (0: no filter)")
         need(0.0 <= self.sensor_noise <= 10.0, "sensor_noise", "must be in [0, 10] (times the fit's noise; 0: off)")
+        need(0.0 <= self.actor_noise <= 10.0, "actor_noise", "must be in [0, 10] (times the fit's noise; 0: off)")
         need(0.0 <= self.standing_starts <= 1.0, "standing_starts", "must be a fraction in [0, 1]")
         need(0.0 <= self.action_overshoot < 1.0, "action_overshoot", "must be in [0, 1)")
         need(self.pedals in PEDALS, "pedals", f"expected one of {PEDALS}")

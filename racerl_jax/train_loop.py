@@ -53,13 +53,14 @@ def driving_action(agent, obs: jax.Array, low, high, key: jax.Array) -> jax.Arra
 def _run_updates(
     agent: AgentState, buffer: ReplayBuffer, num_updates: int, config: CrossQConfig,
     lr_scale: jax.Array | float = 1.0, entropy_shift: jax.Array | float = 0.0,
+    actor_view: crossq.ActorView | None = None,
 ) -> tuple[AgentState, dict[str, jax.Array]]:
     """``num_updates`` gradient steps (scan), each on a fresh batch; returns mean metrics."""
 
     def body(a: AgentState, _: None) -> tuple[AgentState, dict]:
         key, k_batch = jax.random.split(a.key)
         batch = replay.sample(buffer, k_batch, config.batch_size)
-        a, metrics = crossq.update(a.replace(key=key), batch, config, lr_scale, entropy_shift)
+        a, metrics = crossq.update(a.replace(key=key), batch, config, lr_scale, entropy_shift, actor_view)
         return a, metrics
 
     agent, metrics = jax.lax.scan(body, agent, None, length=num_updates)
@@ -74,11 +75,12 @@ def _nan_metrics() -> dict[str, jax.Array]:
 def _maybe_update(
     agent: AgentState, buffer: ReplayBuffer, num_updates: int, config: CrossQConfig,
     lr_scale: jax.Array | float = 1.0, entropy_shift: jax.Array | float = 0.0,
+    actor_view: crossq.ActorView | None = None,
 ) -> tuple[AgentState, dict[str, jax.Array]]:
     ready = (agent.env_steps >= config.learning_starts) & (buffer.size > 0)
     return jax.lax.cond(
         ready,
-        lambda a: _run_updates(a, buffer, num_updates, config, lr_scale, entropy_shift),
+        lambda a: _run_updates(a, buffer, num_updates, config, lr_scale, entropy_shift, actor_view),
         lambda a: (a, _nan_metrics()),
         agent,
     )
@@ -177,11 +179,16 @@ def _train_chunk(env: Any, config: CrossQConfig, num_envs: int, updates: int, nu
                  entropy_shift: jax.Array) -> tuple[TrainCarry, dict[str, jax.Array]]:
     low, high = np.asarray(env.action_low, np.float32), np.asarray(env.action_high, np.float32)
     v_step = batched_step(env)
+    # An env with an actor's view (RacingEnv.actor_view: a game's sensor noise) has the actor act and
+    # learn on it; the buffer and the critics keep the clean observations.
+    view = getattr(env, "actor_view", None)
+    actor_view = None if view is None else (lambda obs, k: view(env_params, obs, k))
 
     def iteration(carry: TrainCarry, _: None) -> tuple[TrainCarry, dict]:
         agent = carry.agent
         key, k_act, k_rand, k_step = jax.random.split(carry.key, 4)
-        policy_action = crossq.act(agent, carry.obs, k_act, deterministic=False)
+        seen = carry.obs if actor_view is None else actor_view(carry.obs, jax.random.fold_in(k_act, 1))
+        policy_action = crossq.act(agent, seen, k_act, deterministic=False)
         random_action = jax.random.uniform(k_rand, policy_action.shape, jnp.float32, -1.0, 1.0)
         action = jnp.where(agent.env_steps < config.learning_starts, random_action, policy_action)
         obs, env_state, reward, terminated, truncated, info = v_step(
@@ -199,7 +206,7 @@ def _train_chunk(env: Any, config: CrossQConfig, num_envs: int, updates: int, nu
             ),
         )
         agent = agent.replace(env_steps=agent.env_steps + num_envs)
-        agent, metrics = _maybe_update(agent, buffer, updates, config, lr_scale, entropy_shift)
+        agent, metrics = _maybe_update(agent, buffer, updates, config, lr_scale, entropy_shift, actor_view)
 
         done = terminated | truncated
         ep_return = carry.episodes.running_return + reward

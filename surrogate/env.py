@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from surrogate.car import MODELS, PARAM_NAMES, PARAM_RANGES, CarParams, CarState, init_car_state, sample_car_params, speed
-from surrogate.observation import ObsConfig, Telemetry, filter_imu, imu_vector, noisy_telemetry, observe_tables, with_imu
+from surrogate.observation import (ObsConfig, Telemetry, filter_imu, imu_vector, noisy_observation, noisy_telemetry,
+                                   observe_tables, with_imu)
 from surrogate.residual import Residual, apply_residual
 from surrogate.reward import RewardWeights, reward
 from surrogate.track import (
@@ -145,6 +146,10 @@ class EnvParams:
     # White noise on the observed telemetry, by speed (surrogate.observation.sensor_noise_table): what
     # a fitted game's sensors add. None: none (and no random draws: the env is what it was without it).
     sensor_noise: jax.Array | None = None
+    # The same kind of table, seen by the actor alone (RacingEnv.actor_view): the env and the critics
+    # keep the clean observation, so the noise does not make the critics' values noisy, and the clipped
+    # double-Q minimum over noisy values pessimistic where the game's sensors chatter.
+    actor_noise: jax.Array | None = None
 
 
 @struct.dataclass
@@ -277,6 +282,14 @@ class RacingEnv:
     def tables(self, params: EnvParams) -> TrackTables:
         """The tracks packed for the step's lookups (see ``surrogate.track.TrackTables``)."""
         return make_tables(params.tracks, self.config.projection_window)
+
+    def actor_view(self, params: EnvParams, obs: jax.Array, key: jax.Array) -> jax.Array:
+        """What the actor sees of observations ``obs`` (..., observation_size): with
+        ``params.actor_noise`` the table's noise at each one's speed (``noisy_observation``), else
+        ``obs`` itself. The training loop acts and trains the actor on this view, the critics on ``obs``."""
+        if params.actor_noise is None:
+            return obs
+        return noisy_observation(obs, params.actor_noise, key, self.config.obs)
 
     def observe(self, params: EnvParams, state: EnvState) -> jax.Array:
         """The observation of ``state`` (without sensor noise on the speed; the IMU as last observed)."""

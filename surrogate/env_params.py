@@ -49,15 +49,18 @@ def make_params(
     reward_weights: RewardWeights | None = None,
     residual: Residual | None = None,
     sensor_noise: Mapping | None = None,
+    actor_noise: Mapping | None = None,
     references: Sequence[laptime.Reference | None] | None = None,
 ) -> tuple[EnvParams, list[laptime.Reference]]:
     """Env parameters for track names/files/data (bundled default if none) and a car; also the
     lap-time references of each track for that car. ``car_spread``: one fraction for every car
     parameter, or a dict parameter -> fraction. ``sensor_noise``: the noise added to what the policy
-    observes, by speed (``surrogate.observation.sensor_noise_table``'s dict; absent or all zero: none).
+    observes, by speed (``surrogate.observation.sensor_noise_table``'s dict; absent or all zero: none);
+    ``actor_noise``: the same, added to the actor's view only (``RacingEnv.actor_view``).
     ``references``: per track, a reference line to use instead of the minimum-curvature one (None:
     that one), e.g. ``surrogate.racing_line.line_from_laps``'s."""
     table = sensor_noise_table(sensor_noise) if sensor_noise else None
+    actor_table = sensor_noise_table(actor_noise) if actor_noise else None
     car = validate_car_params(car if car is not None else CarParams())
     datas = [t if isinstance(t, TrackData) else load_track(t) for t in (tracks or [DEFAULT_TRACK])]
     references = list(references) if references is not None else [None] * len(datas)
@@ -75,5 +78,6 @@ def make_params(
         reward=reward_weights if reward_weights is not None else RewardWeights(),
         residual=residual,
         sensor_noise=None if table is None else jnp.asarray(table, jnp.float32),
+        actor_noise=None if actor_table is None else jnp.asarray(actor_table, jnp.float32),
     )
     return params, [b[1] for b in built]

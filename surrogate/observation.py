@@ -130,6 +130,20 @@ def noisy_telemetry(tel: Telemetry, table: jax.Array, key: jax.Array) -> Telemet
                        accel_lat=tel.accel_lat + e[2], yaw_rate=tel.yaw_rate + e[3])
 
 
+def noisy_observation(obs: jax.Array, table: jax.Array, key: jax.Array, cfg: ObsConfig) -> jax.Array:
+    """Observations ``obs`` (..., cfg.size) of ``observe`` with the white noise of ``table``
+    (``sensor_noise_table``) at each one's observed speed added to its speed and, with cfg.imu, its
+    accelerations and yaw rate, in the observation's units; the speed stays >= 0. What the actor
+    alone sees under ``EnvParams.actor_noise``: the critics keep the clean observation."""
+    speed = obs[..., 0] * SPEED_SCALE
+    scales = (SPEED_SCALE, ACCEL_SCALE, ACCEL_SCALE, YAW_RATE_SCALE)[:1 + (len(IMU_FIELDS) if cfg.imu else 0)]
+    cols = (0, 1, 2, 3)[:len(scales)]  # SENSOR_NOISE_FIELDS order; the table's column 1 + i
+    std = jnp.stack([jnp.interp(speed, table[:, 0], table[:, 1 + i]) / s for i, s in zip(cols, scales)], axis=-1)
+    noisy = obs[..., :len(scales)] + std * jax.random.normal(key, std.shape, obs.dtype)
+    noisy = noisy.at[..., 0].set(jnp.maximum(noisy[..., 0], 0.0))
+    return jnp.concatenate([noisy, obs[..., len(scales):]], axis=-1)
+
+
 def imu_vector(tel: Telemetry) -> jax.Array:
     """The IMU_FIELDS of ``tel`` as one (3,) vector."""
     return jnp.stack([tel.accel_long, tel.accel_lat, tel.yaw_rate]).astype(jnp.float32)
