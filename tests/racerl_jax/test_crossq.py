@@ -186,6 +186,23 @@ def test_lr_scale_scales_the_step_of_actor_and_critics_and_zero_freezes_them():
     assert any(np.any(leaf) for leaf in jax.tree.leaves(moved[1.0][0]))  # the actor did move at 1
 
 
+def test_an_actor_view_is_what_the_actor_learns_from_while_the_critics_learn_from_the_states():
+    """Asymmetric actor-critic: each network's input batch statistics are those of what it was fed."""
+    agent = crossq.init_agent(jax.random.PRNGKey(0), 3, 1, TINY)
+    batch = _batch(jax.random.PRNGKey(5))
+    shifted = lambda obs, key: obs + 10.0  # noqa: E731
+    seen, _ = crossq.update(agent, batch, TINY, actor_view=shifted)  # update 0 steps the actor too
+    plain, _ = crossq.update(agent, batch, TINY)
+    momentum_share = 1.0 - TINY.bn_momentum
+    actor_in = lambda a: np.asarray(a.actor_stats["BatchRenorm_0"]["mean"])  # noqa: E731
+    critic_in = lambda a: np.asarray(jax.tree.leaves(a.critic_stats["BatchRenorm_0"]["mean"])[0])  # noqa: E731
+    np.testing.assert_allclose(actor_in(seen) - actor_in(plain), 10.0 * momentum_share, rtol=1e-3)
+    # the critics' state features: the states themselves (their action feature differs: the next
+    # action is the one the actor takes from what it sees)
+    np.testing.assert_allclose(critic_in(seen)[..., :3], critic_in(plain)[..., :3], rtol=1e-6)
+    assert not np.allclose(critic_in(seen)[..., 3], critic_in(plain)[..., 3])
+
+
 def _policy_change(agent, batch):
     a = crossq.act(agent, batch.obs, jax.random.PRNGKey(0), deterministic=True)
     b = crossq.act(agent, batch.next_obs, jax.random.PRNGKey(0), deterministic=True)

@@ -44,7 +44,7 @@ def test_every_command_line_option_sets_its_config_field():
         "--smooth-temporal", "0.7", "--smooth-spatial", "0.2", "--lr-final", "0.1",
         "--gamma", "0.995", "--entropy-per-action", "-2", "--entropy-per-action-final", "-3.5",
         "--renorm-warmup-steps", "500", "--fit-spread", "2", "--checkpoint-every-minutes", "2.5",
-        "--no-observe-imu", "--speed-limit", "45", "--imu-filter-s", "0.15",
+        "--no-observe-imu", "--speed-limit", "45", "--imu-filter-s", "0.15", "--sensor-noise", "0.5", "--actor-noise", "0.7",
     ])  # fmt: skip
     expected = dict(
         backend="surrogate", track="technical", model="kinematic", num_envs=7, budget_minutes=2.5, run_dir="r",
@@ -55,7 +55,7 @@ def test_every_command_line_option_sets_its_config_field():
         reward=dataclasses.replace(tr.DEFAULT_REWARD, action_change=0.05, deviation=0.0), pedals="separate",
         smooth_temporal=0.7, smooth_spatial=0.2, lr_final=0.1, gamma=0.995, entropy_per_action=-2.0,
         entropy_per_action_final=-3.5, renorm_warmup_steps=500, fit_spread=2.0, checkpoint_every_minutes=2.5,
-        observe_imu=False, speed_limit=45.0, imu_filter_s=0.15,
+        observe_imu=False, speed_limit=45.0, imu_filter_s=0.15, sensor_noise=0.5, actor_noise=0.7,
     )  # fmt: skip
     assert {k: getattr(cfg, k) for k in expected} == expected
     assert env_config(cfg, None, "random").obs == ObsConfig(imu=False, imu_filter_s=0.15)  # what the env observes

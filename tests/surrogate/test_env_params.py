@@ -1,7 +1,10 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from surrogate.car import CarParams, car_params_to_dict
-from surrogate.env import EnvConfig
+from surrogate.env import EnvConfig, RacingEnv
 from surrogate.env_params import make_params
 
 CFG = EnvConfig(model="kinematic", n_track_points=1024)
@@ -18,3 +21,15 @@ def test_a_sensor_noise_table_that_makes_no_sense_is_refused_by_make_params():
         make_params(["oval"], config=CFG, sensor_noise={"speed_mps": [20.0, 10.0], "accel_lat": [1.0, 2.0]})
     params, _ = make_params(["oval"], config=CFG, sensor_noise={"speed_mps": [20.0], "accel_lat": [0.0]})
     assert params.sensor_noise is None  # all zero: no noise, no draws
+
+
+def test_actor_noise_is_a_table_of_its_own_that_only_the_actors_view_adds():
+    noise = {"speed_mps": [0.0, 40.0], "accel_lat": [0.0, 20.0]}
+    params, _ = make_params(["oval"], config=CFG, actor_noise=noise)
+    assert params.sensor_noise is None and params.actor_noise.shape == (2, 5)  # the env observes cleanly
+    env = RacingEnv(CFG)
+    obs = jnp.zeros((64, env.observation_size)).at[:, 0].set(0.6)  # 30 m/s
+    seen = np.asarray(env.actor_view(params, obs, jax.random.PRNGKey(0)))
+    assert np.std(seen[:, 2]) > 0.5 and np.all(seen[:, 3:] == 0.0)
+    clean, _ = make_params(["oval"], config=CFG)
+    assert env.actor_view(clean, obs, jax.random.PRNGKey(0)) is obs  # without a table the actor sees the observation
