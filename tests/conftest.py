@@ -22,12 +22,6 @@ import jax  # noqa: E402
 
 
 def pytest_configure(config):
-    # With -n, xdist distributes by "load", which ignores xdist_group marks; "loadgroup" is "load"
-    # but keeps a group's tests on one worker (tests/racerl_jax/conftest.py groups the tests of its
-    # session-scoped training run, so one worker builds it, not both).
-    if getattr(config.option, "dist", "no") == "load":
-        config.option.dist = "loadgroup"
-    config.addinivalue_line("markers", "xdist_group(name): run on one xdist worker with the group's other tests")
     path = os.path.join(str(config.rootpath), ".pytest_cache", "jax-compilation")
     if not hasattr(config, "workerinput"):  # the controller (or a run without xdist) starts it empty
         shutil.rmtree(path, ignore_errors=True)

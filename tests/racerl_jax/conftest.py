@@ -48,12 +48,3 @@ def kinematic_run(tmp_path_factory):
     tr.main([*tiny, "--surrogate", str(fit), "--run-dir", str(run), "--total-env-steps", "400", "--seed", "0"])
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit())[-1] == "400"
     return run
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
-    """Every test of ``kinematic_run`` in one xdist group: a session fixture is built once per
-    worker, and this one is a training run (~45 CPU-s cold, ~20 s from the compilation cache)."""
-    for item in items:
-        if "kinematic_run" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("kinematic_run"))
