@@ -392,7 +392,6 @@ def init_agent(key: jax.Array, obs_size: int, action_size: int, config: CrossQCo
 ActorView = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-
 def critic_loss(
     critic_params: Any,
     critic_stats: Any,

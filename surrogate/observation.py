@@ -120,11 +120,17 @@ def sensor_noise_table(noise: Mapping) -> np.ndarray | None:
     return table if np.any(table[:, 1:] > 0) else None
 
 
+def _spread_at(table: jax.Array, speed, n: int) -> jax.Array:
+    """The standard deviations of the first ``n`` SENSOR_NOISE_FIELDS in ``table`` at ``speed``
+    (linear between the table's speeds, flat beyond): shape speed.shape + (n,)."""
+    return jnp.stack([jnp.interp(speed, table[:, 0], table[:, 1 + i]) for i in range(n)], axis=-1)
+
+
 def noisy_telemetry(tel: Telemetry, table: jax.Array, key: jax.Array) -> Telemetry:
     """``tel`` with white Gaussian noise added to the SENSOR_NOISE_FIELDS channels, each with the
     standard deviation of ``table`` (``sensor_noise_table``) at the car's speed (linear between the
     table's speeds, flat beyond); the speed stays >= 0."""
-    std = jnp.stack([jnp.interp(tel.speed, table[:, 0], table[:, 1 + i]) for i in range(len(SENSOR_NOISE_FIELDS))])
+    std = _spread_at(table, tel.speed, len(SENSOR_NOISE_FIELDS))
     e = jax.random.normal(key, (len(SENSOR_NOISE_FIELDS),), jnp.float32) * std
     return tel.replace(speed=jnp.maximum(tel.speed + e[0], 0.0), accel_long=tel.accel_long + e[1],
                        accel_lat=tel.accel_lat + e[2], yaw_rate=tel.yaw_rate + e[3])
@@ -137,8 +143,7 @@ def noisy_observation(obs: jax.Array, table: jax.Array, key: jax.Array, cfg: Obs
     alone sees under ``EnvParams.actor_noise``: the critics keep the clean observation."""
     speed = obs[..., 0] * SPEED_SCALE
     scales = (SPEED_SCALE, ACCEL_SCALE, ACCEL_SCALE, YAW_RATE_SCALE)[:1 + (len(IMU_FIELDS) if cfg.imu else 0)]
-    cols = (0, 1, 2, 3)[:len(scales)]  # SENSOR_NOISE_FIELDS order; the table's column 1 + i
-    std = jnp.stack([jnp.interp(speed, table[:, 0], table[:, 1 + i]) / s for i, s in zip(cols, scales)], axis=-1)
+    std = _spread_at(table, speed, len(scales)) / jnp.asarray(scales, jnp.float32)
     noisy = obs[..., :len(scales)] + std * jax.random.normal(key, std.shape, obs.dtype)
     noisy = noisy.at[..., 0].set(jnp.maximum(noisy[..., 0], 0.0))
     return jnp.concatenate([noisy, obs[..., len(scales):]], axis=-1)
