@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
@@ -166,7 +168,10 @@ class Checkpointer:
                  for (k, a), (_, b) in zip(got, want) if tuple(a.shape) != tuple(b.shape)]
         if len(got) != len(want) or wrong:
             raise ValueError("; ".join(wrong[:3]) or f"{len(got)} arrays saved, {len(want)} expected")
-        return state
+        # Orbax hands back arrays committed to a device; jit keys its cache on that, so a resumed run
+        # would compile every program again (seconds each on a CPU). Uncommitted copies, like the
+        # template's, hit the programs already compiled.
+        return jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), state)
 
     def close(self) -> None:
         self._manager.wait_until_finished()

@@ -254,8 +254,13 @@ def project_path(track: Track, x, y) -> TrackPos:
     moved = np.flatnonzero(np.hypot(x - x[0], y - y[0]) > 1.0)
     yaw0 = np.arctan2(y[moved[0]] - y[0], x[moved[0]] - x[0]) if moved.size else 0.0
     travel = np.arctan2(np.gradient(y), np.gradient(x)) if x.size > 1 else np.zeros_like(x)
-    f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
-    return _project_path(track, f32(x), f32(y), f32(travel), jnp.float32(yaw0))
+    # Padded to a power of two by repeating the last pose (the scan runs forward, so the poses
+    # before are untouched): one compiled program serves stretches of many lengths.
+    n = x.size
+    pad = max(64, 1 << (n - 1).bit_length()) - n
+    f32 = lambda a: jnp.asarray(np.pad(a, (0, pad), mode="edge"), jnp.float32)  # noqa: E731
+    pos = _project_path(track, f32(x), f32(y), f32(travel), jnp.float32(yaw0))
+    return jax.tree.map(lambda a: a[:n], pos)
 
 
 @jax.jit

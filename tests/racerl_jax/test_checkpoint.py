@@ -62,6 +62,18 @@ def test_checkpointer_restores_every_leaf_and_refuses_a_mismatched_template(tmp_
     ckpt.close()
 
 
+def test_a_restored_state_runs_the_programs_compiled_before_the_save_without_compiling_again(tmp_path):
+    state = {"w": jax.numpy.ones((3,)), "n": jax.numpy.zeros((2,), jax.numpy.int32), "key": jax.random.PRNGKey(0)}
+    step = jax.jit(lambda s: jax.tree.map(lambda a: a + 1, s))
+    step(state)
+    with checkpoint.Checkpointer(tmp_path / "ck") as ckpt:
+        ckpt.save(1, state)
+    with checkpoint.Checkpointer(tmp_path / "ck") as ckpt:
+        restored = ckpt.restore(state)
+    step(restored)
+    assert step._cache_size() == 1
+
+
 def test_train_writes_config_logs_curve_and_checkpoints_and_evaluates(tmp_path):
     evaluate = train_loop.make_evaluate(ENV, PARAMS, num_envs=2)
     calls = []
