@@ -230,10 +230,13 @@ def initial_car(data: FitData, base: CarParams = CarParams(), steer_lock: bool =
 
 
 def rollout(model: str, max_delay: int, substeps: int, car: CarParams, residual: Residual | None, delay,
-            init, controls, dts):
+            init, controls, dts, active=None):
     """One window: the model driven open loop from ``init`` under the recorded controls with an
     input delay of ``delay`` frames (traced: every delay shares one compilation); returns
-    (horizon, 5) predictions of x, y, yaw, speed, yaw rate after each step."""
+    (horizon, 5) predictions of x, y, yaw, speed, yaw rate after each step. With ``active`` (a
+    traced, unbatched step count) only the first ``active`` steps are computed, the rest hold the
+    last state: the horizon ramp and the one-step fit then cost what their horizon does, forward
+    and backward, from one compiled program."""
     step = MODELS[model]
     delay = jnp.asarray(delay, jnp.int32)
     prev = jax.lax.dynamic_index_in_dim(controls, max_delay - delay, keepdims=False)
@@ -242,13 +245,18 @@ def rollout(model: str, max_delay: int, substeps: int, car: CarParams, residual:
     horizon = dts.shape[0]
     applied = jax.lax.dynamic_slice_in_dim(controls, max_delay + 1 - delay, horizon)
 
+    def advance(s, u, dt):
+        return apply_residual(residual, step(car, s, u, dt, substeps), u, dt)
+
     def body(s, inp):
-        u, dt = inp
-        s = step(car, s, u, dt, substeps)
-        s = apply_residual(residual, s, u, dt)
+        u, dt, t = inp
+        if active is None:
+            s = advance(s, u, dt)
+        else:
+            s = jax.lax.cond(t < active, advance, lambda s, u, dt: s, s, u, dt)
         return s, jnp.stack([s.x, s.y, s.yaw, speed(s), s.yaw_rate])
 
-    return jax.lax.scan(body, state, (applied, dts))[1]
+    return jax.lax.scan(body, state, (applied, dts, jnp.arange(horizon)))[1]
 
 
 def errors(pred, target):
@@ -272,13 +280,13 @@ def window_loss(pred, target, horizon):
     return jnp.sum(per_step * mask, axis=-1) / jnp.maximum(jnp.sum(mask), 1)
 
 
-def _predict_batch(model, max_delay, substeps, car, residual, delay, w: dict):
-    return jax.vmap(lambda i, c, d: rollout(model, max_delay, substeps, car, residual, delay, i, c, d))(
+def _predict_batch(model, max_delay, substeps, car, residual, delay, w: dict, active=None):
+    return jax.vmap(lambda i, c, d: rollout(model, max_delay, substeps, car, residual, delay, i, c, d, active))(
         w["init"], w["controls"], w["dt"])
 
 
 def _batch_loss(model, max_delay, substeps, fields, base, z, residual, delay, w: dict, horizon):
-    pred = _predict_batch(model, max_delay, substeps, Space(fields).car(z, base), residual, delay, w)
+    pred = _predict_batch(model, max_delay, substeps, Space(fields).car(z, base), residual, delay, w, horizon)
     return jnp.mean(window_loss(pred, w["target"], horizon))
 
 

@@ -110,6 +110,15 @@ def test_window_loss_counts_only_the_steps_inside_the_horizon():
     assert float(F.window_loss(pred, target, 6)[0]) > 10.0
 
 
+def test_a_rollout_cut_to_its_active_steps_predicts_those_steps_as_the_whole_one_and_holds_after(data):
+    car, w = F.initial_car(data), F._as_arrays(data.val)
+    whole = np.asarray(F._predict_batch("dynamic", data.max_delay, 4, car, None, 1, w))
+    cut = np.asarray(jax.jit(lambda k: F._predict_batch("dynamic", data.max_delay, 4, car, None, 1, w, k))(5))
+    np.testing.assert_allclose(cut[:, :5], whole[:, :5], rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(cut[:, 5:], np.repeat(cut[:, 4:5], whole.shape[1] - 5, axis=1))
+    assert not np.allclose(cut[:, -1], whole[:, -1])
+
+
 def test_least_grip_lowers_an_unmeasured_grip_while_the_held_out_error_stays_within_tolerance(data):
     # The synthetic car never slides much, so a far higher grip fits as well: the search walks it down.
     fit = F.ModelFit("kinematic", "kinematic", TRUE_DELAY, TRUE.replace(mu=8.0), None, 0.0, {}, 0.0)
