@@ -12,8 +12,9 @@ Shared physics (both models, so they agree at low speed):
 - steering: the road-wheel angle follows its target (``steer_angle_target``: linear in the command up
   to the lock ``max_steer``, reached at the command ``steer_lock_command``) with a first-order lag
   ``steer_tau`` (a servo; none by default) at most ``max_steer_rate``;
-- pedals: the drive and brake forces scale with ``throttle ** throttle_gamma`` and
-  ``brake ** brake_gamma`` (linear by default);
+- pedals: the applied throttle rises towards the command at most ``throttle_rise_rate`` per second
+  and falls at once (a game's pedal filter; none by default); the drive and brake forces scale with
+  ``throttle ** throttle_gamma`` and ``brake ** brake_gamma`` (linear by default);
 - axle loads: static split from lf/lr plus longitudinal load transfer ``cg_height * m * ax / L``,
   ax taken from the previous substep (a lag of one substep, far shorter than a real suspension's);
 - longitudinal tyre forces: rear drive ``throttle * min(max_drive_force, engine_power / v)``, brakes
@@ -128,6 +129,11 @@ class CarParams:
     # brake ** brake_gamma (> 1: a progressive pedal, little force at the top of its travel).
     throttle_gamma: float = 1.0
     brake_gamma: float = 1.0
+    # How fast the applied throttle may rise (pedal travel per second); it falls as fast as the
+    # command does. Games filter the pedal so that keys and pads do not spin the wheels (CarRacing's
+    # gas rises at most 0.1 a 50 Hz tick, 5/s); the car's drive then lags a step of the pedal by a
+    # fifth of a second, which a policy that blips the throttle meets as lost speed. 1000: none.
+    throttle_rise_rate: float = 1000.0  # 1/s
 
 
 PARAM_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(CarParams))
@@ -163,6 +169,7 @@ PARAM_RANGES: dict[str, tuple[float, float]] = {
     "steer_tau": (0.0, 0.5),  # s
     "throttle_gamma": (0.25, 4.0),
     "brake_gamma": (0.25, 4.0),
+    "throttle_rise_rate": (0.5, 1000.0),  # 1/s: 2 s to full throttle .. none within a substep
 }
 
 PARAM_UNITS: dict[str, str] = {
@@ -171,7 +178,7 @@ PARAM_UNITS: dict[str, str] = {
     "max_steer_rate": "rad/s",
     "engine_power": "W", "max_drive_force": "N", "max_brake_force": "N", "brake_front_share": "",
     "drag_coef": "N/(m/s)^2", "rolling_resistance": "N", "max_speed": "m/s", "g": "m/s^2", "rear_grip_ratio": "",
-    "steer_tau": "s", "throttle_gamma": "", "brake_gamma": "",
+    "steer_tau": "s", "throttle_gamma": "", "brake_gamma": "", "throttle_rise_rate": "1/s",
 }
 
 # Blend from kinematic (below LO) to dynamic (above HI), in m/s of speed.
@@ -317,6 +324,7 @@ class CarState:
     vy: jax.Array  # m/s, car frame at the CoG, left
     yaw_rate: jax.Array  # rad/s, CCW positive
     steer: jax.Array  # rad, actual road-wheel angle
+    throttle: jax.Array  # applied throttle pedal in [0, 1], before its map (lags the command rising)
     ax: jax.Array  # m/s^2, car-frame acceleration averaged over the last step (IMU, gravity removed)
     ay: jax.Array  # m/s^2
 
@@ -327,7 +335,7 @@ def init_car_state(x, y, yaw, speed) -> CarState:
     x, y, yaw, speed = f(x), f(y), f(yaw), f(speed)
     zero = jnp.zeros_like(x + y + yaw + speed)
     return CarState(x=x + zero, y=y + zero, yaw=yaw + zero, vx=speed + zero, vy=zero, yaw_rate=zero,
-                    steer=zero, ax=zero, ay=zero)
+                    steer=zero, throttle=zero, ax=zero, ay=zero)
 
 
 def speed(state: CarState) -> jax.Array:
@@ -364,11 +372,16 @@ def steer_angle_target(params, steer_cmd):
 
 
 def _parse_action(params, action):
-    """Road-wheel angle target and the pedals after their maps (fractions of full force)."""
+    """Road-wheel angle target, the throttle command (pedal travel, before its rise limit and map)
+    and the brake after its map (a fraction of full force)."""
     action = jnp.asarray(action, jnp.float32)
-    throttle = _pedal_map(jnp.clip(action[..., 1], 0.0, 1.0), params.throttle_gamma)
     brake = _pedal_map(jnp.clip(action[..., 2], 0.0, 1.0), params.brake_gamma)
-    return steer_angle_target(params, action[..., 0]), throttle, brake
+    return steer_angle_target(params, action[..., 0]), jnp.clip(action[..., 1], 0.0, 1.0), brake
+
+
+def _throttle_update(params, applied, command, h):
+    # Rising at most throttle_rise_rate; releasing at once.
+    return jnp.minimum(command, applied + params.throttle_rise_rate * h)
 
 
 def _steer_update(params, steer, target, h):
@@ -549,15 +562,16 @@ def _blend(w, a: _Velocity, b: _Velocity) -> _Velocity:
 def _integrate(params, state, action, dt, substeps, model_substep):
     if not isinstance(substeps, int) or isinstance(substeps, bool) or substeps < 1:
         raise ValueError(f"substeps must be a positive Python int (static under jit), got {substeps!r}")
-    target, throttle, brake = _parse_action(params, action)
+    target, throttle_cmd, brake = _parse_action(params, action)
     h = jnp.asarray(dt, jnp.float32) / substeps
 
     def body(_, carry):
         s, ax_sum, ay_sum = carry
         steer = _steer_update(params, s.steer, target, h)
+        throttle = _throttle_update(params, s.throttle, throttle_cmd, h)
         fz_f, fz_r = _axle_loads(params, s.ax)
-        lon = _longitudinal(params, s.vx, throttle, brake, fz_f, fz_r)
-        s = s.replace(steer=steer)
+        lon = _longitudinal(params, s.vx, _pedal_map(throttle, params.throttle_gamma), brake, fz_f, fz_r)
+        s = s.replace(steer=steer, throttle=throttle)
         new = _advance_pose(s, _capped(params, model_substep(params, s, steer, lon, fz_f, fz_r, h)), h)
         # IMU acceleration: rate of change of the car-frame velocity plus the frame's rotation.
         r_mid = 0.5 * (s.yaw_rate + new.yaw_rate)

@@ -42,7 +42,7 @@ from surrogate.residual import Residual, apply_residual, init_residual
 # Fields fitted per model (the rest keep their defaults: mass, g, the tyre curve's E and speed exponent).
 KINEMATIC_FIELDS = ("lf", "lr", "mu", "max_steer", "max_steer_rate", "steer_tau", "engine_power", "max_drive_force",
                     "max_brake_force", "brake_front_share", "drag_coef", "rolling_resistance", "throttle_gamma",
-                    "brake_gamma")
+                    "brake_gamma", "throttle_rise_rate")
 # The steering lock is fitted only on request (FitConfig.fit_steer_lock): on CarRacing every fit found it
 # inside the command's travel (0.28-0.39, the game's is 0.4), yet 6 drivers of 6 trained on those fits
 # left the game's track, where 3 of 3 on a fit without it lapped clean: past the lock, full-lock
@@ -201,8 +201,9 @@ def with_speed_cap(car: CarParams, cap: float | None) -> CarParams:
 
 def initial_car(data: FitData, base: CarParams = CarParams(), steer_lock: bool = False) -> CarParams:
     """A starting car read off the data: grip from the largest lateral acceleration, drive and brake
-    force from the largest longitudinal ones, power from the largest acceleration times speed, and a
-    drag that puts the top speed a little above the fastest recorded. A steering lock to be fitted
+    force from the largest longitudinal ones, power from the largest acceleration times speed, a
+    drag that puts the top speed a little above the fastest recorded, and a throttle that rises in
+    a tenth of a second. A steering lock to be fitted
     starts inside the command's travel: from the end of its range (1) the transformed space is flat
     and the fit would barely move it."""
     seg = data.segments
@@ -222,8 +223,10 @@ def initial_car(data: FitData, base: CarParams = CarParams(), steer_lock: bool =
     power = clip("engine_power", m * max(pct((ax * v)[fast], 95, 0.0), 1.0) * 1.2) if fast.sum() > 20 else base.engine_power
     v_top = max(pct(v, 99.5, 30.0) * 1.3, 5.0)
     drag = clip("drag_coef", power / v_top ** 3)
+    # The pedal's rise limit starts where it acts (full throttle in 0.1 s): from no limit (1000/s, never
+    # reached) the loss is flat in it and the fit could not find a game's pedal filter.
     return base.replace(mu=mu, max_drive_force=drive, max_brake_force=brake, engine_power=power, drag_coef=drag,
-                        steer_lock_command=0.7 if steer_lock else base.steer_lock_command)
+                        steer_lock_command=0.7 if steer_lock else base.steer_lock_command, throttle_rise_rate=10.0)
 
 
 # ----------------------------------------------------------------------------- rollouts and loss
@@ -241,7 +244,8 @@ def rollout(model: str, max_delay: int, substeps: int, car: CarParams, residual:
     delay = jnp.asarray(delay, jnp.int32)
     prev = jax.lax.dynamic_index_in_dim(controls, max_delay - delay, keepdims=False)
     state = CarState(x=init[0], y=init[1], yaw=init[2], vx=init[3], vy=init[4], yaw_rate=init[5],
-                     steer=steer_angle_target(car, prev[0]), ax=init[6], ay=init[7])
+                     steer=steer_angle_target(car, prev[0]), throttle=jnp.clip(prev[1], 0.0, 1.0), ax=init[6],
+                     ay=init[7])
     horizon = dts.shape[0]
     applied = jax.lax.dynamic_slice_in_dim(controls, max_delay + 1 - delay, horizon)
 

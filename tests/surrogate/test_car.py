@@ -426,6 +426,21 @@ def test_pedal_maps_scale_drive_and_brake_force_by_a_power_of_the_pedal(model):
     assert float(rollout(model, P.replace(throttle_gamma=3.0), init_car_state(0.0, 0.0, 0.0, 0.0), [0.0, 0.0, 0.0]).vx[-1]) == 0.0
 
 
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_the_applied_throttle_rises_at_its_rate_limit_and_is_released_at_once(model):
+    # 4 /s: full throttle 0.25 s after the step; the car pulls as the pedal travel it has reached.
+    slow = P.replace(throttle_rise_rate=4.0)
+    s0 = init_car_state(0.0, 0.0, 0.0, 10.0)
+    up = rollout(model, slow, s0, [0.0, 1.0, 0.0])
+    np.testing.assert_allclose(np.asarray(up.throttle[:6]), [0.2, 0.4, 0.6, 0.8, 1.0, 1.0], atol=1e-5)
+    assert float(up.vx[0]) < float(rollout(model, P, s0, [0.0, 1.0, 0.0]).vx[0])
+    assert float(up.vx[0]) == pytest.approx(float(rollout(model, P, s0, [0.0, 0.125, 0.0]).vx[0]), abs=0.02)
+    down = rollout(model, slow, last(up), [0.0, 0.3, 0.0])
+    assert float(down.throttle[0]) == pytest.approx(0.3)
+    # none by default: the command is applied within the first substep
+    assert float(rollout(model, P, s0, [0.0, 1.0, 0.0]).throttle[0]) == 1.0
+
+
 def test_a_slip_velocity_tyre_stiffens_with_speed_and_a_slip_angle_tyre_does_not():
     """tyre_speed_exp: cornering stiffness times (speed / 10 m/s) ** exp (CarRacing's tyres: exp 1)."""
     def lateral_accel(exp: float, v: float) -> float:

@@ -14,9 +14,10 @@ from surrogate.fit_data import prepare
 from surrogate.residual import init_residual
 
 DT = 0.04
-# A car unlike the default: weaker engine, less grip, a slow steering rack, a progressive throttle.
+# A car unlike the default: weaker engine, less grip, a slow steering rack, a progressive throttle
+# behind a pedal filter.
 TRUE = CarParams(mu=0.8, max_steer=0.3, max_steer_rate=1.0, max_drive_force=5000.0, engine_power=60e3,
-                 max_brake_force=9000.0, drag_coef=0.6, throttle_gamma=1.5)
+                 max_brake_force=9000.0, drag_coef=0.6, throttle_gamma=1.5, throttle_rise_rate=3.0)
 TRUE_DELAY = 1
 
 
@@ -58,9 +59,11 @@ def test_parameters_map_into_their_physical_ranges_with_finite_gradients():
     space = F.Space(F.FIT_FIELDS["dynamic"])
     values = space.values(CarParams())
     back = np.asarray(space.from_z(jnp.asarray(space.to_z(values))))
-    # a value on an edge comes back a thousandth of its range inside it
-    width = np.array([PARAM_RANGES[f][1] - PARAM_RANGES[f][0] for f in space.fields])
-    assert np.all(np.abs(back - values) <= 1e-3 * np.abs(values) + 1.01e-3 * width), (back, values)
+    # a value on an edge comes back a thousandth of its range inside it, on the field's own scale
+    # (logarithmic for the ranges that span decades)
+    log, lo, hi = space._t()
+    scale = lambda v: np.where(log, np.log(np.maximum(v, 1e-12)), v)  # noqa: E731
+    assert np.all(np.abs(scale(back) - scale(values)) <= 1e-3 * np.abs(scale(values)) + 1.01e-3 * (hi - lo)), (back, values)
     for z in (-30.0, 0.0, 30.0):  # far out in the unconstrained space: still inside the ranges
         v = np.asarray(space.from_z(jnp.full(len(space.fields), z)))
         for f, x in zip(space.fields, v):
@@ -81,6 +84,7 @@ def test_the_multi_step_fit_recovers_the_car_and_its_input_delay(data):
     # what the motion pins down: the accelerations the pedals give and the grip
     assert float(kin.car.max_drive_force) == pytest.approx(TRUE.max_drive_force, rel=0.15)
     assert float(kin.car.throttle_gamma) == pytest.approx(TRUE.throttle_gamma, rel=0.15)
+    assert float(kin.car.throttle_rise_rate) == pytest.approx(TRUE.throttle_rise_rate, rel=0.3)
     assert res.chosen in ("kinematic", "dynamic")
     assert set(res.best.spread) == set(F.FIT_FIELDS[res.best.model])
     assert all(0.0 <= v <= 0.3 for v in res.best.spread.values())
