@@ -4,6 +4,11 @@ print its lap times beside the minimum-lap-time reference for the same car, and 
     python scripts/drive_baseline.py [--track flowing|technical|oval|PATH.csv] [--laps 2] [--model dynamic]
     python scripts/drive_baseline.py --tune [--generations 60] [--population 512]   # tune it to the car first
     python scripts/drive_baseline.py --tuning runs/baseline-oval-<time>/tuning.json  # drive a saved tuning
+    python scripts/drive_baseline.py --surrogate runs/fit-game/surrogate.json --tune  # the fitted car on its track
+
+``--surrogate`` drives a fitted game's car on the game's track (``train_surrogate.py``'s file: its car,
+residual, control period and input delay); a tuning made there is what ``evaluate.py
+--baseline-tuning`` drives on the game, the classical driver planned for the fitted car.
 
 ``--tune`` fits the driver's speed profile, line and gains to the car and track (the cross-entropy
 method, ``surrogate.tuning``) and saves them as ``tuning.json`` in the run directory.
@@ -27,6 +32,7 @@ from surrogate.car import CarParams
 from surrogate.env import EnvConfig, RacingEnv
 from surrogate.env_params import make_params
 from surrogate.rollout import lap_metrics, rollout
+from surrogate.surrogate_file import SurrogateFileError, load_surrogate
 from surrogate.track import select_track
 from surrogate.track_io import DEFAULT_TRACK
 from surrogate import tuning as tuning_lib
@@ -45,6 +51,7 @@ class Config:
     population: int = 512
     knot_spacing: float = 50.0
     tuning: str = ""
+    surrogate: str = ""
 
 
 def parse() -> Config:
@@ -62,6 +69,9 @@ def parse() -> Config:
     p.add_argument("--knot-spacing", type=float, default=d.knot_spacing,
                    help="--tune: metres between the knots of the speed and line profiles")
     p.add_argument("--tuning", default=d.tuning, help="drive with a tuning.json saved by an earlier --tune")
+    p.add_argument("--surrogate", default=d.surrogate, metavar="FILE",
+                   help="a fitted surrogate (train_surrogate.py's surrogate.json): its car on its track, instead of "
+                        "the default car on --track")
     cfg = Config(**{k.replace("-", "_"): v for k, v in vars(p.parse_args()).items()})
     if cfg.tune and cfg.tuning:
         p.error("--tune and --tuning exclude each other: tune anew, or drive a saved tuning")
@@ -74,16 +84,27 @@ def parse() -> Config:
 def main() -> None:
     cfg = parse()
     t0 = time.time()
-    car = CarParams()
-    env_cfg = EnvConfig(model=cfg.model, start="line", max_episode_steps=100_000)
-    print(f"track {cfg.track}: computing the minimum-lap-time reference for the default car ...", flush=True)
-    params, refs = make_params([cfg.track], car=car, config=env_cfg)
+    fitted = None
+    if cfg.surrogate:
+        try:
+            fitted = load_surrogate(cfg.surrogate)
+        except SurrogateFileError as e:
+            raise SystemExit(str(e)) from None
+    car = fitted.car if fitted else CarParams()
+    # A fitted game's own control period and input delay, as training and evaluation use them.
+    timing = {"delay_steps": fitted.delay_steps, **({"dt": fitted.dt} if fitted.dt else {})} if fitted else {}
+    env_cfg = EnvConfig(model=fitted.model if fitted else cfg.model, start="line", max_episode_steps=100_000, **timing)
+    track_entry = fitted.track if fitted else cfg.track
+    track_name = fitted.track.name if fitted else Path(cfg.track).stem
+    print(f"track {track_name}: computing the minimum-lap-time reference for the "
+          f"{'fitted car of ' + cfg.surrogate if fitted else 'default car'} ...", flush=True)
+    params, refs = make_params([track_entry], car=car, config=env_cfg, residual=fitted.residual if fitted else None)
     ref = refs[0]
     env = RacingEnv(env_cfg)
     track = select_track(params.tracks, 0)
     base = baseline_params_for(car)
     bp = dataclasses.replace(base, speed_margin=cfg.speed_margin)
-    run_dir = Path(cfg.run_dir or f"runs/baseline-{Path(cfg.track).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = Path(cfg.run_dir or f"runs/baseline-{track_name}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir.mkdir(parents=True, exist_ok=True)
     tuned = None
     if cfg.tuning:
@@ -111,7 +132,7 @@ def main() -> None:
 
     name = "tuned baseline" if tuned is not None else "baseline"
     plot = plot_lap(track, traj["x"], traj["y"], traj["speed"], run_dir / "lap.png", controls=traj["action"], dt=env_cfg.dt,
-                    title=f"{name} on {Path(cfg.track).stem}: best clean lap {m['best_lap_s']:.2f} s, limit {ref.lap_time_s:.2f} s")
+                    title=f"{name} on {track_name}: best clean lap {m['best_lap_s']:.2f} s, limit {ref.lap_time_s:.2f} s")
     summary = {"config": dataclasses.asdict(cfg), "lap_times_s": times.tolist(), "lap_clean": clean.tolist(),
                "limit_s": ref.lap_time_s, "centre_line_limit_s": ref.centre_lap_time_s, **m}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -143,7 +164,7 @@ def tune(cfg: Config, env: RacingEnv, params, track, base, limit_s: float, run_d
                                      generations=cfg.generations, seed=cfg.seed, on_generation=report)
     bar.close()
     path = tuning_lib.save_tuning(run_dir / tuning_lib.TUNING_FILE, tuned, {
-        "track": cfg.track, "model": cfg.model, "limit_s": limit_s, "best_score": history[-1],
+        "track": cfg.track, "surrogate": cfg.surrogate, "model": env.config.model, "limit_s": limit_s, "best_score": history[-1],
         "generations": cfg.generations, "population": cfg.population, "seed": cfg.seed})
     print(f"tuning saved: {path}")
     return tuned

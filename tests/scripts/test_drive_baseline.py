@@ -37,3 +37,25 @@ def test_tune_and_tuning_together_are_refused(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         db.parse()
     assert "exclude each other" in capsys.readouterr().err
+
+
+def test_a_surrogate_file_drives_its_fitted_car_on_its_track_at_its_control_period(tmp_path, monkeypatch, capsys):
+    from surrogate.car import CarParams
+    from surrogate.surrogate_file import save_surrogate
+    from surrogate.track_io import load_track
+
+    fit = save_surrogate(tmp_path / "fit.json", "kinematic", CarParams(mu=0.7), load_track("oval"), dt=0.04)
+    out = _run(monkeypatch, capsys, "--surrogate", str(fit), "--laps", "1", "--run-dir", str(tmp_path / "drive"))
+    assert f"fitted car of {fit}" in out
+    summary = json.loads((tmp_path / "drive" / "summary.json").read_text())
+    # the file's period (0.04 s), not the default 0.05 s, sets the steps of the drive
+    assert f"driving 1 laps ({int(summary['limit_s'] / 0.6 / 0.04)} steps max" in out
+    assert summary["config"]["surrogate"] == str(fit)
+
+
+def test_an_unreadable_surrogate_file_is_refused_with_its_name(tmp_path, monkeypatch):
+    bad = tmp_path / "fit.json"
+    bad.write_text("{")
+    monkeypatch.setattr(sys, "argv", ["drive_baseline.py", "--surrogate", str(bad)])
+    with pytest.raises(SystemExit, match="fit.json"):
+        db.main()
