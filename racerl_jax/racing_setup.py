@@ -74,11 +74,7 @@ def slow_lap_steps(limit_s: float, length_m: float, env_cfg: EnvConfig, laps: fl
 def env_config(cfg: TrainConfig, fitted: FittedSurrogate | None, start: str) -> EnvConfig:
     """The env a run trains, evaluates and drives the game with: a fitted surrogate's control
     period (the game's ticks per step) and input delay, or the defaults."""
-    extra = {}
-    if fitted is not None:
-        extra["delay_steps"] = fitted.delay_steps
-        if fitted.dt is not None:
-            extra["dt"] = fitted.dt
+    extra = fitted.env_timing() if fitted is not None else {}
     return EnvConfig(model=cfg.model or "dynamic", start=start, max_episode_steps=cfg.episode_steps,
                      pedals=cfg.pedals, obs=ObsConfig(imu=cfg.observe_imu, imu_filter_s=cfg.imu_filter_s), speed_limit=cfg.speed_limit, **extra)
 

@@ -7,8 +7,7 @@ print its lap times beside the minimum-lap-time reference for the same car, and 
     python scripts/drive_baseline.py --surrogate runs/fit-game/surrogate.json --tune  # the fitted car on its track
 
 ``--surrogate`` drives a fitted game's car on the game's track (``train_surrogate.py``'s file: its car,
-residual, control period and input delay); a tuning made there is what ``evaluate.py
---baseline-tuning`` drives on the game, the classical driver planned for the fitted car.
+residual, control period and input delay), and ``--tune`` tunes the driver to that car.
 
 ``--tune`` fits the driver's speed profile, line and gains to the car and track (the cross-entropy
 method, ``surrogate.tuning``) and saves them as ``tuning.json`` in the run directory.
@@ -91,8 +90,7 @@ def main() -> None:
         except SurrogateFileError as e:
             raise SystemExit(str(e)) from None
     car = fitted.car if fitted else CarParams()
-    # A fitted game's own control period and input delay, as training and evaluation use them.
-    timing = {"delay_steps": fitted.delay_steps, **({"dt": fitted.dt} if fitted.dt else {})} if fitted else {}
+    timing = fitted.env_timing() if fitted else {}
     env_cfg = EnvConfig(model=fitted.model if fitted else cfg.model, start="line", max_episode_steps=100_000, **timing)
     track_entry = fitted.track if fitted else cfg.track
     track_name = fitted.track.name if fitted else Path(cfg.track).stem

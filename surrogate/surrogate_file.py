@@ -65,6 +65,11 @@ class FittedSurrogate:
     provenance: dict = dataclasses.field(default_factory=dict)
     sensor_noise: dict | None = None  # telemetry noise by speed, as the env takes it (make_params)
 
+    def env_timing(self) -> dict[str, Any]:
+        """The ``EnvConfig`` fields the game's timing sets: its input delay and, where the file says,
+        the control period it was fitted at (what training, evaluation and the baseline drive at)."""
+        return {"delay_steps": self.delay_steps, **({"dt": self.dt} if self.dt is not None else {})}
+
 
 def save_surrogate(path: str | Path, model: str, car: CarParams, track: TrackData, *, delay_steps: int = 0,
                    dt: float | None = None, game_dt: float | None = None, spread: dict[str, float] | None = None,
