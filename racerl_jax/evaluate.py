@@ -42,6 +42,7 @@ from racerl_jax.train_loop import driving_action
 from racerl_jax.racing_setup import SLOW_PACE, slow_lap_steps
 from racerl_jax.train_racing import TrainConfig, build_setup, env_config
 from surrogate.baseline import BaselineParams, baseline_action, baseline_params_for
+from surrogate.tuning import apply_tuning, load_tuning
 from surrogate.car import CarParams
 from surrogate.env import EnvConfig, EnvParams, RacingEnv, env_action, game_controls
 from surrogate.track import Track, select_track
@@ -82,6 +83,7 @@ class EvalConfig:
     out: str = ""  # "" = <run dir>/eval-<backend>-<time>
     seed: int = 0
     baseline_param: tuple[str, ...] = ()  # NAME=VALUE overrides of surrogate.baseline.BaselineParams
+    baseline_tuning: str = ""  # a tuning.json of drive_baseline.py --tune: the baseline drives it
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -103,6 +105,9 @@ class EvalConfig:
         if self.game_seed is not None and self.game_seed < 0:
             raise EvaluateError(f"--game-seed {self.game_seed}: give a seed >= 0")
         self.baseline_overrides()
+        if self.baseline_tuning and not Path(self.baseline_tuning).is_file():
+            raise EvaluateError(f"--baseline-tuning {self.baseline_tuning}: no such file; give the tuning.json "
+                                "that scripts/drive_baseline.py --tune saved in its run directory")
 
     def baseline_overrides(self) -> dict[str, float]:
         try:
@@ -302,6 +307,19 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     return report
 
 
+def _baseline(cfg: EvalConfig, car: CarParams, track: Track, car_half_width: float) -> tuple[Track, BaselineParams]:
+    """The baseline driver as it drives: planned for ``car`` (with ``--baseline-param``), or the tuned
+    driver of ``--baseline-tuning`` (its speed profile and line on ``track``, its gains)."""
+    bp = dataclasses.replace(baseline_params_for(car), **cfg.baseline_overrides())
+    if not cfg.baseline_tuning:
+        return track, bp
+    try:
+        tuned = load_tuning(cfg.baseline_tuning, track_length_m=float(track.length))
+    except ValueError as e:
+        raise EvaluateError(str(e), code=1) from None
+    return apply_tuning(track, bp, tuned, car_half_width)
+
+
 def _header(cfg: EvalConfig, tc: TrainConfig, saved: SavedAgent, track_name: str, limit_s: float, dt: float,
             delay_steps: int, max_steps: int, bp: BaselineParams) -> dict[str, Any]:
     return {
@@ -310,6 +328,7 @@ def _header(cfg: EvalConfig, tc: TrainConfig, saved: SavedAgent, track_name: str
         "pedals": tc.pedals, "surrogate": tc.surrogate or None, "control_period_s": dt, "delay_steps": delay_steps,
         "laps_asked": cfg.laps, "max_steps": max_steps, "limit_s": limit_s, "seed": cfg.seed,
         "baseline_params": {f.name: float(getattr(bp, f.name)) for f in dataclasses.fields(bp)},
+        "baseline_tuning": cfg.baseline_tuning or None,
     }
 
 
@@ -342,13 +361,13 @@ def _evaluate_surrogate(cfg: EvalConfig, tc: TrainConfig, saved: SavedAgent, out
     params = setup.eval_params
     track = select_track(params.tracks, 0)
     max_steps = _max_steps(cfg, setup.limit_s, float(track.length), env.config)
-    bp = dataclasses.replace(baseline_params_for(car), **cfg.baseline_overrides())
+    base_track, bp = _baseline(cfg, car, track, env.config.car_half_width)
     report = _header(cfg, tc, saved, setup.track_name, setup.limit_s, dt, env.config.delay_steps, max_steps, bp)
     out.mkdir(parents=True, exist_ok=True)
     print(f"surrogate: track {setup.track_name}, {tc.model} model, control period {dt:g} s, input delay "
           f"{env.config.delay_steps} steps; minimum-lap-time reference {setup.limit_s:.2f} s; {cfg.laps} laps "
           f"({max_steps} steps at most) per driver", flush=True)
-    for name, args in (("agent", saved.agent), ("baseline", (track, bp))):
+    for name, args in (("agent", saved.agent), ("baseline", (base_track, bp))):
         book = LapBook(cfg.laps, float(track.length))
         bar, update = _progress(name, cfg.laps, cfg.progress)
         rows = drive_surrogate(env, params, name, args, book, max_steps, jax.random.PRNGKey(cfg.seed), update)
@@ -389,7 +408,7 @@ def _evaluate_game(cfg: EvalConfig, tc: TrainConfig, saved: SavedAgent, out: Pat
         limit = float(env.reference.lap_time_s)
         dt = env_cfg.dt
         max_steps = _max_steps(cfg, limit, float(env.track.length), env_cfg)
-        bp = dataclasses.replace(baseline_params_for(car), **cfg.baseline_overrides())
+        base_track, bp = _baseline(cfg, car, env.track, env_cfg.car_half_width)
         report = _header(cfg, tc, saved, env.track_data.name, limit, dt, 0, max_steps, bp)
         # What a step is on the game: whole ticks in lockstep (the run's period rounded to them).
         game_dt = env.ticks * env.hello["dt"] if mode == "lockstep" and env.hello else dt
@@ -404,7 +423,7 @@ def _evaluate_game(cfg: EvalConfig, tc: TrainConfig, saved: SavedAgent, out: Pat
         low, high = env.action_space.low, env.action_space.high
         agent, key = saved.agent, jax.random.PRNGKey(cfg.seed)
         agent_fn = jax.jit(lambda obs: driving_action(agent, obs, low, high, key))
-        base_fn = jax.jit(lambda pos, tel: env_action(baseline_action(env.track, pos, tel, bp), tc.pedals))
+        base_fn = jax.jit(lambda pos, tel: env_action(baseline_action(base_track, pos, tel, bp), tc.pedals))
         # Compiled before the game runs: in real time a first step that compiles would be late.
         t = env.track
         tel0 = telemetry_from({"x": t.x[0], "y": t.y[0], "yaw": t.heading[0], "speed": 0.0, "accel_long": 0.0,
@@ -496,6 +515,9 @@ def build_parser():
     p.add_argument("--baseline-param", action="append", default=[], metavar="NAME=VALUE",
                    help="a baseline driver setting (surrogate.baseline.BaselineParams), repeatable; e.g. "
                    "speed_margin=0.6 for a car weaker than the one it plans for")
+    p.add_argument("--baseline-tuning", default=d.baseline_tuning, metavar="TUNING_JSON",
+                   help="the baseline drives this tuning (drive_baseline.py --tune's tuning.json, tuned on the same "
+                        "track) instead of its plan for the car")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 

@@ -10,7 +10,11 @@ print its lap times beside the minimum-lap-time reference for the same car, and 
 residual, control period and input delay), and ``--tune`` tunes the driver to that car.
 
 ``--tune`` fits the driver's speed profile, line and gains to the car and track (the cross-entropy
-method, ``surrogate.tuning``) and saves them as ``tuning.json`` in the run directory.
+method, ``surrogate.tuning``) and saves them as ``tuning.json`` in the run directory, which
+``evaluate.py --baseline-tuning`` drives beside an agent, on the surrogate or on the game.
+``--robust-cars N`` makes every candidate lap N more cars drawn around the car (each parameter
+within ``--robust-spread``) too: a fitted car is an estimate, and a tuning that laps only the
+estimate leaves the game's track.
 """
 from __future__ import annotations
 
@@ -49,6 +53,8 @@ class Config:
     generations: int = 60
     population: int = 512
     knot_spacing: float = 50.0
+    robust_cars: int = 0
+    robust_spread: float = 0.03
     tuning: str = ""
     surrogate: str = ""
 
@@ -67,6 +73,10 @@ def parse() -> Config:
     p.add_argument("--population", type=int, default=d.population, help="--tune: candidates driven per generation")
     p.add_argument("--knot-spacing", type=float, default=d.knot_spacing,
                    help="--tune: metres between the knots of the speed and line profiles")
+    p.add_argument("--robust-cars", type=int, default=d.robust_cars,
+                   help="--tune: cars drawn around the car that every candidate must lap too (0: the car alone)")
+    p.add_argument("--robust-spread", type=float, default=d.robust_spread,
+                   help="--tune: each parameter of those cars within this fraction of the car's")
     p.add_argument("--tuning", default=d.tuning, help="drive with a tuning.json saved by an earlier --tune")
     p.add_argument("--surrogate", default=d.surrogate, metavar="FILE",
                    help="a fitted surrogate (train_surrogate.py's surrogate.json): its car on its track, instead of "
@@ -74,9 +84,11 @@ def parse() -> Config:
     cfg = Config(**{k.replace("-", "_"): v for k, v in vars(p.parse_args()).items()})
     if cfg.tune and cfg.tuning:
         p.error("--tune and --tuning exclude each other: tune anew, or drive a saved tuning")
-    if cfg.tune and (cfg.generations < 1 or cfg.population < 4 or not cfg.knot_spacing > 0):
-        p.error(f"--generations {cfg.generations} (>= 1), --population {cfg.population} (>= 4) and "
-                f"--knot-spacing {cfg.knot_spacing} (> 0 m) are needed for --tune")
+    if cfg.tune and (cfg.generations < 1 or cfg.population < 4 or not cfg.knot_spacing > 0 or cfg.robust_cars < 0
+                     or not 0.0 <= cfg.robust_spread < 1.0):
+        p.error(f"--generations {cfg.generations} (>= 1), --population {cfg.population} (>= 4), "
+                f"--knot-spacing {cfg.knot_spacing} (> 0 m), --robust-cars {cfg.robust_cars} (>= 0) and "
+                f"--robust-spread {cfg.robust_spread} (in [0, 1)) are needed for --tune")
     return cfg
 
 
@@ -150,7 +162,8 @@ def main() -> None:
 
 def tune(cfg: Config, env: RacingEnv, params, track, base, limit_s: float, run_dir: Path) -> tuning_lib.DriverTuning:
     knots = max(4, round(float(track.length) / cfg.knot_spacing))
-    print(f"tuning: {cfg.generations} generations of {cfg.population} drivers, {knots} knots "
+    robust = (f", each on {cfg.robust_cars + 1} cars ({cfg.robust_spread:.0%} spread)" if cfg.robust_cars else "")
+    print(f"tuning: {cfg.generations} generations of {cfg.population} drivers{robust}, {knots} knots "
           f"({float(track.length) / knots:.0f} m apart) ...", flush=True)
     bar = tqdm(total=cfg.generations, unit="gen", file=sys.stderr)
 
@@ -159,11 +172,13 @@ def tune(cfg: Config, env: RacingEnv, params, track, base, limit_s: float, run_d
         bar.set_postfix_str(f"best flying lap {best:.2f} s" if tuning_lib.is_lap_time(best) else "no clean lap yet")
 
     tuned, history = tuning_lib.tune(env, params, track, base, limit_s, knots=knots, population=cfg.population,
-                                     generations=cfg.generations, seed=cfg.seed, on_generation=report)
+                                     generations=cfg.generations, seed=cfg.seed, robust_cars=cfg.robust_cars,
+                                     robust_spread=cfg.robust_spread, on_generation=report)
     bar.close()
     path = tuning_lib.save_tuning(run_dir / tuning_lib.TUNING_FILE, tuned, {
-        "track": cfg.track, "surrogate": cfg.surrogate, "model": env.config.model, "limit_s": limit_s, "best_score": history[-1],
-        "generations": cfg.generations, "population": cfg.population, "seed": cfg.seed})
+        "track": cfg.track, "surrogate": cfg.surrogate, "track_length_m": float(track.length), "model": env.config.model,
+        "limit_s": limit_s, "best_score": history[-1], "generations": cfg.generations, "population": cfg.population,
+        "seed": cfg.seed, "robust_cars": cfg.robust_cars, "robust_spread": cfg.robust_spread})
     print(f"tuning saved: {path}")
     return tuned
 

@@ -10,6 +10,12 @@ gains, every candidate scored by driving the env itself (same physics, same lap 
 clean-lap rule as the agent's evaluation): a standing start from the line and a flying lap, off
 track nowhere. Thousands of candidates drive at once, vmapped in one jit.
 
+A tuning found on one car can lap on a knife edge: the same tuning driven again by a program that
+rounds differently, or on a game whose car is a little off the fitted one, leaves the track. With
+``robust_cars`` each candidate also drives that many cars drawn around the nominal one (every
+parameter within ``robust_spread``, the draws fixed for the whole search) and is scored by its worst
+drive: it must lap them all.
+
 The result is the score a user gets without RL, tuned for the car: the bar an agent has to beat.
 """
 from __future__ import annotations
@@ -97,14 +103,21 @@ def save_tuning(path: str | Path, tuning: DriverTuning, meta: dict[str, Any] | N
     return path
 
 
-def load_tuning(path: str | Path) -> DriverTuning:
+def load_tuning(path: str | Path, track_length_m: float | None = None) -> DriverTuning:
+    """A saved tuning; with ``track_length_m``, refused (ValueError) when it was tuned on a track of
+    another length: its profiles are spread over the track by fraction of a lap."""
     path = Path(path)
     try:
         d = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: cannot read a driver tuning ({e}); give a {TUNING_FILE} written by "
                          "scripts/drive_baseline.py --tune") from None
-    return DriverTuning.from_dict(d, where=str(path))
+    tuned = DriverTuning.from_dict(d, where=str(path))
+    length = d.get("track_length_m")
+    if track_length_m is not None and isinstance(length, (int, float)) and abs(length / track_length_m - 1.0) > 0.01:
+        raise ValueError(f"{path}: tuned on a track of {length:.0f} m, this one is {track_length_m:.0f} m; tune on "
+                         "this track (drive_baseline.py --tune, with --surrogate for a game's fitted car)")
+    return tuned
 
 
 def _knot_profile(values: jax.Array, n_points: int) -> jax.Array:
@@ -148,14 +161,15 @@ def drive_steps(limit_s: float, dt: float) -> int:
 
 
 def score(env: RacingEnv, params: EnvParams, track: Track, base: BaselineParams, tuning: DriverTuning,
-          steps: int) -> tuple[jax.Array, jax.Array]:
+          steps: int, key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """(score, flying lap s) of one tuning: drive from the line (the env's config must start there);
     the score is the flying lap time when both laps are clean, else FAIL_SCORE less the laps' share
-    driven before the first off-track. Lower is better."""
+    driven before the first off-track. Lower is better. The start is deterministic; ``key`` draws
+    the car where ``params.car_spread`` randomises it."""
     if env.config.start != "line":
         raise ValueError("tuning scores laps from the start line: build the env with EnvConfig(start='line')")
     policy = tuned_policy(env, track, base, tuning)
-    key = jax.random.PRNGKey(0)  # the start is deterministic; the key only feeds the (unused) resets
+    key = jax.random.PRNGKey(0) if key is None else key
     _, state = env.reset(key, params)
     length = track.length
 
@@ -184,16 +198,30 @@ class _CEM:
     best_score: jax.Array
 
 
+def robust_score(env: RacingEnv, params: EnvParams, track: Track, base: BaselineParams, tuning: DriverTuning,
+                 steps: int, robust_cars: int = 0, robust_spread: float = 0.03, seed: int = 0) -> jax.Array:
+    """The worst ``score`` of one tuning over the nominal car and ``robust_cars`` cars drawn with every
+    parameter within ``robust_spread`` of it (draws fixed by ``seed``)."""
+    spreads = jnp.concatenate([jnp.zeros((1,)), jnp.full((robust_cars,), robust_spread)]).astype(jnp.float32)
+    keys = jnp.concatenate([jax.random.PRNGKey(0)[None], jax.random.split(jax.random.PRNGKey(seed + 1), robust_cars)])
+    drive = lambda sp, k: score(env, params.replace(car_spread=sp), track, base, tuning, steps, k)[0]  # noqa: E731
+    return jax.vmap(drive)(spreads, keys).max()
+
+
 def tune(env: RacingEnv, params: EnvParams, track: Track, base: BaselineParams, limit_s: float, knots: int = 24,
-         population: int = 512, generations: int = 60, seed: int = 0,
+         population: int = 512, generations: int = 60, seed: int = 0, robust_cars: int = 0,
+         robust_spread: float = 0.03,
          on_generation: Callable[[int, float], None] | None = None) -> tuple[DriverTuning, list[float]]:
     """CEM over the tuning vector: each generation drives ``population`` candidates at once (vmapped,
     one jit) and refits the sampling Gaussian to the best sixteenth. The search starts from
     ``starting_point``; returns the best tuning found (never worse than that start, which is scored
-    first) and the best score after each generation; ``on_generation(g, best_score)`` reports progress."""
-    if knots < 2 or population < 4 or generations < 1:
-        raise ValueError(f"tune: knots={knots} (>= 2), population={population} (>= 4) and generations="
-                         f"{generations} (>= 1) are needed")
+    first) and the best score after each generation; ``on_generation(g, best_score)`` reports progress.
+    With ``robust_cars`` a candidate's score is its worst over the nominal car and that many drawn
+    around it (``robust_score``)."""
+    if knots < 2 or population < 4 or generations < 1 or robust_cars < 0 or not 0.0 <= robust_spread < 1.0:
+        raise ValueError(f"tune: knots={knots} (>= 2), population={population} (>= 4), generations="
+                         f"{generations} (>= 1), robust_cars={robust_cars} (>= 0) and robust_spread="
+                         f"{robust_spread} (in [0, 1)) are needed")
     steps = drive_steps(limit_s, env.config.dt)
     n_elite = max(2, population // 16)
     dim = 2 * knots + len(GAINS)
@@ -201,7 +229,8 @@ def tune(env: RacingEnv, params: EnvParams, track: Track, base: BaselineParams, 
     std0 = jnp.concatenate([jnp.full((knots,), 0.05), jnp.full((knots,), 1.0), jnp.full((len(GAINS),), 0.3)])
 
     def score_vec(v):
-        return score(env, params, track, base, DriverTuning.from_vector(v, knots), steps)[0]
+        return robust_score(env, params, track, base, DriverTuning.from_vector(v, knots), steps, robust_cars,
+                            robust_spread, seed)
 
     @jax.jit
     def generation(c: _CEM, key) -> _CEM:
@@ -217,7 +246,8 @@ def tune(env: RacingEnv, params: EnvParams, track: Track, base: BaselineParams, 
                     best_score=jnp.where(better, scores[order[0]], c.best_score))
 
     start = starting_point(knots, base).to_vector()
-    c = _CEM(mean=start, std=std0, best=start, best_score=jax.jit(score_vec)(start))
+    # The start enters the first population as the best so far (one compiled program, not two).
+    c = _CEM(mean=start, std=std0, best=start, best_score=jnp.float32(jnp.inf))
     history = []
     for g, key in enumerate(jax.random.split(jax.random.PRNGKey(seed), generations)):
         c = generation(c, key)

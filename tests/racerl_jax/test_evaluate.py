@@ -242,6 +242,35 @@ def test_surrogate_evaluation_drives_the_runs_env_and_writes_report_plots_and_a_
     assert "holds its own track; leave --track out" in capsys.readouterr().err
 
 
+def _slow_tuning(path, pace, meta=None):
+    """A saved baseline tuning: ``pace`` of the reference speed everywhere, the planned line and gains."""
+    import jax.numpy as jnp
+
+    from surrogate import tuning
+
+    t = tuning.DriverTuning(jnp.full((4,), math.log(pace)), jnp.zeros((4,)), jnp.zeros((len(tuning.GAINS),)))
+    return tuning.save_tuning(path, t, meta)
+
+
+def test_the_baseline_drives_a_saved_tuning_and_a_tuning_of_another_track_is_refused(run_dir, tmp_path, capsys):
+    path = _slow_tuning(tmp_path / "tuning.json", 0.7)
+    assert ev.main(["--agent", str(run_dir), "--laps", "1", "--baseline-tuning", str(path), "--out",
+                    str(tmp_path / "eval"), "--no-progress", *BASELINE]) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    b = report["baseline"]
+    assert report["baseline_tuning"] == str(path)
+    assert report["baseline_params"]["speed_margin"] == 1.0  # the tuning's own profile sets the pace
+    # Seven tenths of the reference pace: slower than the plan, which laps within 1.3 of the limit.
+    assert b["clean_laps"] == 1 and b["best_lap_s"] > 1.3 * report["limit_s"], b["best_lap_s"]
+    # Its profiles are spread over the track by fraction of a lap: a tuning of another track is refused.
+    _slow_tuning(tmp_path / "other.json", 0.7, {"track_length_m": 5000.0})
+    assert ev.main(["--agent", str(run_dir), "--baseline-tuning", str(tmp_path / "other.json"),
+                    "--out", str(tmp_path / "other"), "--no-progress"]) == 1
+    assert "tuned on a track of 5000 m" in capsys.readouterr().err
+    with pytest.raises(ev.EvaluateError, match="no such file.*drive_baseline.py --tune"):
+        ev.EvalConfig(agent="r", baseline_tuning=str(tmp_path / "missing.json"))
+
+
 def test_a_run_over_several_tracks_is_driven_on_the_track_asked_for(run_dir, tmp_path, capsys):
     import shutil
 
@@ -258,8 +287,10 @@ def test_a_run_over_several_tracks_is_driven_on_the_track_asked_for(run_dir, tmp
 
 def test_game_evaluation_in_lockstep_drives_both_drivers_at_the_runs_control_period(run_dir, game_address, tmp_path, capsys):
     out = tmp_path / "game"
+    # The baseline drives a saved tuning (drive_baseline.py --tune's) on the game too: 85% of the pace.
+    tuned = _slow_tuning(tmp_path / "tuning.json", 0.85)
     rc = ev.main(["--agent", str(run_dir / "checkpoints"), "--backend", "real", "--address", game_address, "--laps", "1",
-                  "--max-steps", "900", "--out", str(out), "--no-progress", *BASELINE])
+                  "--max-steps", "900", "--out", str(out), "--no-progress", "--baseline-tuning", str(tuned), *BASELINE])
     assert rc == 0
     line = _last_line(capsys)
     report = json.loads((out / "report.json").read_text())
@@ -277,8 +308,9 @@ def test_game_evaluation_in_lockstep_drives_both_drivers_at_the_runs_control_per
     # The game counts its laps from the start, which it puts within a few metres of the line: the
     # baseline's lap is a standing one, timed in game time by the game's count.
     b = report["baseline"]
+    assert report["baseline_tuning"] == str(tuned) and report["baseline_params"]["speed_margin"] == 1.0
     assert b["out_laps"] == 0 and b["clean_laps"] == 1 and b["laps"][0]["start"] == "standing"
-    assert report["limit_s"] < b["best_lap_s"] < 1.5 * report["limit_s"], (b["best_lap_s"], report["limit_s"])
+    assert 1.15 * report["limit_s"] < b["best_lap_s"] < 1.5 * report["limit_s"], (b["best_lap_s"], report["limit_s"])
     assert b["driven_s"] == pytest.approx(b["steps"] * 0.04)
     assert (out / "baseline_lap.png").is_file() and (out / "lap_times.png").is_file()
 

@@ -77,6 +77,34 @@ def test_tune_starts_from_a_clean_lap_and_improves_on_it(oval):
     assert float(tuning.score(env, params, track, base, tun, steps)[0]) == pytest.approx(history[-1], abs=2e-3)
 
 
+def test_a_robust_score_is_the_worst_over_the_drawn_cars_and_a_robust_tune_laps_them_all(oval):
+    env, params, track, base, limit = oval
+    steps = tuning.drive_steps(limit, env.config.dt)
+    one_car = jax.jit(lambda tun, sp, k: tuning.score(env, params.replace(car_spread=sp), track, base, tun, steps, k)[0])
+
+    def each_car(tun, cars, spread, seed):  # robust_score's cars, driven one by one
+        keys = jnp.concatenate([jax.random.PRNGKey(0)[None], jax.random.split(jax.random.PRNGKey(seed + 1), cars)])
+        return [float(one_car(tun, jnp.float32(sp), k)) for sp, k in zip([0.0] + [spread] * cars, keys)]
+
+    # Cars far from the nominal one (30% on every parameter): the plan for the nominal car laps it and
+    # fails one of them; that is what a robust score catches.
+    scores = each_car(tuning.starting_point(6, base), 6, 0.3, 0)
+    assert tuning.is_lap_time(scores[0]) and not all(tuning.is_lap_time(v) for v in scores)
+    # A robust tune's result laps the nominal car and each drawn one; its score is the slowest of them.
+    tun, history = tuning.tune(env, params, track, base, limit, knots=6, population=8, generations=1, seed=1,
+                               robust_cars=2, robust_spread=0.05)
+    scores = each_car(tun, 2, 0.05, 1)
+    assert all(tuning.is_lap_time(v) for v in scores) and len(set(scores)) == 3  # three different cars
+    assert max(scores) == pytest.approx(history[-1], abs=2e-3)
+
+
+def test_a_tuning_of_another_track_is_refused(tmp_path):
+    path = tuning.save_tuning(tmp_path / "t.json", tuning.untuned(4), {"track_length_m": 1000.0})
+    assert tuning.load_tuning(path, track_length_m=1005.0).knots == 4
+    with pytest.raises(ValueError, match="tuned on a track of 1000 m, this one is 1200 m.*--tune"):
+        tuning.load_tuning(path, track_length_m=1200.0)
+
+
 def test_tuning_round_trips_through_json_and_bad_files_are_named(tmp_path):
     tun = tuning.DriverTuning(jnp.array([0.1, -0.2, 0.0]), jnp.array([1.0, 0.0, -0.5]), jnp.arange(4.0) / 10)
     path = tuning.save_tuning(tmp_path / "t.json", tun, {"track": "oval"})
