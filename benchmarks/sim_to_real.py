@@ -213,8 +213,8 @@ def main(argv=None) -> int:
             from surrogate.track_io import save_track
             save_track(load_surrogate(fit / "surrogate.json").track, out / "game_track.csv")
         from racerl_jax.transfer import compare_drives, load_drive, plot_transfer
-        rows = []
-        for i, seed in enumerate(seeds):
+        evals = []
+        for seed in seeds:
             sd = out / f"seed{seed}"
             sd.mkdir(exist_ok=True)
             train(fit, sd / "train", seed, sd / "train.log", f"train seed {seed}")
@@ -223,13 +223,16 @@ def main(argv=None) -> int:
             # Before a driver laps, the lap-time gap says nothing: how far the two drives agree does.
             drives = [load_drive(sd / f"eval-{b}" / "agent_drive.npz") for b in ("surrogate", "real")]
             plot_transfer(*drives, sd / "transfer.png")
-            control = None
-            if i < a.control_seeds:
-                train(None, sd / "control-train", seed, sd / "control-train.log", f"control: seed {seed} on the default car")
-                control = evaluate(sd / "control-train", "real", sd / "control-eval-real",
-                                   f"control: seed {seed} on the game")
-            rows.append(seed_row(seed, game_rep, sur_rep, compare_drives(*drives), control))
-            print(f"seed {seed}: " + " ".join(f"{k}={v:.2f}" for k, v in rows[-1].items() if k != "seed"), flush=True)
+            evals.append((seed, game_rep, sur_rep, compare_drives(*drives)))
+            print(f"seed {seed}: " + " ".join(f"{k}={v:.2f}" for k, v in seed_row(*evals[-1], None).items()
+                                              if k != "seed"), flush=True)
+        controls = {}  # after every fitted seed: the fit's own figures first
+        for seed in seeds[:a.control_seeds]:
+            sd = out / f"seed{seed}"
+            train(None, sd / "control-train", seed, sd / "control-train.log", f"control: seed {seed} on the default car")
+            controls[seed] = evaluate(sd / "control-train", "real", sd / "control-eval-real",
+                                      f"control: seed {seed} on the game")
+        rows = [seed_row(*e, controls.get(e[0])) for e in evals]
     finally:
         game.terminate()
         game.wait(timeout=10)
