@@ -160,10 +160,10 @@ def main(argv=None) -> int:
         stage(name, [PY, "scripts/train_crossq.py", "--backend", "surrogate", *car, "--budget-minutes",
                      str(a.train_minutes), "--run-dir", str(run_dir), "--seed", str(seed), "--no-progress", *extra], log)
 
-    def evaluate(agent: Path, backend: str, where: Path, name: str) -> dict:
+    def evaluate(agent: Path, backend: str, where: Path, name: str, fitted: bool = True) -> dict:
         cmd = [PY, "scripts/evaluate.py", "--agent", str(agent), "--laps", str(a.laps), "--backend", backend,
                "--out", str(where), "--no-progress"]
-        if tuning.exists():
+        if fitted and tuning.exists():  # the tuning scales the fitted car's speed profile
             cmd += ["--baseline-tuning", str(tuning)]
         if backend == "real":
             cmd += ["--address", address, "--game-seed", "0"]
@@ -231,7 +231,7 @@ def main(argv=None) -> int:
             sd = out / f"seed{seed}"
             train(None, sd / "control-train", seed, sd / "control-train.log", f"control: seed {seed} on the default car")
             controls[seed] = evaluate(sd / "control-train", "real", sd / "control-eval-real",
-                                      f"control: seed {seed} on the game")
+                                      f"control: seed {seed} on the game", fitted=False)
         rows = [seed_row(*e, controls.get(e[0])) for e in evals]
     finally:
         game.terminate()
