@@ -42,7 +42,7 @@ from racerl_jax.train_loop import driving_action
 from racerl_jax.racing_setup import SLOW_PACE, slow_lap_steps
 from racerl_jax.train_racing import TrainConfig, build_setup, env_config
 from surrogate.baseline import BaselineParams, baseline_action, baseline_params_for
-from surrogate.tuning import apply_tuning, load_tuning
+from surrogate.tuning import baseline_driver
 from surrogate.car import CarParams
 from surrogate.env import EnvConfig, EnvParams, RacingEnv, env_action, game_controls
 from surrogate.track import Track, select_track
@@ -311,13 +311,10 @@ def _baseline(cfg: EvalConfig, car: CarParams, track: Track, car_half_width: flo
     """The baseline driver as it drives: planned for ``car`` (with ``--baseline-param``), or the tuned
     driver of ``--baseline-tuning`` (its speed profile and line on ``track``, its gains)."""
     bp = dataclasses.replace(baseline_params_for(car), **cfg.baseline_overrides())
-    if not cfg.baseline_tuning:
-        return track, bp
     try:
-        tuned = load_tuning(cfg.baseline_tuning, track_length_m=float(track.length))
+        return baseline_driver(track, bp, cfg.baseline_tuning, car_half_width)
     except ValueError as e:
         raise EvaluateError(str(e), code=1) from None
-    return apply_tuning(track, bp, tuned, car_half_width)
 
 
 def _header(cfg: EvalConfig, tc: TrainConfig, saved: SavedAgent, track_name: str, limit_s: float, dt: float,

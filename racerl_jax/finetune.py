@@ -36,7 +36,7 @@ import numpy as np
 from bridge.sdk import DEFAULT_LOCKSTEP_ADDRESS, DEFAULT_PUB_ADDRESS, DEFAULT_PULL_ADDRESS
 from racerl_jax import crossq, replay
 from racerl_jax.checkpoint import CONFIG_FILE, Checkpointer, write_json_atomic
-from racerl_jax.crossq import AgentState, CrossQConfig
+from racerl_jax.crossq import AgentState
 from racerl_jax.replay import ReplayBuffer
 from racerl_jax.saved_agent import CHECKPOINTS_DIR, AgentError, SavedAgent, load_agent
 from racerl_jax.spot import DEFAULT_METADATA_URL, EXIT_INTERRUPTED, INTERRUPTED, SpotConfig
@@ -159,44 +159,17 @@ def prepare_agent(agent: AgentState, cfg: FinetuneConfig, obs_size: int) -> Agen
     return out
 
 
-def mixed_batch(game: ReplayBuffer, surrogate: ReplayBuffer, key: jax.Array, batch_size: int,
-                from_surrogate: int) -> replay.Transition:
-    """A batch of ``batch_size`` transitions, ``from_surrogate`` of them from the surrogate's buffer."""
-    k_game, k_sur = jax.random.split(key)
-    g = replay.sample(game, k_game, batch_size - from_surrogate)
-    if from_surrogate == 0:
-        return g
-    s = replay.sample(surrogate, k_sur, from_surrogate)
-    return jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), g, s)
-
-
-@functools.partial(jax.jit, static_argnums=(2, 3, 6))
-def _mixed_updates(agent: AgentState, buffer: ReplayBuffer, num_updates: int, config: CrossQConfig,
-                   lr_scale: jax.Array, entropy_shift: jax.Array, from_surrogate: int,
-                   surrogate: ReplayBuffer) -> tuple[AgentState, dict[str, jax.Array]]:
-    from racerl_jax.train_loop import _nan_metrics
-
-    def updates(a: AgentState) -> tuple[AgentState, dict]:
-        def body(a: AgentState, _: None) -> tuple[AgentState, dict]:
-            key, k_batch = jax.random.split(a.key)
-            batch = mixed_batch(buffer, surrogate, k_batch, config.batch_size, from_surrogate)
-            return crossq.update(a.replace(key=key), batch, config, lr_scale, entropy_shift)
-
-        a, metrics = jax.lax.scan(body, a, None, length=num_updates)
-        return a, jax.tree.map(jnp.nanmean, metrics)
-
-    ready = (agent.env_steps >= config.learning_starts) & (buffer.size > 0)
-    return jax.lax.cond(ready, updates, lambda a: (a, _nan_metrics()), agent)
-
-
 def mixed_update_fn(surrogate: ReplayBuffer, ratio: float, batch_size: int) -> Callable:
     """The host loop's ``update_fn``: each batch ``ratio`` surrogate transitions, the rest the game's."""
     n = int(round(ratio * batch_size))
     if not 0 < n < batch_size:
         raise ValueError(f"--surrogate-ratio {ratio} of a batch of {batch_size} is {n} transitions; give a ratio "
                          f"that leaves both sources at least one")
-    return lambda agent, buffer, num_updates, config, lr, ent: _mixed_updates(agent, buffer, num_updates, config, lr,
-                                                                                ent, n, surrogate)
+    from racerl_jax.train_loop import _maybe_update
+
+    update = jax.jit(functools.partial(_maybe_update, actor_view=None, from_other=n), static_argnums=(2, 3))
+    return lambda agent, buffer, num_updates, config, lr, ent: update(agent, buffer, num_updates, config, lr, ent,
+                                                                       other=surrogate)
 
 
 def load_surrogate_buffer(saved: SavedAgent, obs_size: int, action_size: int) -> ReplayBuffer:

@@ -68,3 +68,15 @@ def sample(buffer: ReplayBuffer, key: jax.Array, batch_size: int) -> Transition:
     """Uniform sample with replacement from the valid part; the buffer must not be empty."""
     idx = jax.random.randint(key, (batch_size,), 0, jnp.maximum(buffer.size, 1))
     return jax.tree.map(lambda x: x[idx], buffer.data)
+
+
+def sample_mixed(buffer: ReplayBuffer, other: ReplayBuffer, key: jax.Array, batch_size: int,
+                 from_other: int) -> Transition:
+    """A batch of ``batch_size`` transitions, ``from_other`` of them from ``other`` (RLPD's symmetric
+    sampling at half: demonstrations, or a fine-tune's surrogate transitions beside the game's)."""
+    k_main, k_other = jax.random.split(key)
+    main = sample(buffer, k_main, batch_size - from_other)
+    if from_other == 0:
+        return main
+    extra = sample(other, k_other, from_other)
+    return jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), main, extra)

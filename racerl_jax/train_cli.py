@@ -116,6 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episode-steps", type=int, default=d.episode_steps)
     p.add_argument("--car-spread", type=float, default=d.car_spread,
                    help="domain randomisation: every car parameter scaled by U(1-s, 1+s) per episode")
+    p.add_argument("--demos", default=d.demos, metavar="baseline|TUNING_JSON",
+                   help="demonstrations: the baseline driver planned for the car ('baseline') or a tuning of "
+                        "drive_baseline.py --tune (its tuning.json) drives the training envs first, and "
+                        "--demo-share of every batch comes from its transitions (default: none)")
+    p.add_argument("--demo-env-steps", type=int, default=d.demo_env_steps,
+                   help="env steps the demonstrating driver drives (over all envs)")
+    p.add_argument("--demo-share", type=float, default=d.demo_share,
+                   help="share of every batch drawn from the demonstrations (RLPD: 0.5)")
+    p.add_argument("--demo-noise", type=float, default=d.demo_noise,
+                   help="Gaussian noise on the demonstrating driver's actions ([-1, 1] units)")
     p.add_argument("--fit-spread", type=float, default=d.fit_spread,
                    help="with --surrogate: each car parameter randomised by at least this many times its fit "
                         "uncertainty (0: off)")

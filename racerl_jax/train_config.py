@@ -146,6 +146,15 @@ class TrainConfig:
     standing_starts: float = 0.25
     # Watch for a critic collapse and roll the agent back from one (racerl_jax.collapse).
     recover_collapse: bool = True
+    # Demonstrations (racerl_jax.demos): "" none; "baseline", the baseline driver planned for the car;
+    # or a tuning.json of drive_baseline.py --tune, that tuned driver. Before training it drives the
+    # training envs for demo_env_steps (its actions plus Gaussian noise of demo_noise, in the agent's
+    # [-1, 1] units), and demo_share of every batch is drawn from those transitions (RLPD's symmetric
+    # sampling is 0.5); they are kept apart and never overwritten. One track only.
+    demos: str = ""
+    demo_env_steps: int = 20_000
+    demo_share: float = 0.5
+    demo_noise: float = 0.1
     action_overshoot: float = 0.0  # see CrossQConfig (0.1 made a 20-min oval run fail to learn once)
     # How the policy works the pedals (surrogate.env.PEDALS); the game always gets its two. With the
     # smoothed policy (below) the game's two pedals were driven together (both above 5% on 56% of
@@ -235,6 +244,13 @@ class TrainConfig:
         need(self.checkpoint_every_minutes > 0, "checkpoint_every_minutes", "must be > 0")
         SpotConfig(self.spot_metadata_url, self.spot_poll_seconds)  # its own checks
         need(self.chunk_iterations >= 1, "chunk_iterations", "must be >= 1")
+        need(self.demo_env_steps >= 1, "demo_env_steps", "must be >= 1")
+        need(0.0 < self.demo_share < 1.0, "demo_share", "must be a fraction in (0, 1) (RLPD's is 0.5)")
+        need(0.0 <= self.demo_noise <= 1.0, "demo_noise", "must be in [0, 1] (the noise's standard deviation, in "
+                                                         "the agent's [-1, 1] action units)")
+        if self.demos and (self.backend == "real" or self.tracks):
+            raise ValueError(f"TrainConfig: --demos {self.demos} drives the demonstrations on one surrogate track: "
+                             "drop it, or train with --backend surrogate on one --track or --surrogate")
         if self.surrogate and self.track and self.backend == "surrogate":
             raise ValueError(
                 f"TrainConfig: give --track or --surrogate, not both (the surrogate file {self.surrogate} holds its own track)"

@@ -53,13 +53,17 @@ def driving_action(agent, obs: jax.Array, low, high, key: jax.Array) -> jax.Arra
 def _run_updates(
     agent: AgentState, buffer: ReplayBuffer, num_updates: int, config: CrossQConfig,
     lr_scale: jax.Array | float = 1.0, entropy_shift: jax.Array | float = 0.0,
-    actor_view: crossq.ActorView | None = None,
+    actor_view: crossq.ActorView | None = None, other: ReplayBuffer | None = None, from_other: int = 0,
 ) -> tuple[AgentState, dict[str, jax.Array]]:
-    """``num_updates`` gradient steps (scan), each on a fresh batch; returns mean metrics."""
+    """``num_updates`` gradient steps (scan), each on a fresh batch (``from_other`` of its transitions
+    drawn from ``other``: demonstrations, or a fine-tune's surrogate buffer); returns mean metrics."""
 
     def body(a: AgentState, _: None) -> tuple[AgentState, dict]:
         key, k_batch = jax.random.split(a.key)
-        batch = replay.sample(buffer, k_batch, config.batch_size)
+        if other is None or from_other == 0:
+            batch = replay.sample(buffer, k_batch, config.batch_size)
+        else:
+            batch = replay.sample_mixed(buffer, other, k_batch, config.batch_size, from_other)
         a, metrics = crossq.update(a.replace(key=key), batch, config, lr_scale, entropy_shift, actor_view)
         return a, metrics
 
@@ -75,12 +79,13 @@ def _nan_metrics() -> dict[str, jax.Array]:
 def _maybe_update(
     agent: AgentState, buffer: ReplayBuffer, num_updates: int, config: CrossQConfig,
     lr_scale: jax.Array | float = 1.0, entropy_shift: jax.Array | float = 0.0,
-    actor_view: crossq.ActorView | None = None,
+    actor_view: crossq.ActorView | None = None, other: ReplayBuffer | None = None, from_other: int = 0,
 ) -> tuple[AgentState, dict[str, jax.Array]]:
     ready = (agent.env_steps >= config.learning_starts) & (buffer.size > 0)
     return jax.lax.cond(
         ready,
-        lambda a: _run_updates(a, buffer, num_updates, config, lr_scale, entropy_shift, actor_view),
+        lambda a: _run_updates(a, buffer, num_updates, config, lr_scale, entropy_shift, actor_view, other,
+                               from_other),
         lambda a: (a, _nan_metrics()),
         agent,
     )
@@ -140,7 +145,8 @@ def _init_carry(env: Any, config: CrossQConfig, num_envs: int, env_params: Any, 
 
 
 def make_train_iteration(
-    env: Any, env_params: Any, config: CrossQConfig, num_envs: int, updates_per_iter: int | None = None
+    env: Any, env_params: Any, config: CrossQConfig, num_envs: int, updates_per_iter: int | None = None,
+    demos: ReplayBuffer | None = None, demo_share: float = 0.0,
 ) -> Callable[[TrainCarry, int], tuple[TrainCarry, dict[str, jax.Array]]]:
     """Returns ``run(carry, num_iterations, lr_scale=1.0, entropy_shift=0.0) -> (carry, stats)``,
     one jitted call (for the chunk, ``lr_scale`` multiplies the actor's and critics' learning rate
@@ -152,6 +158,10 @@ def make_train_iteration(
     their count, and the mean update metrics. The env params are an argument of the compiled
     loop, not constants baked into it, so the same env, config, N and chunk length compile once
     per process whatever track or car the params hold (resume, sweeps, tests).
+
+    With ``demos`` (``racerl_jax.demos.collect``: a driver's transitions, kept apart from the replay
+    buffer and never overwritten), ``demo_share`` of every batch is drawn from them (RLPD's
+    symmetric sampling at 0.5).
     """
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -164,19 +174,26 @@ def make_train_iteration(
             f"env.action_low/action_high must have shape ({env.action_size},) with high > low; "
             f"got {low!r} and {high!r}"
         )
+    from_demo = 0
+    if demos is not None:
+        from_demo = int(round(demo_share * config.batch_size))
+        if not 0 < from_demo < config.batch_size:
+            raise ValueError(f"a demonstration share of {demo_share} of a batch of {config.batch_size} is {from_demo} "
+                             "transitions; give a share that leaves both the demonstrations and the agent's own "
+                             "transitions at least one")
 
     def run(carry: TrainCarry, num_iterations: int, lr_scale: float = 1.0,
             entropy_shift: float = 0.0) -> tuple[TrainCarry, dict[str, jax.Array]]:
-        return _train_chunk(env, config, num_envs, updates, num_iterations, carry, env_params,
-                            jnp.asarray(lr_scale, jnp.float32), jnp.asarray(entropy_shift, jnp.float32))
+        return _train_chunk(env, config, num_envs, updates, num_iterations, from_demo, carry, env_params,
+                            jnp.asarray(lr_scale, jnp.float32), jnp.asarray(entropy_shift, jnp.float32), demos)
 
     return run
 
 
-@partial(jax.jit, static_argnums=(0, 1, 2, 3, 4), donate_argnums=(5,))
-def _train_chunk(env: Any, config: CrossQConfig, num_envs: int, updates: int, num_iterations: int,
-                 carry: TrainCarry, env_params: Any, lr_scale: jax.Array,
-                 entropy_shift: jax.Array) -> tuple[TrainCarry, dict[str, jax.Array]]:
+@partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5), donate_argnums=(6,))
+def _train_chunk(env: Any, config: CrossQConfig, num_envs: int, updates: int, num_iterations: int, from_demo: int,
+                 carry: TrainCarry, env_params: Any, lr_scale: jax.Array, entropy_shift: jax.Array,
+                 demos: ReplayBuffer | None) -> tuple[TrainCarry, dict[str, jax.Array]]:
     low, high = np.asarray(env.action_low, np.float32), np.asarray(env.action_high, np.float32)
     v_step = batched_step(env)
     # An env with an actor's view (RacingEnv.actor_view: a game's sensor noise) has the actor act and
@@ -206,7 +223,8 @@ def _train_chunk(env: Any, config: CrossQConfig, num_envs: int, updates: int, nu
             ),
         )
         agent = agent.replace(env_steps=agent.env_steps + num_envs)
-        agent, metrics = _maybe_update(agent, buffer, updates, config, lr_scale, entropy_shift, actor_view)
+        agent, metrics = _maybe_update(agent, buffer, updates, config, lr_scale, entropy_shift, actor_view, demos,
+                                       from_demo)
 
         done = terminated | truncated
         ep_return = carry.episodes.running_return + reward
@@ -459,13 +477,16 @@ def train(
     updates_per_iter: int | None = None,
     seed: int = 0,
     chunk_iterations: int = 500,
+    demos: ReplayBuffer | None = None,
+    demo_share: float = 0.0,
     **driver: Any,
 ) -> TrainResult:
     """Train CrossQ on a functional JAX env by running jitted chunks of ``chunk_iterations``
-    iterations (one step of all ``num_envs`` envs, then the updates). ``driver``: the keyword
-    arguments of :func:`drive` (budget, run dir, evaluation, checkpoints, progress)."""
+    iterations (one step of all ``num_envs`` envs, then the updates), with ``demo_share`` of every
+    batch from ``demos`` where given. ``driver``: the keyword arguments of :func:`drive` (budget, run
+    dir, evaluation, checkpoints, progress)."""
     _check_totals(total_env_steps, num_envs, chunk_iterations)
-    run = make_train_iteration(env, env_params, config, num_envs, updates_per_iter)
+    run = make_train_iteration(env, env_params, config, num_envs, updates_per_iter, demos, demo_share)
     carry = init_train_carry(env, env_params, config, num_envs, jax.random.PRNGKey(seed))
     meta = {"crossq": config.to_dict(), "num_envs": num_envs, "updates_per_iter": updates_per_iter, "seed": seed}
     return drive(run, carry, num_envs, total_env_steps=total_env_steps, chunk_iterations=chunk_iterations,

@@ -22,10 +22,12 @@ from racerl_jax.checkpoint import CONFIG_FILE, write_json_atomic
 from racerl_jax.collapse import CollapseConfig, CollapseGuard
 from racerl_jax.crossq import AgentState
 from racerl_jax.spot import EXIT_INTERRUPTED, INTERRUPTED, SpotConfig
+from surrogate.baseline import baseline_params_for
 from surrogate.car import CarParams
 from surrogate.observation import ObsConfig  # noqa: F401  (re-exported)
 from surrogate.track import select_track
 from surrogate.surrogate_file import load_surrogate
+from surrogate.tuning import baseline_driver
 from racerl_jax.lap_eval import (  # noqa: F401  (the command's parts, importable from here)
     BEST_AGENT_DIR, BEST_LAP_FILE, BEST_TRACKS_FILE, TRACKS_DIR, LapEvaluator, MultiTrackEvaluator, lap_slice,
     make_game_lap_drive, make_lap_drive, save_best)
@@ -113,6 +115,8 @@ def _run_surrogate(cfg: TrainConfig, run_dir: Path, t_start: float) -> dict[str,
             updates_per_iter=cfg.updates_per_iter,
             seed=cfg.seed,
             chunk_iterations=cfg.chunk_iterations,
+            demos=demonstrations(cfg, setup) if cfg.demos else None,
+            demo_share=cfg.demo_share,
             **_driver_options(cfg, run_dir, t_start, evaluator),
         )
     track = select_track(setup.eval_params.tracks, 0)
@@ -150,6 +154,28 @@ def _train_refreshing(cfg: TrainConfig, setup: RacingSetup, driver: dict[str, An
             "seed": cfg.seed}  # as train_loop.train writes it
     return drive(run, carry, cfg.num_envs, total_env_steps=cfg.total_env_steps, chunk_iterations=cfg.chunk_iterations,
                  run_meta=meta, **driver)
+
+
+def demonstrations(cfg: TrainConfig, setup: RacingSetup) -> Any:
+    """--demos: the baseline driver (planned for the car, or the tuning file's) drives the training envs
+    (``racerl_jax.demos``); the same ones on a resume (the seed's key)."""
+    from racerl_jax.demos import collect
+
+    track = select_track(setup.params.tracks, 0)
+    try:
+        driver = baseline_driver(track, baseline_params_for(setup.params.car),
+                                 None if cfg.demos == "baseline" else cfg.demos, setup.env.config.car_half_width)
+    except ValueError as e:
+        raise SystemExit(f"train_crossq.py --demos: {e}") from None
+    t0 = time.monotonic()
+    demos = collect(setup.env, setup.params, driver, cfg.num_envs, cfg.demo_env_steps,
+                    jax.random.fold_in(jax.random.PRNGKey(cfg.seed), DEMO_STREAM), cfg.demo_noise, cfg.action_overshoot)
+    print(f"demonstrations ({cfg.demos}, noise {cfg.demo_noise:g}): {demos.describe()}, in "
+          f"{time.monotonic() - t0:.0f} s; {cfg.demo_share:.0%} of every batch drawn from them", flush=True)
+    return demos.buffer
+
+
+DEMO_STREAM = 0xDE40  # the demonstrations' key, apart from the training's
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

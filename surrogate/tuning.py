@@ -140,6 +140,15 @@ def apply_tuning(track: Track, base: BaselineParams, tuning: DriverTuning, car_h
     return tuned_track, base.replace(speed_margin=1.0, edge_margin=-car_half_width, **gains)
 
 
+def baseline_driver(track: Track, base: BaselineParams, tuning_file: str | Path | None, car_half_width: float
+                    ) -> tuple[Track, BaselineParams]:
+    """The baseline driver as it drives on ``track``: ``base`` as planned, or with ``tuning_file`` that
+    tuning (``load_tuning``'s ValueError for a missing file or another track)."""
+    if not tuning_file:
+        return track, base
+    return apply_tuning(track, base, load_tuning(tuning_file, track_length_m=float(track.length)), car_half_width)
+
+
 def tuned_policy(env: RacingEnv, track: Track, base: BaselineParams, tuning: DriverTuning) -> Callable:
     """``policy(obs, state, key) -> env action`` of the tuned driver (for ``surrogate.rollout``)."""
     tr, bp = apply_tuning(track, base, tuning, env.config.car_half_width)

@@ -72,9 +72,9 @@ def test_mixed_batches_draw_the_set_share_from_the_surrogate_buffer(source):
     game = replay.add_batch(replay.init(100, OBS, 2), replay.Transition(
         obs=jnp.ones((100, OBS)), action=jnp.zeros((100, 2)), reward=jnp.ones((100,)),
         next_obs=jnp.ones((100, OBS)), terminated=jnp.zeros((100,))))
-    batch = ft.mixed_batch(game, surrogate, jax.random.PRNGKey(0), 16, 8)  # RLPD's symmetric 50/50
+    batch = replay.sample_mixed(game, surrogate, jax.random.PRNGKey(0), 16, 8)  # RLPD's symmetric 50/50
     assert np.asarray(batch.reward).tolist() == [1.0] * 8 + [-1.0] * 8
-    assert ft.mixed_batch(game, surrogate, jax.random.PRNGKey(0), 16, 0).reward.tolist() == [1.0] * 16
+    assert replay.sample_mixed(game, surrogate, jax.random.PRNGKey(0), 16, 0).reward.tolist() == [1.0] * 16
     with pytest.raises(ValueError, match="leaves both sources"):
         ft.mixed_update_fn(surrogate, 0.99, 16)
 

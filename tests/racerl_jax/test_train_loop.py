@@ -202,3 +202,21 @@ def test_train_host_checkpoints_agent_and_buffer_and_resume_continues_the_counte
     assert second.history[0]["env_steps"] == 400
     assert int(second.carry.agent.env_steps) == 500 and int(second.carry.buffer.size) == 500
     assert int(second.carry.agent.updates) == 500 - TINY.learning_starts + 1
+
+
+def test_the_jitted_loop_draws_the_demo_share_of_every_batch_from_the_demonstrations():
+    from racerl_jax import replay
+
+    env = Pendulum()
+    params = env.default_params()
+    carry = train_loop.init_train_carry(env, params, TINY, 4, jax.random.PRNGKey(0))
+    # Demonstrations whose rewards are NaN: the critics' loss is NaN exactly when a batch holds one.
+    bad = replay.add_batch(replay.init(16, 3, 1), replay.Transition(
+        obs=jnp.zeros((16, 3)), action=jnp.zeros((16, 1)), reward=jnp.full((16,), jnp.nan),
+        next_obs=jnp.zeros((16, 3)), terminated=jnp.zeros((16,))))
+    _, plain = train_loop.make_train_iteration(env, params, TINY, 4, 1)(carry, 20)
+    carry = train_loop.init_train_carry(env, params, TINY, 4, jax.random.PRNGKey(0))
+    _, mixed = train_loop.make_train_iteration(env, params, TINY, 4, 1, demos=bad, demo_share=0.5)(carry, 20)
+    assert np.isfinite(float(plain["critic_loss"])) and np.isnan(float(mixed["critic_loss"]))
+    with pytest.raises(ValueError, match="leaves both"):
+        train_loop.make_train_iteration(env, params, TINY, 4, 1, demos=bad, demo_share=0.99)
