@@ -16,9 +16,11 @@ recording so far and fresh drivers trained on it: the loop that brings the fit t
 goes. Each round's driver is evaluated on the game (``round<r>/eval-real``).
 With ``--control-seeds C`` (default 1; 0 for none) the first C seeds also train the same way on the
 default car on the game's own track (no fit) and drive the game: the fit's worth is the difference.
+With ``--demos`` the seeds' drivers train with the tuned baseline's demonstrations
+(``train_crossq.py --demos OUT/baseline/tuning.json``).
 
     python benchmarks/sim_to_real.py [--record-minutes 10] [--train-minutes 20] [--laps 10] [--seeds 3]
-                                     [--control-seeds 1] [--rounds 2 --agent-minutes 5] [--out DIR]
+                                     [--control-seeds 1] [--rounds 2 --agent-minutes 5] [--demos] [--out DIR]
 
 Writes everything under ``--out`` (default runs/sim_to_real-<time>/): the recording ``rec/``, the fit
 ``fit/`` (``round<r>/fit`` for later rounds), the tuned baseline ``baseline/``, one ``seed<k>/`` per seed (``train/``, ``eval-real/``,
@@ -123,6 +125,19 @@ def summarise(rows: list[dict], rounds: list[dict]) -> str:
     return line
 
 
+def train_command(out: Path, fit: Path | None, run_dir: Path, seed: int, minutes: float, extra: list[str],
+                  demos: Path | None = None) -> list[str]:
+    """``train_crossq.py`` on the fitted car (on the default car on the game's track without ``fit``), with
+    ``demos``, a tuning of the baseline, demonstrating."""
+    car = ["--surrogate", str(fit / "surrogate.json")] if fit is not None else ["--track", str(out / "game_track.csv")]
+    if demos is not None:
+        if not demos.exists():
+            raise SystemExit(f"--demos: no tuned baseline ({demos}) to demonstrate; see {out / 'baseline.log'}")
+        car += ["--demos", str(demos)]
+    return [PY, "scripts/train_crossq.py", "--backend", "surrogate", *car, "--budget-minutes", str(minutes),
+            "--run-dir", str(run_dir), "--seed", str(seed), "--no-progress", *extra]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--record-minutes", type=float, default=10.0, help="game time recorded with the probe")
@@ -138,6 +153,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="", help="default runs/sim_to_real-<time>; an existing one is resumed")
     ap.add_argument("--baseline-args", default="--robust-cars 4",
                     help="drive_baseline.py --tune options (default: every candidate laps 4 cars drawn around the fit)")
+    ap.add_argument("--demos", action="store_true",
+                    help="the seeds' drivers of the last fit train with the tuned baseline's demonstrations "
+                         "(train_crossq.py --demos OUT/baseline/tuning.json); the rounds' drivers and the controls "
+                         "train without")
     ap.add_argument("--fit-args", default="", help="extra train_surrogate.py options, e.g. '--grip-tolerance 0.05'")
     # A stop on the track costs what leaving it does: with the default (0) a driver of CarRacing's fitted
     # car learned to stop before a hairpin it could not yet take (docs/experiments.md, session 12).
@@ -155,10 +174,8 @@ def main(argv=None) -> int:
     seeds = list(range(a.seed, a.seed + a.seeds))
     tuning = out / "baseline" / "tuning.json"
 
-    def train(fit: Path | None, run_dir: Path, seed: int, log: Path, name: str) -> None:
-        car = ["--surrogate", str(fit / "surrogate.json")] if fit is not None else ["--track", str(out / "game_track.csv")]
-        stage(name, [PY, "scripts/train_crossq.py", "--backend", "surrogate", *car, "--budget-minutes",
-                     str(a.train_minutes), "--run-dir", str(run_dir), "--seed", str(seed), "--no-progress", *extra], log)
+    def train(fit: Path | None, run_dir: Path, seed: int, log: Path, name: str, demos: bool = False) -> None:
+        stage(name, train_command(out, fit, run_dir, seed, a.train_minutes, extra, tuning if demos else None), log)
 
     def evaluate(agent: Path, backend: str, where: Path, name: str, fitted: bool = True) -> dict:
         cmd = [PY, "scripts/evaluate.py", "--agent", str(agent), "--laps", str(a.laps), "--backend", backend,
@@ -217,7 +234,7 @@ def main(argv=None) -> int:
         for seed in seeds:
             sd = out / f"seed{seed}"
             sd.mkdir(exist_ok=True)
-            train(fit, sd / "train", seed, sd / "train.log", f"train seed {seed}")
+            train(fit, sd / "train", seed, sd / "train.log", f"train seed {seed}", demos=a.demos)
             game_rep = evaluate(sd / "train", "real", sd / "eval-real", f"seed {seed} on the game")
             sur_rep = evaluate(sd / "train", "surrogate", sd / "eval-surrogate", f"seed {seed} in the surrogate")
             # Before a driver laps, the lap-time gap says nothing: how far the two drives agree does.

@@ -58,3 +58,17 @@ def test_a_finished_stage_is_skipped_on_a_rerun_and_a_failed_one_is_not(tmp_path
 def test_nonsense_counts_are_refused():
     with pytest.raises(SystemExit, match="--control-seeds"):
         s2r.main(["--seeds", "2", "--control-seeds", "3"])
+
+
+def test_the_seeds_train_with_the_tuned_baselines_demonstrations_only_when_asked_and_tuned(tmp_path):
+    fit, tuning = tmp_path / "fit", tmp_path / "baseline" / "tuning.json"
+    plain = s2r.train_command(tmp_path, fit, tmp_path / "t", 1, 20.0, ["--reward", "stuck=5"])
+    assert "--demos" not in plain and plain[-2:] == ["--reward", "stuck=5"]
+    with pytest.raises(SystemExit, match="no tuned baseline"):
+        s2r.train_command(tmp_path, fit, tmp_path / "t", 1, 20.0, [], demos=tuning)
+    tuning.parent.mkdir()
+    tuning.write_text("{}")
+    cmd = s2r.train_command(tmp_path, fit, tmp_path / "t", 1, 20.0, [], demos=tuning)
+    assert cmd[cmd.index("--demos") + 1] == str(tuning) and cmd[cmd.index("--surrogate") + 1] == str(fit / "surrogate.json")
+    control = s2r.train_command(tmp_path, None, tmp_path / "c", 1, 20.0, [])
+    assert control[control.index("--track") + 1] == str(tmp_path / "game_track.csv")
