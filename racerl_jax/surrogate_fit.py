@@ -180,9 +180,10 @@ def run(cfg: SurrogateFitConfig) -> dict[str, Any]:
     provenance["least_grip"] = {"tolerance": cfg.fit.grip_tolerance, "changed": capped}
     out.mkdir(parents=True, exist_ok=True)
     noise = sensor_noise(data.segments)
+    trusted = trusted_speed(best.val["regimes_1s"])
     save_surrogate(out / SURROGATE_FILE, best.model, car, data.track, delay_steps=delay, dt=data.control_period,
                    game_dt=data.game_dt, spread=best.spread, residual=best.residual, provenance=provenance,
-                   sensor_noise=noise)
+                   sensor_noise=noise, trusted_speed=trusted)
     (out / CAR_FILE).write_text(json.dumps(car_params_to_dict(car), indent=1) + "\n")
     report = {
         "chosen": result.chosen,
@@ -199,7 +200,7 @@ def run(cfg: SurrogateFitConfig) -> dict[str, Any]:
                           "fitted": list(f.fitted), "spread": f.spread}
                    for name, f in result.fits.items()},
         "envelope": data.envelope(),
-        "trusted_speed_mps": trusted_speed(best.val["regimes_1s"]),
+        "trusted_speed_mps": trusted,
         "least_grip": {k: list(v) for k, v in capped.items()},
         "sensor_noise": noise,
         "provenance": provenance,

@@ -138,8 +138,12 @@ class TrainConfig:
     # surrogate and on the game (surrogate.observation.ObsConfig.imu_filter_s); 0: raw readings.
     imu_filter_s: float = 0.0
     # A speed limiter on the surrogate and on the game alike (surrogate.env.EnvConfig.speed_limit),
-    # m/s; 0: none.
-    speed_limit: float = 0.0
+    # m/s; 0: none. None (the default): with --surrogate the speed the fit is trusted to (the file's
+    # trusted_speed_mps: up to where it matched held-out drives), else none. Above it a driver learns
+    # a car the game does not have: on CarRacing's fit (trusted to 60 m/s) drivers that reached 80 m/s
+    # weaved off the game's track there, where the surrogate's car ran straight (docs/experiments.md,
+    # session 20).
+    speed_limit: float | None = None
     # Training episodes that start from rest (the rest start anywhere at up to half the reference
     # speed): evaluation laps and the game start from rest, and a policy that has rarely been
     # there can sit on the line.
@@ -230,8 +234,8 @@ class TrainConfig:
         need(self.episode_steps >= 1, "episode_steps", "must be >= 1")
         need(0.0 <= self.car_spread < 1.0, "car_spread", "must be in [0, 1)")
         need(0.0 <= self.fit_spread <= 10.0, "fit_spread", "must be in [0, 10] (times the fit's uncertainty; 0: off)")
-        need(self.speed_limit == 0.0 or self.speed_limit > GOVERNOR_FADE, "speed_limit",
-             f"must be 0 (none) or above {GOVERNOR_FADE} m/s")
+        need(self.speed_limit is None or self.speed_limit == 0.0 or self.speed_limit > GOVERNOR_FADE, "speed_limit",
+             f"must be 0 (none) or above {GOVERNOR_FADE} m/s (or None: the fit's trusted speed)")
         need(0.0 <= self.imu_filter_s <= 2.0, "imu_filter_s", "must be a time constant in [0, 2] s (0: no filter)")
         need(0.0 <= self.sensor_noise <= 10.0, "sensor_noise", "must be in [0, 10] (times the fit's noise; 0: off)")
         need(0.0 <= self.actor_noise <= 10.0, "actor_noise", "must be in [0, 10] (times the fit's noise; 0: off)")
@@ -302,9 +306,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         # Runs saved before these settings existed drove the game's two pedals, unsmoothed, at a
-        # constant learning rate, a constant entropy goal and the preset's renorm warm-up.
+        # constant learning rate, a constant entropy goal and the preset's renorm warm-up, without a
+        # speed limiter.
         old = {"pedals": "separate", "smooth_temporal": 0.0, "smooth_spatial": 0.0, "lr_final": 1.0,
-               "entropy_per_action_final": None, "renorm_warmup_steps": None}
+               "entropy_per_action_final": None, "renorm_warmup_steps": None, "speed_limit": 0.0}
         return dataclass_from_dict(cls, {**old, **d})
 
 
@@ -412,7 +417,15 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         tracks, eval_tracks = _resolve_track_sets(dataclasses.replace(cfg, track=track))
     run_dir = cfg.run_dir or f"runs/crossq-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return dataclasses.replace(cfg, preset=preset, model=model, track=track, num_envs=num_envs, run_dir=run_dir,
-                               tracks=tracks, eval_tracks=eval_tracks)
+                               tracks=tracks, eval_tracks=eval_tracks, speed_limit=resolved_speed_limit(cfg))
+
+
+def resolved_speed_limit(cfg: TrainConfig) -> float:
+    """--speed-limit as given, or by default the fitted surrogate's trusted speed (none without one)."""
+    if cfg.speed_limit is not None:
+        return cfg.speed_limit
+    trusted = load_surrogate(cfg.surrogate).trusted_speed if cfg.surrogate else None
+    return float(trusted) if trusted else 0.0
 
 
 def _action_dims(cfg: TrainConfig) -> int:

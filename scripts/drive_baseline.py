@@ -32,7 +32,7 @@ from tqdm import tqdm
 from racerl_jax.plots import plot_lap
 from surrogate.baseline import BaselineParams, baseline_action, baseline_params_for
 from surrogate.car import CarParams
-from surrogate.env import EnvConfig, RacingEnv
+from surrogate.env import GOVERNOR_FADE, EnvConfig, RacingEnv
 from surrogate.env_params import make_params
 from surrogate.rollout import lap_metrics, rollout
 from surrogate.surrogate_file import SurrogateFileError, load_surrogate
@@ -57,6 +57,7 @@ class Config:
     robust_spread: float = 0.03
     tuning: str = ""
     surrogate: str = ""
+    speed_limit: float | None = None  # as train_crossq.py's: with --surrogate the fit's trusted speed, else none
 
 
 def parse() -> Config:
@@ -81,7 +82,12 @@ def parse() -> Config:
     p.add_argument("--surrogate", default=d.surrogate, metavar="FILE",
                    help="a fitted surrogate (train_surrogate.py's surrogate.json): its car on its track, instead of "
                         "the default car on --track")
+    p.add_argument("--speed-limit", type=float, default=d.speed_limit, metavar="M/S",
+                   help="a speed limiter, as train_crossq.py's (0: none; default: with --surrogate the speed the fit "
+                        "is trusted to, else none)")
     cfg = Config(**{k.replace("-", "_"): v for k, v in vars(p.parse_args()).items()})
+    if cfg.speed_limit is not None and cfg.speed_limit != 0.0 and not cfg.speed_limit > GOVERNOR_FADE:
+        p.error(f"--speed-limit {cfg.speed_limit}: give 0 (none) or a speed above {GOVERNOR_FADE} m/s")
     if cfg.tune and cfg.tuning:
         p.error("--tune and --tuning exclude each other: tune anew, or drive a saved tuning")
     if cfg.tune and (cfg.generations < 1 or cfg.population < 4 or not cfg.knot_spacing > 0 or cfg.robust_cars < 0
@@ -103,7 +109,11 @@ def main() -> None:
             raise SystemExit(str(e)) from None
     car = fitted.car if fitted else CarParams()
     timing = fitted.env_timing() if fitted else {}
-    env_cfg = EnvConfig(model=fitted.model if fitted else cfg.model, start="line", max_episode_steps=100_000, **timing)
+    limit = cfg.speed_limit if cfg.speed_limit is not None else float((fitted.trusted_speed if fitted else None) or 0.0)
+    env_cfg = EnvConfig(model=fitted.model if fitted else cfg.model, start="line", max_episode_steps=100_000,
+                        speed_limit=limit, **timing)
+    if limit:
+        print(f"speed limiter at {limit:g} m/s" + (" (the fit's trusted speed)" if cfg.speed_limit is None else ""))
     track_entry = fitted.track if fitted else cfg.track
     track_name = fitted.track.name if fitted else Path(cfg.track).stem
     print(f"track {track_name}: computing the minimum-lap-time reference for the "
@@ -112,6 +122,8 @@ def main() -> None:
     ref = refs[0]
     env = RacingEnv(env_cfg)
     track = select_track(params.tracks, 0)
+    # the drives' step budgets allow for the limiter, which can make a lap slower than the reference
+    pace_s = max(ref.lap_time_s, float(track.length) / limit) if limit else ref.lap_time_s
     base = baseline_params_for(car)
     bp = dataclasses.replace(base, speed_margin=cfg.speed_margin)
     run_dir = Path(cfg.run_dir or f"runs/baseline-{track_name}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -121,7 +133,7 @@ def main() -> None:
         tuned = tuning_lib.load_tuning(cfg.tuning)
         print(f"driving the tuning in {cfg.tuning} ({tuned.knots} knots)")
     elif cfg.tune:
-        tuned = tune(cfg, env, params, track, base, ref.lap_time_s, run_dir)
+        tuned = tune(cfg, env, params, track, base, pace_s, run_dir)
 
     if tuned is not None:
         policy = tuning_lib.tuned_policy(env, track, base, tuned)
@@ -130,7 +142,7 @@ def main() -> None:
             return baseline_action(track, state.pos, env.telemetry(state.car), bp)
 
     # Enough steps for the laps at a pessimistic 60% of the reference pace.
-    steps = int(cfg.laps * ref.lap_time_s / 0.6 / env_cfg.dt)
+    steps = int(cfg.laps * pace_s / 0.6 / env_cfg.dt)
     print(f"driving {cfg.laps} laps ({steps} steps max, one jitted scan) ...", flush=True)
     traj = rollout(env, params, policy, jax.random.PRNGKey(cfg.seed), steps)
     laps_at = np.flatnonzero(traj["lap_completed"])
@@ -144,7 +156,7 @@ def main() -> None:
     plot = plot_lap(track, traj["x"], traj["y"], traj["speed"], run_dir / "lap.png", controls=traj["action"], dt=env_cfg.dt,
                     title=f"{name} on {track_name}: best clean lap {m['best_lap_s']:.2f} s, limit {ref.lap_time_s:.2f} s")
     summary = {"config": dataclasses.asdict(cfg), "lap_times_s": times.tolist(), "lap_clean": clean.tolist(),
-               "limit_s": ref.lap_time_s, "centre_line_limit_s": ref.centre_lap_time_s, **m}
+               "limit_s": ref.lap_time_s, "centre_line_limit_s": ref.centre_lap_time_s, "speed_limit_mps": limit, **m}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
 
     for i, (lt, c) in enumerate(zip(times, clean), start=1):
@@ -178,7 +190,8 @@ def tune(cfg: Config, env: RacingEnv, params, track, base, limit_s: float, run_d
     path = tuning_lib.save_tuning(run_dir / tuning_lib.TUNING_FILE, tuned, {
         "track": cfg.track, "surrogate": cfg.surrogate, "track_length_m": float(track.length), "model": env.config.model,
         "limit_s": limit_s, "best_score": history[-1], "generations": cfg.generations, "population": cfg.population,
-        "seed": cfg.seed, "robust_cars": cfg.robust_cars, "robust_spread": cfg.robust_spread})
+        "seed": cfg.seed, "robust_cars": cfg.robust_cars, "robust_spread": cfg.robust_spread,
+        "speed_limit": env.config.speed_limit})
     print(f"tuning saved: {path}")
     return tuned
 

@@ -14,6 +14,8 @@ Version 2 (written here)::
                          "out_scale": [...]},     # surrogate.residual's network, plain arrays
      "sensor_noise": null | {"speed_mps": [...], "accel_lat": [...], ...},  # telemetry noise by speed
                                                   # (surrogate.observation.sensor_noise_table); optional
+     "trusted_speed_mps": null | 60.0,            # the speed up to which the fit matched held-out
+                                                  # drives (surrogate.fit_regimes.trusted_speed); optional
      "track": {"name", "x", "y", "w_right", "w_left"},
      "provenance": {...}}                         # recordings, frames, protocol and project version
 
@@ -43,7 +45,7 @@ READABLE_VERSIONS = (1, 2)
 
 _FIELDS = {1: {"format", "version", "model", "car", "track"},
            2: {"format", "version", "model", "car", "track", "delay_steps", "control", "spread", "residual", "provenance",
-               "sensor_noise"}}
+               "sensor_noise", "trusted_speed_mps"}}
 
 
 class SurrogateFileError(ValueError):
@@ -64,6 +66,7 @@ class FittedSurrogate:
     residual: Residual | None = None
     provenance: dict = dataclasses.field(default_factory=dict)
     sensor_noise: dict | None = None  # telemetry noise by speed, as the env takes it (make_params)
+    trusted_speed: float | None = None  # m/s: up to where the fit matched held-out drives (None: unknown)
 
     def env_timing(self) -> dict[str, Any]:
         """The ``EnvConfig`` fields the game's timing sets: its input delay and, where the file says,
@@ -74,7 +77,7 @@ class FittedSurrogate:
 def save_surrogate(path: str | Path, model: str, car: CarParams, track: TrackData, *, delay_steps: int = 0,
                    dt: float | None = None, game_dt: float | None = None, spread: dict[str, float] | None = None,
                    residual: Residual | None = None, provenance: dict | None = None,
-                   sensor_noise: dict | None = None) -> Path:
+                   sensor_noise: dict | None = None, trusted_speed: float | None = None) -> Path:
     """Write the surrogate file (version 2); the arguments are checked as ``load_surrogate`` checks them."""
     if model not in MODELS:
         raise SurrogateFileError(f"model {model!r} is not a surrogate model; use one of {sorted(MODELS)}")
@@ -93,6 +96,7 @@ def save_surrogate(path: str | Path, model: str, car: CarParams, track: TrackDat
         },
         "provenance": provenance or {},
         "sensor_noise": sensor_noise,
+        "trusted_speed_mps": None if trusted_speed is None else float(trusted_speed),
     }
     path = Path(path)
     _check(path, doc)  # never write a file this module would refuse to read
@@ -178,9 +182,14 @@ def _check(path: Path, doc: Any) -> FittedSurrogate:
             sensor_noise_table(noise)
         except SensorNoiseError as e:
             raise SurrogateFileError(f"{path}: field 'sensor_noise': {e}") from None
+    trusted = doc.get("trusted_speed_mps")
+    if trusted is not None and (not _is_number(trusted) or not trusted > 0):
+        raise SurrogateFileError(f"{path}: field 'trusted_speed_mps' is {trusted!r}; expected a positive speed in m/s "
+                                 "or null")
     return FittedSurrogate(model=model, car=car, track=_track_from_doc(path, doc["track"]), delay_steps=delay, dt=dt,
                            game_dt=game_dt, spread={k: float(v) for k, v in spread.items()}, residual=residual,
-                           provenance=provenance, sensor_noise=noise)
+                           provenance=provenance, sensor_noise=noise,
+                           trusted_speed=None if trusted is None else float(trusted))
 
 
 def _is_number(v: Any) -> bool:

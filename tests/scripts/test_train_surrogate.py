@@ -88,8 +88,12 @@ def test_a_recording_becomes_a_surrogate_file_that_training_uses(tmp_path, capsy
     assert fitted.track.name == "circle" and fitted.dt == pytest.approx(0.04) and fitted.game_dt == pytest.approx(0.02)
     assert fitted.provenance["games"] == ["kinematic-circle"] and fitted.provenance["episodes"] == 4
     assert (fitted.residual is not None) == (chosen == "dynamic+residual")
+    assert fitted.trusted_speed == trusted
     cfg = tr.resolve(tr.TrainConfig(surrogate=str(out / "surrogate.json"), run_dir=str(tmp_path / "train")))
+    assert cfg.speed_limit == (trusted or 0.0)  # training keeps to where the fit is trusted, by default
+    assert tr.resolve(tr.TrainConfig(surrogate=str(out / "surrogate.json"), speed_limit=0.0)).speed_limit == 0.0
     setup = tr.build_setup(cfg)
+    assert setup.env.config.speed_limit == cfg.speed_limit
     assert setup.env.config.dt == pytest.approx(0.04) and setup.env.config.delay_steps == fitted.delay_steps
     assert math.isfinite(setup.limit_s) and setup.limit_s > 0
     car = json.loads((out / "car.json").read_text())

@@ -42,6 +42,8 @@ def test_surrogate_file_round_trip_keeps_car_and_track(tmp_path):
         (lambda d: d.update(sensor_noise={"speed_mps": [5.0], "accel_lat": [-1.0]}),
          "field 'sensor_noise': .*'accel_lat' must hold 1 standard deviations >= 0"),
         (lambda d: d.update(sensor_noise={"speed_mps": [5.0], "gps": [1.0]}), "field 'sensor_noise': .*names \\['gps'\\]"),
+        (lambda d: d.update(trusted_speed_mps=-5.0), "field 'trusted_speed_mps' is -5.0"),
+        (lambda d: d.update(trusted_speed_mps="fast"), "field 'trusted_speed_mps' is 'fast'"),
         (lambda d: d.update(model="magic"), "field 'model' is 'magic'"),
         (lambda d: d.pop("car"), r"missing field\(s\) \['car'\]"),
         (lambda d: d.update(extra=1), r"unknown field\(s\) \['extra'\]"),
@@ -74,13 +76,16 @@ def test_surrogate_file_that_is_missing_or_not_json_is_named(tmp_path):
 
 
 
-def test_version_2_round_trip_keeps_delay_control_period_spread_residual_provenance_and_sensor_noise(tmp_path):
+def test_version_2_round_trip_keeps_delay_control_period_spread_residual_provenance_noise_and_trusted_speed(tmp_path):
     residual = init_residual(jax.random.PRNGKey(1), hidden=(8, 4))
     path = save_surrogate(tmp_path / "s.json", "dynamic", CarParams(steer_tau=0.02, throttle_gamma=1.5), load_track("oval"),
                           delay_steps=3, dt=0.04, game_dt=0.02, spread={"mu": 0.03}, residual=residual,
                           provenance={"recordings": ["runs/rec"], "frames": 1234},
-                          sensor_noise={"speed_mps": [5.0, 45.0], "accel_lat": [0.1, 30.0], "yaw_rate": [0.0, 0.5]})
+                          sensor_noise={"speed_mps": [5.0, 45.0], "accel_lat": [0.1, 30.0], "yaw_rate": [0.0, 0.5]},
+                          trusted_speed=60.0)
     f = load_surrogate(path)
+    assert f.trusted_speed == 60.0
+    assert load_surrogate(save_surrogate(tmp_path / "u.json", "dynamic", CarParams(), load_track("oval"))).trusted_speed is None
     assert f.sensor_noise == {"speed_mps": [5.0, 45.0], "accel_lat": [0.1, 30.0], "yaw_rate": [0.0, 0.5]}
     assert (f.model, f.delay_steps, f.dt, f.game_dt, f.spread) == ("dynamic", 3, 0.04, 0.02, {"mu": 0.03})
     assert f.car.steer_tau == pytest.approx(0.02) and f.car.throttle_gamma == pytest.approx(1.5)
