@@ -58,7 +58,9 @@ def test_neutral_action_after_action_timeout(rt_client):
 def test_reset_starts_a_new_episode(rt_client):
     e0 = rt_client.reset()["episode"]
     f = rt_client.reset(seed=5)
-    assert f["episode"] == e0 + 1 and f["t"] == 0.0
+    # The newest frame of the new episode: on a busy machine the conflated socket may already hold its
+    # second or third (the protocol promises the new episode number, not that its first frame is seen).
+    assert f["episode"] == e0 + 1 and 0.0 <= f["t"] < 1.0
 
 
 def test_malformed_realtime_messages_are_dropped_and_server_keeps_publishing(rt_client, realtime_server):
