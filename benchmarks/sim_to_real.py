@@ -3,7 +3,8 @@ game (Gymnasium's CarRacing through the bridge, lockstep), each stage the user's
 
 1. ``record_telemetry.py --policy probe --minutes M``   (the probe needs no car model)
 2. ``train_surrogate.py RUN --out FIT``, then the baseline driver tuned for the fitted car on its track
-   (``drive_baseline.py --surrogate FIT/surrogate.json --tune --robust-cars 4``), the bar on the game
+   (``drive_baseline.py --surrogate FIT/surrogate.json --tune --robust-cars 4``, under the fit's trusted
+   speed as training is), the bar on the game
 3. ``train_crossq.py --backend surrogate --surrogate FIT/surrogate.json --budget-minutes T``
 4. ``evaluate.py --agent TRAIN --laps N --backend real --baseline-tuning TUNING`` (zero-shot on the
    game, the tuned baseline beside it) and the same N laps in the surrogate (``--backend surrogate``).
