@@ -6,8 +6,9 @@ A policy trained from scratch finds the track's corners one crash at a time; the
 planned for from the first step. Its transitions show the critics what a lap is worth before the
 agent has driven one, and the agent keeps learning from its own as well, so it is not held to the
 demonstrator's pace. The demonstrations are driven once, before training, on the same envs (random
-starts, the same car randomisation), with Gaussian noise on the driver's actions so that they also
-show what a little off the line looks like; a resumed run drives the same ones again (the same key).
+starts, the same car randomisation), optionally with Gaussian noise on the driver's actions (off by
+default: on a knife-edge fitted car it takes the driver off the track); a resumed run drives the
+same ones again (the same key).
 """
 from __future__ import annotations
 

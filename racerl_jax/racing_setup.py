@@ -14,12 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from racerl_jax.learned_line import learned_reference
-from racerl_jax.train_config import TrainConfig, random_count, resolved_speed_limit, track_entries
+from racerl_jax.train_config import TrainConfig, random_count, track_entries
 from surrogate.car import PARAM_NAMES, CarParams
 from surrogate.env import EnvConfig, EnvParams, RacingEnv
 from surrogate.env_params import build_track, make_params
 from surrogate.observation import SENSOR_NOISE_SPEEDS, ObsConfig
-from surrogate.surrogate_file import FittedSurrogate, load_surrogate
+from surrogate.surrogate_file import FittedSurrogate, load_surrogate, speed_limit_for
 from surrogate.track import Track, select_track, stack_tracks
 from surrogate.track_io import DEFAULT_TRACK, TrackData, load_track
 from surrogate.trackgen import random_track
@@ -76,7 +76,7 @@ def env_config(cfg: TrainConfig, fitted: FittedSurrogate | None, start: str) -> 
     period (the game's ticks per step) and input delay, or the defaults."""
     extra = fitted.env_timing() if fitted is not None else {}
     return EnvConfig(model=cfg.model or "dynamic", start=start, max_episode_steps=cfg.episode_steps,
-                     pedals=cfg.pedals, obs=ObsConfig(imu=cfg.observe_imu, imu_filter_s=cfg.imu_filter_s), speed_limit=resolved_speed_limit(cfg), **extra)
+                     pedals=cfg.pedals, obs=ObsConfig(imu=cfg.observe_imu, imu_filter_s=cfg.imu_filter_s), speed_limit=speed_limit_for(cfg.speed_limit, fitted), **extra)
 
 
 def car_spread(cfg: TrainConfig, fitted: FittedSurrogate | None) -> float | dict[str, float]:

@@ -19,7 +19,7 @@ from racerl_jax.spot import DEFAULT_METADATA_URL, SpotConfig
 from surrogate.car import MODELS
 from surrogate.env import GOVERNOR_FADE, PEDALS, action_bounds
 from surrogate.reward import RewardWeights
-from surrogate.surrogate_file import load_surrogate
+from surrogate.surrogate_file import load_surrogate, speed_limit_for
 from surrogate.track_io import DEFAULT_TRACK
 
 # ----------------------------------------------------------------------------- config
@@ -424,8 +424,7 @@ def resolved_speed_limit(cfg: TrainConfig) -> float:
     """--speed-limit as given, or by default the fitted surrogate's trusted speed (none without one)."""
     if cfg.speed_limit is not None:
         return cfg.speed_limit
-    trusted = load_surrogate(cfg.surrogate).trusted_speed if cfg.surrogate else None
-    return float(trusted) if trusted else 0.0
+    return speed_limit_for(None, load_surrogate(cfg.surrogate) if cfg.surrogate else None)
 
 
 def _action_dims(cfg: TrainConfig) -> int:

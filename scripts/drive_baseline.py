@@ -35,7 +35,7 @@ from surrogate.car import CarParams
 from surrogate.env import GOVERNOR_FADE, EnvConfig, RacingEnv
 from surrogate.env_params import make_params
 from surrogate.rollout import lap_metrics, rollout
-from surrogate.surrogate_file import SurrogateFileError, load_surrogate
+from surrogate.surrogate_file import SurrogateFileError, load_surrogate, speed_limit_for
 from surrogate.track import select_track
 from surrogate.track_io import DEFAULT_TRACK
 from surrogate import tuning as tuning_lib
@@ -109,7 +109,7 @@ def main() -> None:
             raise SystemExit(str(e)) from None
     car = fitted.car if fitted else CarParams()
     timing = fitted.env_timing() if fitted else {}
-    limit = cfg.speed_limit if cfg.speed_limit is not None else float((fitted.trusted_speed if fitted else None) or 0.0)
+    limit = speed_limit_for(cfg.speed_limit, fitted)
     env_cfg = EnvConfig(model=fitted.model if fitted else cfg.model, start="line", max_episode_steps=100_000,
                         speed_limit=limit, **timing)
     if limit:

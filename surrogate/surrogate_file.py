@@ -107,6 +107,14 @@ def save_surrogate(path: str | Path, model: str, car: CarParams, track: TrackDat
     return path
 
 
+def speed_limit_for(given: float | None, fitted: FittedSurrogate | None) -> float:
+    """The speed limiter a command drives with: ``given`` (``--speed-limit``; 0 for none), or by default
+    the fit's trusted speed (none without a fit, or a fit that does not say)."""
+    if given is not None:
+        return given
+    return float(fitted.trusted_speed) if fitted is not None and fitted.trusted_speed else 0.0
+
+
 def load_surrogate(path: str | Path) -> FittedSurrogate:
     """Read and validate a fitted-surrogate file; every error names the file and the field."""
     path = Path(path)
