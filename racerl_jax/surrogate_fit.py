@@ -36,7 +36,7 @@ from surrogate.car import PARAM_UNITS, car_params_to_dict
 from surrogate.fit_data import FitData, FitDataError, prepare, sensor_noise
 from surrogate.fit_regimes import TRUST_FLOOR_M, TRUST_FRACTION, format_regime_errors, trusted_speed
 from surrogate.observation import SENSOR_NOISE_SPEEDS
-from surrogate.surrogate_file import save_surrogate
+from surrogate.surrogate_file import default_speed_limit, save_surrogate
 
 SURROGATE_FILE = "surrogate.json"
 CAR_FILE = "car.json"
@@ -261,7 +261,8 @@ def report_text(result: F.FitResult, data: FitData, cap: float | None) -> str:
     trusted = trusted_speed(best.val["regimes_1s"])
     bound = f"max({TRUST_FLOOR_M:g} m, {100 * TRUST_FRACTION:g}% of the distance)"
     rows.append(f"trusted up to {trusted:.0f} m/s (each speed band from rest within {bound} 1 s ahead): "
-                f"train_crossq.py --speed-limit {trusted:.0f} keeps a driver there" if trusted else
+                f"train_crossq.py and drive_baseline.py default to a limiter at {default_speed_limit(trusted):.0f} m/s, "
+                f"a margin under it" if trusted else
                 f"trusted at no speed: the slowest band is not within {bound} 1 s ahead")
     if data.stats.dropped:
         rows.append("left out: " + ", ".join(f"{k} {v}" for k, v in sorted(data.stats.dropped.items())))

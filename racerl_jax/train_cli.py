@@ -165,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-iterations", type=int, default=d.chunk_iterations, help="iterations per jitted call")
     p.add_argument("--speed-limit", type=float, default=d.speed_limit,
                    help="m/s: a speed limiter, the throttle faded out just below it, on the surrogate and on the "
-                        "game alike (0: none); default: with --surrogate the speed the fit is trusted to (its report's "
-                        "'trusted up to'), which keeps a driver where the fitted surrogate is right, else none")
+                        "game alike (0: none); default: with --surrogate 10 m/s under the speed the fit is trusted to (its "
+                        "report's 'trusted up to'), which keeps a driver where the fitted surrogate is right, else none")
     p.add_argument("--no-observe-imu", action="store_true",
                    help="the policy does not see the accelerations and the yaw rate, only the pose, the speed, the "
                         "track and its own controls: for a game whose IMU readings are noisy at speed")

@@ -138,11 +138,11 @@ class TrainConfig:
     # surrogate and on the game (surrogate.observation.ObsConfig.imu_filter_s); 0: raw readings.
     imu_filter_s: float = 0.0
     # A speed limiter on the surrogate and on the game alike (surrogate.env.EnvConfig.speed_limit),
-    # m/s; 0: none. None (the default): with --surrogate the speed the fit is trusted to (the file's
-    # trusted_speed_mps: up to where it matched held-out drives), else none. Above it a driver learns
-    # a car the game does not have: on CarRacing's fit (trusted to 60 m/s) drivers that reached 80 m/s
-    # weaved off the game's track there, where the surrogate's car ran straight (docs/experiments.md,
-    # session 20).
+    # m/s; 0: none. None (the default): with --surrogate a margin under the speed the fit is trusted
+    # to (surrogate_file.default_speed_limit of the file's trusted_speed_mps), else none. Above it a
+    # driver learns a car the game does not have: on CarRacing's fit (trusted to 60 m/s) drivers that
+    # reached 80 m/s weaved off the game's track there, where the surrogate's car ran straight
+    # (docs/experiments.md, session 20).
     speed_limit: float | None = None
     # Training episodes that start from rest (the rest start anywhere at up to half the reference
     # speed): evaluation laps and the game start from rest, and a policy that has rarely been

@@ -57,7 +57,7 @@ class Config:
     robust_spread: float = 0.03
     tuning: str = ""
     surrogate: str = ""
-    speed_limit: float | None = None  # as train_crossq.py's: with --surrogate the fit's trusted speed, else none
+    speed_limit: float | None = None  # as train_crossq.py's: with --surrogate a margin under the fit's trusted speed
 
 
 def parse() -> Config:
@@ -84,7 +84,7 @@ def parse() -> Config:
                         "the default car on --track")
     p.add_argument("--speed-limit", type=float, default=d.speed_limit, metavar="M/S",
                    help="a speed limiter, as train_crossq.py's (0: none; default: with --surrogate the speed the fit "
-                        "is trusted to, else none)")
+                        "is trusted to, less a margin, else none)")
     cfg = Config(**{k.replace("-", "_"): v for k, v in vars(p.parse_args()).items()})
     if cfg.speed_limit is not None and cfg.speed_limit != 0.0 and not cfg.speed_limit > GOVERNOR_FADE:
         p.error(f"--speed-limit {cfg.speed_limit}: give 0 (none) or a speed above {GOVERNOR_FADE} m/s")
@@ -113,7 +113,7 @@ def main() -> None:
     env_cfg = EnvConfig(model=fitted.model if fitted else cfg.model, start="line", max_episode_steps=100_000,
                         speed_limit=limit, **timing)
     if limit:
-        print(f"speed limiter at {limit:g} m/s" + (" (the fit's trusted speed)" if cfg.speed_limit is None else ""))
+        print(f"speed limiter at {limit:g} m/s" + (" (a margin under the fit's trusted speed)" if cfg.speed_limit is None else ""))
     track_entry = fitted.track if fitted else cfg.track
     track_name = fitted.track.name if fitted else Path(cfg.track).stem
     print(f"track {track_name}: computing the minimum-lap-time reference for the "

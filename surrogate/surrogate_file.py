@@ -107,12 +107,30 @@ def save_surrogate(path: str | Path, model: str, car: CarParams, track: TrackDat
     return path
 
 
+# The default limiter keeps this far under the fit's trusted speed (but never under half of it). The
+# trusted speed is the top of the fastest speed band whose held-out drives the fit matched, and near
+# that top the recordings thin out: on CarRacing's probe fit (trusted to 60 m/s) the fitted car lost
+# 1-1.5 m/s in the long corners at 60 where the game's car kept its speed, and drivers trained at a
+# 60 m/s limit lapped the game 10/10 on 2 seeds of 3 (the third ran wide there), at 50 m/s on 3 of 3,
+# each within 4.6% of its surrogate lap (docs/experiments.md, session 20). One speed band (10 m/s).
+TRUST_MARGIN_MPS = 10.0
+
+
+def default_speed_limit(trusted_speed: float | None) -> float:
+    """The limiter a fit's trusted speed asks for: ``TRUST_MARGIN_MPS`` under it, at least half of it;
+    0 (none) where the fit does not say."""
+    if not trusted_speed:
+        return 0.0
+    return max(float(trusted_speed) - TRUST_MARGIN_MPS, 0.5 * float(trusted_speed))
+
+
 def speed_limit_for(given: float | None, fitted: FittedSurrogate | None) -> float:
     """The speed limiter a command drives with: ``given`` (``--speed-limit``; 0 for none), or by default
-    the fit's trusted speed (none without a fit, or a fit that does not say)."""
+    a margin under the fit's trusted speed (``default_speed_limit``; none without a fit, or a fit that
+    does not say)."""
     if given is not None:
         return given
-    return float(fitted.trusted_speed) if fitted is not None and fitted.trusted_speed else 0.0
+    return default_speed_limit(fitted.trusted_speed if fitted is not None else None)
 
 
 def load_surrogate(path: str | Path) -> FittedSurrogate:

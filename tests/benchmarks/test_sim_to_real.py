@@ -60,7 +60,7 @@ def test_nonsense_counts_are_refused():
         s2r.main(["--seeds", "2", "--control-seeds", "3"])
 
 
-def test_the_seeds_train_with_the_tuned_baselines_demonstrations_only_when_asked_and_tuned(tmp_path):
+def test_the_seeds_train_with_the_tuned_baselines_demonstrations_and_the_controls_with_their_own_baselines(tmp_path):
     fit, tuning = tmp_path / "fit", tmp_path / "baseline" / "tuning.json"
     plain = s2r.train_command(tmp_path, fit, tmp_path / "t", 1, 20.0, ["--reward", "stuck=5"])
     assert "--demos" not in plain and plain[-2:] == ["--reward", "stuck=5"]
@@ -71,4 +71,7 @@ def test_the_seeds_train_with_the_tuned_baselines_demonstrations_only_when_asked
     cmd = s2r.train_command(tmp_path, fit, tmp_path / "t", 1, 20.0, [], demos=tuning)
     assert cmd[cmd.index("--demos") + 1] == str(tuning) and cmd[cmd.index("--surrogate") + 1] == str(fit / "surrogate.json")
     control = s2r.train_command(tmp_path, None, tmp_path / "c", 1, 20.0, [])
-    assert control[control.index("--track") + 1] == str(tmp_path / "game_track.csv")
+    assert control[control.index("--track") + 1] == str(tmp_path / "game_track.csv") and "--demos" not in control
+    # the control on the default car: its own planned baseline demonstrates, not the fitted car's tuning
+    control = s2r.train_command(tmp_path, None, tmp_path / "c", 1, 20.0, [], demos=tuning)
+    assert control[control.index("--demos") + 1] == "baseline"

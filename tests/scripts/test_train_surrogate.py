@@ -12,7 +12,7 @@ from bridge.recorder import Recorder
 from racerl_jax import surrogate_fit as sf
 from racerl_jax import train_racing as tr
 from surrogate import fit as F
-from surrogate.surrogate_file import load_surrogate
+from surrogate.surrogate_file import default_speed_limit, load_surrogate
 
 LAST = re.compile(r"^model=(\S+) pos_err_1s_median_m=(\S+) speed_err_1s_median_mps=(\S+) "
                   r"yaw_err_1s_median_rad=(\S+) fit_minutes=(\S+)$")
@@ -81,7 +81,7 @@ def test_a_recording_becomes_a_surrogate_file_that_training_uses(tmp_path, capsy
     # the example game has no speed cap: the report says none was found and the car keeps the default
     assert "(none: no recorded speed was held on the throttle)" in text
     trusted = report["trusted_speed_mps"]  # the speed limit the report suggests, from the bands' errors
-    assert trusted is None or f"--speed-limit {trusted:.0f}" in text
+    assert trusted is None or f"default to a limiter at {default_speed_limit(trusted):.0f} m/s" in text
     assert "trusted up to" in text or "trusted at no speed" in text
     # the surrogate file: the game's track and tick, the control period it was recorded at
     fitted = load_surrogate(out / "surrogate.json")
@@ -90,7 +90,7 @@ def test_a_recording_becomes_a_surrogate_file_that_training_uses(tmp_path, capsy
     assert (fitted.residual is not None) == (chosen == "dynamic+residual")
     assert fitted.trusted_speed == trusted
     cfg = tr.resolve(tr.TrainConfig(surrogate=str(out / "surrogate.json"), run_dir=str(tmp_path / "train")))
-    assert cfg.speed_limit == (trusted or 0.0)  # training keeps to where the fit is trusted, by default
+    assert cfg.speed_limit == default_speed_limit(trusted)  # training keeps under where the fit is trusted
     assert tr.resolve(tr.TrainConfig(surrogate=str(out / "surrogate.json"), speed_limit=0.0)).speed_limit == 0.0
     setup = tr.build_setup(cfg)
     assert setup.env.config.speed_limit == cfg.speed_limit

@@ -7,7 +7,7 @@ import pytest
 from surrogate.car import CarParams
 from surrogate.env import MAX_DELAY_STEPS
 from surrogate.residual import init_residual
-from surrogate.surrogate_file import SurrogateFileError, load_surrogate, save_surrogate
+from surrogate.surrogate_file import SurrogateFileError, default_speed_limit, load_surrogate, save_surrogate, speed_limit_for
 from surrogate.track_io import load_track
 
 
@@ -112,3 +112,14 @@ def test_a_surrogate_file_with_nan_is_refused_with_its_name(tmp_path):
     path.write_text(path.read_text().replace('"delay_steps": 0', '"delay_steps": NaN'))
     with pytest.raises(SurrogateFileError, match="s.json: not valid JSON"):
         load_surrogate(path)
+
+
+def test_the_default_speed_limit_keeps_a_margin_under_the_trusted_speed_and_a_given_limit_wins(tmp_path):
+    assert default_speed_limit(60.0) == 50.0  # one 10 m/s band under it
+    assert default_speed_limit(14.0) == 7.0  # never under half of it
+    assert default_speed_limit(None) == 0.0  # a fit that does not say: no limiter
+    fitted = load_surrogate(save_surrogate(tmp_path / "s.json", "dynamic", CarParams(), load_track("oval"),
+                                           trusted_speed=60.0))
+    assert speed_limit_for(None, fitted) == 50.0
+    assert speed_limit_for(55.0, fitted) == 55.0 and speed_limit_for(0.0, fitted) == 0.0  # --speed-limit wins
+    assert speed_limit_for(None, None) == 0.0
