@@ -165,10 +165,8 @@ def main(argv=None) -> int:
                          "(train_crossq.py --demos OUT/baseline/tuning.json), the controls with the default car's "
                          "baseline's (--demos baseline); the rounds' drivers train without (default: on)")
     ap.add_argument("--fit-args", default="", help="extra train_surrogate.py options, e.g. '--grip-tolerance 0.05'")
-    # A stop on the track costs what leaving it does: with the default (0) a driver of CarRacing's fitted
-    # car learned to stop before a hairpin it could not yet take (docs/experiments.md, session 12).
-    ap.add_argument("--train-args", default="--reward stuck=5",
-                    help="train_crossq.py options (default: --reward stuck=5), e.g. '--num-envs 8' for a test")
+    ap.add_argument("--train-args", default="",
+                    help="more train_crossq.py options, e.g. '--num-envs 8' for a test")
     a = ap.parse_args(argv)
     if a.seeds < 1 or a.rounds < 1 or not 0 <= a.control_seeds <= a.seeds:
         raise SystemExit("need --seeds >= 1, --rounds >= 1 and 0 <= --control-seeds <= --seeds")

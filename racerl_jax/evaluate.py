@@ -392,7 +392,7 @@ def _evaluate_game(cfg: EvalConfig, tc: TrainConfig, saved: SavedAgent, out: Pat
     real = RealEnvConfig(mode=mode, address=cfg.address or tc.address,
                          telemetry_address=cfg.telemetry_address or tc.telemetry_address,
                          action_address=cfg.action_address or tc.action_address, track_file=track_file,
-                         reset_seed=game_seed, env=env_cfg, reward=tc.reward, car=car)
+                         reset_seed=game_seed, env=env_cfg, reward=tc.reward_weights(), car=car)
     try:
         env = RealGameEnv(real)
     except (BridgeUnavailable, TimeoutError) as e:

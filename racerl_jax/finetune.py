@@ -361,7 +361,7 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
         env = RealGameEnv(RealEnvConfig(
             mode=cfg.game_mode, address=cfg.address, telemetry_address=cfg.telemetry_address,
             action_address=cfg.action_address, track_file=cfg.track or None, reset_seed=cfg.game_seed, env=env_cfg,
-            reward=tc.reward, car=car))
+            reward=tc.reward_weights(), car=car))
     except (BridgeUnavailable, TimeoutError) as e:
         raise SystemExit(f"finetune_real.py: no game answers ({e}); start the game's plugin in {cfg.game_mode} mode "
                          "(the reference game: python -m bridge.games.carracing --mode lockstep), or give its "

@@ -156,7 +156,7 @@ def build_setup(cfg: TrainConfig) -> RacingSetup:
         references = [learned_reference(cfg.reference_line, train[0], car, 2.0 * env_cfg.car_half_width)]
         references += [None] * len(unseen)
     params, refs = make_params(train + unseen, car=car, config=env_cfg, car_spread=car_spread(cfg, fitted),
-                               reward_weights=cfg.reward, standing_start_prob=cfg.standing_starts,
+                               reward_weights=cfg.reward_weights(), standing_start_prob=cfg.standing_starts,
                                residual=fitted.residual if fitted else None,
                                sensor_noise=sensor_noise(fitted, cfg.sensor_noise),
                                actor_noise=sensor_noise(fitted, cfg.actor_noise), references=references)

@@ -9,7 +9,7 @@ from typing import Sequence
 from racerl_jax.config_io import name_value_overrides
 from racerl_jax.learned_line import parse_reference_line
 from racerl_jax.spot import EXIT_INTERRUPTED
-from racerl_jax.train_config import DEFAULT_REWARD, MATMUL_PRECISIONS, TrainConfig
+from racerl_jax.train_config import DEFAULT_REWARD, FITTED_GAME_REWARD, MATMUL_PRECISIONS, TrainConfig
 from surrogate.car import MODELS
 from surrogate.env import PEDALS
 from surrogate.reward import RewardWeights
@@ -42,8 +42,9 @@ def _reference_line(text: str) -> str:
     return "" if text == "min-curvature" else text
 
 
-def _reward_weights(text: str) -> RewardWeights:
-    """``name=value,...`` over the default weights, e.g. ``action_change=0.05,deviation=0``."""
+def _reward_changes(text: str) -> dict[str, float]:
+    """``name=value,...``, e.g. ``action_change=0.05,deviation=0``: the weights that differ from the
+    default (``parse_args`` applies them over the default for what the run drives)."""
     items = tuple(t.strip() for t in text.split(",") if t.strip())
     try:
         changes = name_value_overrides("--reward", items, RewardWeights)
@@ -54,7 +55,7 @@ def _reward_weights(text: str) -> RewardWeights:
         if v < 0:
             raise argparse.ArgumentTypeError(f"--reward {name}={v:g}: weights are finite and >= 0 (the reward applies "
                                              "the sign)")
-    return dataclasses.replace(DEFAULT_REWARD, **changes)
+    return changes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,10 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of training episodes that start from rest")
     p.add_argument("--action-overshoot", type=float, default=d.action_overshoot,
                    help="policy range beyond the controls' limits, as a fraction (then clipped)")
-    p.add_argument("--reward", type=_reward_weights, default=d.reward, metavar="NAME=VALUE,...",
+    p.add_argument("--reward", type=_reward_changes, default=None, metavar="NAME=VALUE,...",
                    help="reward weights over the defaults: progress (per m), deviation (per m^2 from the reference "
                    "line), action_change (per squared control change), off_track, stuck, time (per step); "
-                   f"default {','.join(f'{k}={v:g}' for k, v in dataclasses.asdict(DEFAULT_REWARD).items())}")
+                   f"default {','.join(f'{k}={v:g}' for k, v in dataclasses.asdict(DEFAULT_REWARD).items())}, "
+                   f"with --surrogate stuck={FITTED_GAME_REWARD.stuck:g} (a stop costs what leaving the track does)")
     p.add_argument("--pedals", choices=PEDALS, default=d.pedals,
                    help="combined: one pedal axis, throttle above zero and brake below; separate: the game's two")
     p.add_argument("--smooth-temporal", type=float, default=d.smooth_temporal,
@@ -188,6 +190,8 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     a["preset"] = a["preset"] or ""
     a["critic_hidden"] = a["critic_hidden"] or ()
     a["actor_hidden"] = a["actor_hidden"] or ()
+    if a["reward"] is not None:  # over the default for what the run drives
+        a["reward"] = dataclasses.replace(TrainConfig(surrogate=a["surrogate"]).reward_weights(), **a["reward"])
     try:
         return TrainConfig(**a)
     except ValueError as e:

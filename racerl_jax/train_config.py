@@ -29,6 +29,11 @@ from surrogate.track_io import DEFAULT_TRACK
 # towards the reference line that guides early exploration and costs nothing at the optimum.
 DEFAULT_REWARD = RewardWeights(progress=0.1, deviation=0.002, action_change=0.02, off_track=5.0, stuck=0.0, time=0.0,
                                pedal_overlap=0.0)
+# On a fitted game's car (--surrogate) a stop costs what leaving the track does: with no cost a driver
+# of CarRacing's fitted car learned to stop before a hairpin it could not yet take, and no driver
+# lapped it; with it four of four did (docs/experiments.md, session 12). The bundled tracks keep 0
+# until the quickstart is measured over seeds with it.
+FITTED_GAME_REWARD = dataclasses.replace(DEFAULT_REWARD, stuck=5.0)
 
 # Fields the command line does not set (reward weights, network widths) are still in the saved
 # config; fields that do not shape what is learned (how long, how often to evaluate or checkpoint,
@@ -181,7 +186,8 @@ class TrainConfig:
     # on an H100 three of four runs with TF32 critics collapsed within two minutes, the same
     # settings at full precision learned as on the CPU (README). No effect on a CPU.
     matmul_precision: str = "highest"
-    reward: RewardWeights = DEFAULT_REWARD
+    # None: FITTED_GAME_REWARD with --surrogate, else DEFAULT_REWARD (reward_weights; resolve fills it in)
+    reward: RewardWeights | None = None
     eval_every_env_steps: int = 10_000
     eval_laps: int = 2  # laps an evaluation drives (the second is a flying lap)
     eval_max_steps: int = 0  # 0 = enough for eval_laps at 60% of the reference pace (or of the speed limit)
@@ -296,8 +302,14 @@ class TrainConfig:
         d["actor_hidden"] = list(self.actor_hidden)
         d["tracks"] = list(self.tracks)
         d["eval_tracks"] = list(self.eval_tracks)
-        d["reward"] = {k: float(v) for k, v in dataclasses.asdict(self.reward).items()}
+        d["reward"] = {k: float(v) for k, v in dataclasses.asdict(self.reward_weights()).items()}
         return d
+
+    def reward_weights(self) -> RewardWeights:
+        """The reward as given, or the default for what the run drives (``FITTED_GAME_REWARD`` on a fit)."""
+        if self.reward is not None:
+            return self.reward
+        return FITTED_GAME_REWARD if self.surrogate else DEFAULT_REWARD
 
     def run_settings(self) -> dict[str, Any]:
         """The settings that shape the run's state and learning: what a resume must keep."""
@@ -417,7 +429,8 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         tracks, eval_tracks = _resolve_track_sets(dataclasses.replace(cfg, track=track))
     run_dir = cfg.run_dir or f"runs/crossq-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return dataclasses.replace(cfg, preset=preset, model=model, track=track, num_envs=num_envs, run_dir=run_dir,
-                               tracks=tracks, eval_tracks=eval_tracks, speed_limit=resolved_speed_limit(cfg))
+                               tracks=tracks, eval_tracks=eval_tracks, speed_limit=resolved_speed_limit(cfg),
+                               reward=cfg.reward_weights())
 
 
 def resolved_speed_limit(cfg: TrainConfig) -> float:

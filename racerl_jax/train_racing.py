@@ -35,7 +35,8 @@ from racerl_jax.racing_setup import RacingSetup, build_setup, car_spread, env_co
 from racerl_jax.run_plots import (  # noqa: F401
     BEST_LAP_PNG, CURVE_PNG, TRACK_GAPS_PNG, plot_best_lap, plot_learning_curve, plot_track_gaps)
 from racerl_jax.train_config import (  # noqa: F401
-    _PER_INVOCATION, DEFAULT_REWARD, MATMUL_PRECISIONS, TrainConfig, _action_dims, crossq_config, resolve)
+    _PER_INVOCATION, DEFAULT_REWARD, FITTED_GAME_REWARD, MATMUL_PRECISIONS, TrainConfig, _action_dims, crossq_config,
+    resolve)
 from racerl_jax.train_cli import build_parser, parse_args  # noqa: F401
 
 
@@ -240,7 +241,7 @@ def _run_real(cfg: TrainConfig, run_dir: Path, t_start: float) -> dict[str, Any]
     env = RealGameEnv(RealEnvConfig(
         mode=cfg.game_mode, address=cfg.address, telemetry_address=cfg.telemetry_address,
         action_address=cfg.action_address, track_file=cfg.track or None,
-        reset_seed=cfg.game_seed if cfg.game_seed >= 0 else None, env=env_cfg, reward=cfg.reward, car=car,
+        reset_seed=cfg.game_seed if cfg.game_seed >= 0 else None, env=env_cfg, reward=cfg.reward_weights(), car=car,
     ))
     try:
         limit = float(env.reference.lap_time_s)

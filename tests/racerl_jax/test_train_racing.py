@@ -164,6 +164,18 @@ def test_bad_reward_weights_are_refused_naming_the_item(text, reason, capsys):
     assert re.search(reason, capsys.readouterr().err)
 
 
+def test_on_a_fitted_game_a_stop_costs_what_leaving_the_track_does_unless_the_reward_says_otherwise():
+    assert tr.parse_args([]).reward_weights() == tr.DEFAULT_REWARD and tr.DEFAULT_REWARD.stuck == 0.0
+    fitted = tr.parse_args(["--surrogate", "fit.json"])
+    assert fitted.reward_weights() == tr.FITTED_GAME_REWARD
+    assert tr.FITTED_GAME_REWARD.stuck == tr.FITTED_GAME_REWARD.off_track
+    # --reward changes the weights it names over the default for what the run drives
+    changed = tr.parse_args(["--surrogate", "fit.json", "--reward", "action_change=0.05"]).reward_weights()
+    assert changed.action_change == 0.05 and changed.stuck == tr.FITTED_GAME_REWARD.stuck
+    assert tr.parse_args(["--surrogate", "fit.json", "--reward", "stuck=0"]).reward_weights().stuck == 0.0
+    assert tr.parse_args(["--reward", "stuck=5"]).reward_weights() == tr.FITTED_GAME_REWARD
+
+
 # ----------------------------------------------------------------------------- surrogate file
 
 
