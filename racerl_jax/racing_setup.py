@@ -63,12 +63,16 @@ class RacingSetup:
 SLOW_PACE = 0.6
 
 
+def paced_lap_s(limit_s: float, length_m: float, env_cfg: EnvConfig) -> float:
+    """The reference's lap time (``limit_s``), or a lap at the speed limiter (``env_cfg.speed_limit``)
+    where that is slower: the pace a drive's step budget allows for."""
+    return max(limit_s, length_m / env_cfg.speed_limit) if env_cfg.speed_limit else limit_s
+
+
 def slow_lap_steps(limit_s: float, length_m: float, env_cfg: EnvConfig, laps: float = 1.0) -> int:
-    """Control steps for ``laps`` laps at SLOW_PACE of the reference's pace (``limit_s``), or of the
-    speed limiter's (``env_cfg.speed_limit``) where that is slower: what an evaluation or an episode
-    on the game may take before it is cut."""
-    lap_s = max(limit_s, length_m / env_cfg.speed_limit) if env_cfg.speed_limit else limit_s
-    return int(math.ceil(laps * lap_s / SLOW_PACE / env_cfg.dt))
+    """Control steps for ``laps`` laps at SLOW_PACE of ``paced_lap_s``: what an evaluation, a baseline
+    drive or an episode on the game may take before it is cut."""
+    return int(math.ceil(laps * paced_lap_s(limit_s, length_m, env_cfg) / SLOW_PACE / env_cfg.dt))
 
 
 def env_config(cfg: TrainConfig, fitted: FittedSurrogate | None, start: str) -> EnvConfig:

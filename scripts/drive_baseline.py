@@ -30,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from racerl_jax.plots import plot_lap
+from racerl_jax.racing_setup import paced_lap_s, slow_lap_steps
 from surrogate.baseline import BaselineParams, baseline_action, baseline_params_for
 from surrogate.car import CarParams
 from surrogate.env import GOVERNOR_FADE, EnvConfig, RacingEnv
@@ -123,7 +124,7 @@ def main() -> None:
     env = RacingEnv(env_cfg)
     track = select_track(params.tracks, 0)
     # the drives' step budgets allow for the limiter, which can make a lap slower than the reference
-    pace_s = max(ref.lap_time_s, float(track.length) / limit) if limit else ref.lap_time_s
+    pace_s = paced_lap_s(ref.lap_time_s, float(track.length), env_cfg)
     base = baseline_params_for(car)
     bp = dataclasses.replace(base, speed_margin=cfg.speed_margin)
     run_dir = Path(cfg.run_dir or f"runs/baseline-{track_name}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -141,8 +142,7 @@ def main() -> None:
         def policy(obs, state, key):
             return baseline_action(track, state.pos, env.telemetry(state.car), bp)
 
-    # Enough steps for the laps at a pessimistic 60% of the reference pace.
-    steps = int(cfg.laps * pace_s / 0.6 / env_cfg.dt)
+    steps = slow_lap_steps(ref.lap_time_s, float(track.length), env_cfg, cfg.laps)
     print(f"driving {cfg.laps} laps ({steps} steps max, one jitted scan) ...", flush=True)
     traj = rollout(env, params, policy, jax.random.PRNGKey(cfg.seed), steps)
     laps_at = np.flatnonzero(traj["lap_completed"])

@@ -1,6 +1,8 @@
 """scripts/drive_baseline.py: tune the baseline to the car, save the tuning, drive it again from the file."""
 import importlib.util
 import json
+import math
+import re
 import os
 import sys
 
@@ -49,7 +51,7 @@ def test_a_surrogate_file_drives_its_fitted_car_on_its_track_at_its_control_peri
     assert f"fitted car of {fit}" in out
     summary = json.loads((tmp_path / "drive" / "summary.json").read_text())
     # the file's period (0.04 s), not the default 0.05 s, sets the steps of the drive
-    assert f"driving 1 laps ({int(summary['limit_s'] / 0.6 / 0.04)} steps max" in out
+    assert f"driving 1 laps ({math.ceil(summary['limit_s'] / 0.6 / 0.04)} steps max" in out
     assert summary["config"]["surrogate"] == str(fit)
 
 
@@ -62,7 +64,6 @@ def test_an_unreadable_surrogate_file_is_refused_with_its_name(tmp_path, monkeyp
 
 
 def test_on_a_fitted_car_the_baseline_keeps_a_margin_under_the_speed_the_fit_is_trusted_to(tmp_path, monkeypatch, capsys):
-    import math
 
     from surrogate.car import CarParams
     from surrogate.surrogate_file import save_surrogate
@@ -73,8 +74,9 @@ def test_on_a_fitted_car_the_baseline_keeps_a_margin_under_the_speed_the_fit_is_
     out = _run(monkeypatch, capsys, "--surrogate", str(fit), "--laps", "1", "--run-dir", str(tmp_path / "drive"))
     assert "speed limiter at 25 m/s (a margin under the fit's trusted speed)" in out
     summary = json.loads((tmp_path / "drive" / "summary.json").read_text())
-    pace = max(summary["limit_s"], 1218.0 / 25.0)  # the oval's 1218 m at 25 m/s is slower than the reference
-    assert f"driving 1 laps ({int(pace / 0.6 / 0.04)} steps max" in out
+    pace = max(summary["limit_s"], 1218.0 / 25.0)  # the oval's ~1218 m at 25 m/s is slower than the reference
+    steps = re.search(r"driving 1 laps \((\d+) steps max", out)
+    assert steps and abs(int(steps.group(1)) - pace / 0.6 / 0.04) <= 2  # the track's length to a metre
     lap = summary["lap_times_s"][0]
     assert summary["lap_clean"] == [True] and lap > 1218.0 / 25.0 and math.isfinite(lap)
     assert summary["speed_limit_mps"] == 25.0
