@@ -45,16 +45,25 @@ def game_controls(action, pedals: str, xp=jnp):
 
 
 GOVERNOR_FADE = 2.0  # m/s below EnvConfig.speed_limit over which the throttle fades out
+# The most brake the limiter applies, reached GOVERNOR_FADE m/s over the limit. A game's car can
+# carry on past the limit after the throttle is cut (CarRacing's driven wheels spin up under full
+# throttle and push on for a few ticks: 50.8 -> 56.6 m/s at a 50 m/s limit, then it coasted into the
+# first corner at 56 and left the track, where the surrogate's car held 50). Half the pedal stays
+# below CarRacing's wheel lock (0.9), so the car slows without sliding in a corner. Below the limit
+# the brake is what the driver gave: a car that never passes it drives exactly as without this.
+GOVERNOR_BRAKE = 0.5
 
 
 def governed(controls, speed, limit: float, xp=jnp):
     """The game controls [steer, throttle, brake] with the speed limiter applied: the throttle times
-    a factor falling from 1 at ``limit - GOVERNOR_FADE`` m/s to 0 at ``limit``; the steering and the
-    brake as they are. ``limit`` 0: the controls unchanged. ``xp=np`` on the host."""
+    a factor falling from 1 at ``limit - GOVERNOR_FADE`` m/s to 0 at ``limit``; over the limit at
+    least a brake rising from 0 to ``GOVERNOR_BRAKE`` over the next ``GOVERNOR_FADE`` m/s; the
+    steering as it is. ``limit`` 0: the controls unchanged. ``xp=np`` on the host."""
     if not limit:
         return controls
     keep = xp.clip((limit - speed) / GOVERNOR_FADE, 0.0, 1.0)
-    return xp.stack([controls[..., 0], controls[..., 1] * keep, controls[..., 2]], axis=-1)
+    brake = GOVERNOR_BRAKE * xp.clip((speed - limit) / GOVERNOR_FADE, 0.0, 1.0)
+    return xp.stack([controls[..., 0], controls[..., 1] * keep, xp.maximum(controls[..., 2], brake)], axis=-1)
 
 
 def env_action(controls, pedals: str, xp=jnp):
@@ -104,7 +113,8 @@ class EnvConfig:
     # start of an episode. The reward and the observation still see the command just given.
     delay_steps: int = 0
     # A speed limiter (m/s; 0: none): the throttle the car gets fades out over the last
-    # GOVERNOR_FADE m/s below it, on the surrogate and on the game alike (``governed``). What the
+    # GOVERNOR_FADE m/s below it and the brake comes on above it, on the surrogate and on the game
+    # alike (``governed``). What the
     # policy commanded still drives the reward and the observation. For a fitted surrogate that is
     # right only below some speed (CarRacing's fit: 0.3-1 m off 1 s ahead below 40 m/s, 5-11 m
     # above), a driver held below it drives the game as it drove the surrogate.

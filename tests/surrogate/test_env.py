@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from surrogate.car import CarParams, speed
-from surrogate.env import EnvConfig, RacingEnv, batch_reset, env_action, game_controls, governed
+from surrogate.env import GOVERNOR_BRAKE, EnvConfig, RacingEnv, batch_reset, env_action, game_controls, governed
 from surrogate.env_params import make_params
 from surrogate.observation import (ACCEL_SCALE, YAW_RATE_SCALE, ObsConfig, Telemetry, filter_imu, imu_vector, noisy_telemetry,
                                    observe, sensor_noise_table)
@@ -116,12 +116,15 @@ def test_standing_still_is_truncated_by_the_stuck_check(oval):
 
 
 
-def test_the_speed_limiter_fades_the_throttle_out_below_the_limit_and_leaves_brake_and_steering():
-    c = np.array([[0.3, 1.0, 0.2]] * 4, np.float32)
-    out = governed(c, np.array([10.0, 19.0, 20.0, 25.0]), 20.0, xp=np)
-    np.testing.assert_allclose(out[:, 1], [1.0, 0.5, 0.0, 0.0])
-    np.testing.assert_array_equal(out[:, [0, 2]], c[:, [0, 2]])
-    assert governed(c, np.full(4, 99.0), 0.0, xp=np) is c  # no limit: untouched
+def test_the_speed_limiter_fades_the_throttle_out_below_the_limit_and_brakes_over_it():
+    c = np.array([[0.3, 1.0, 0.2]] * 6, np.float32)
+    out = governed(c, np.array([10.0, 19.0, 20.0, 20.8, 21.0, 25.0]), 20.0, xp=np)
+    np.testing.assert_allclose(out[:, 1], [1.0, 0.5, 0.0, 0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(out[:, 0], c[:, 0])  # the steering as it is
+    # the driver's brake below the limit; over it at least the limiter's, rising to GOVERNOR_BRAKE
+    np.testing.assert_allclose(out[:, 2], [0.2, 0.2, 0.2, 0.2, 0.25, GOVERNOR_BRAKE], atol=1e-6)
+    assert governed(np.array([[0.0, 0.0, 0.9]]), np.array([25.0]), 20.0, xp=np)[0, 2] == 0.9  # a harder brake stays
+    assert governed(c, np.full(6, 99.0), 0.0, xp=np) is c  # no limit: untouched
     with pytest.raises(ValueError, match="speed_limit"):
         EnvConfig(speed_limit=1.0)
 
@@ -137,6 +140,26 @@ def test_a_car_on_full_throttle_stays_under_the_speed_limit_while_the_policy_sti
         np.testing.assert_allclose(np.asarray(obs)[-1, 0, 9], 1.0)  # the previous throttle observed: as commanded
     assert speeds[0.0].max() > 25.0
     assert 13.0 < speeds[15.0].max() <= 15.0 + 0.5  # one control period of coasting past the fade at most
+
+
+def test_a_car_over_the_speed_limit_is_braked_back_to_it(oval):
+    """A car that passes the limit (a game's car does, on momentum after the throttle is cut) is
+    braked back to it, where coasting would carry it on."""
+    params, _ = oval
+    coast = lambda st, k: jnp.array([[0.0, 0.0, 0.0]])  # noqa: E731
+    speeds = {}
+    for limit in (0.0, 15.0):
+        env = RacingEnv(dataclasses.replace(CFG, start="line", speed_limit=limit))
+        obs, st = env.reset(jax.random.PRNGKey(0), params)
+        fast = st.replace(car=st.car.replace(vx=jnp.float32(22.0)))  # 7 m/s over the limit
+        step = jax.jit(env.step)
+        v = []
+        for i in range(25):  # one second
+            obs, fast, r, te, tr, info = step(jax.random.PRNGKey(i), fast, jnp.zeros(3), params)
+            v.append(float(info["speed"]))
+        speeds[limit] = np.asarray(v)
+    assert speeds[0.0][-1] > 20.0  # coasting: still far over 15 m/s
+    assert speeds[15.0][-1] < 15.0 + 1.0 and speeds[15.0][-1] < speeds[0.0][-1] - 4.0
 
 
 def test_time_limit_truncates_a_running_episode(oval):
