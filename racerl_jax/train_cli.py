@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actor-noise", type=float, default=d.actor_noise,
                    help="with --surrogate: the telemetry noise the fit measured, times this, in what the actor "
                         "sees only; the critics keep the clean telemetry (0: off)")
+    p.add_argument("--edge-margin", type=float, default=d.edge_margin,
+                   help="m: training episodes end this far inside the track's edges (evaluations and the game keep "
+                        "the real edges): room for a line the game's car runs wider than the surrogate's")
     p.add_argument("--standing-starts", type=float, default=d.standing_starts,
                    help="fraction of training episodes that start from rest")
     p.add_argument("--action-overshoot", type=float, default=d.action_overshoot,

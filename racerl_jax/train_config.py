@@ -17,7 +17,7 @@ from racerl_jax.crossq import CrossQConfig
 from racerl_jax.config_io import dataclass_from_dict
 from racerl_jax.spot import DEFAULT_METADATA_URL, SpotConfig
 from surrogate.car import MODELS
-from surrogate.env import GOVERNOR_FADE, PEDALS, action_bounds
+from surrogate.env import GOVERNOR_FADE, MAX_EDGE_MARGIN, PEDALS, action_bounds
 from surrogate.reward import RewardWeights
 from surrogate.surrogate_file import load_surrogate, speed_limit_for
 from surrogate.track_io import DEFAULT_TRACK
@@ -149,6 +149,10 @@ class TrainConfig:
     # reached 80 m/s weaved off the game's track there, where the surrogate's car ran straight
     # (docs/experiments.md, session 20).
     speed_limit: float | None = None
+    # Training episodes end this many metres inside the track's edges (surrogate.env.EnvConfig.
+    # edge_margin); the evaluations and the game keep the real edges. Room for a line the game's car
+    # runs wider than the surrogate's.
+    edge_margin: float = 0.0
     # Training episodes that start from rest (the rest start anywhere at up to half the reference
     # speed): evaluation laps and the game start from rest, and a policy that has rarely been
     # there can sit on the line.
@@ -245,6 +249,7 @@ class TrainConfig:
         need(0.0 <= self.imu_filter_s <= 2.0, "imu_filter_s", "must be a time constant in [0, 2] s (0: no filter)")
         need(0.0 <= self.sensor_noise <= 10.0, "sensor_noise", "must be in [0, 10] (times the fit's noise; 0: off)")
         need(0.0 <= self.actor_noise <= 10.0, "actor_noise", "must be in [0, 10] (times the fit's noise; 0: off)")
+        need(0.0 <= self.edge_margin <= MAX_EDGE_MARGIN, "edge_margin", f"must be a distance in [0, {MAX_EDGE_MARGIN}] m")
         need(0.0 <= self.standing_starts <= 1.0, "standing_starts", "must be a fraction in [0, 1]")
         need(0.0 <= self.action_overshoot < 1.0, "action_overshoot", "must be in [0, 1)")
         need(self.pedals in PEDALS, "pedals", f"expected one of {PEDALS}")

@@ -81,6 +81,8 @@ def action_bounds(pedals: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array([-1.0, -1.0], np.float32), np.array([1.0, 1.0], np.float32)
 
 
+# The widest training edge margin (m): more would leave no track on a narrow circuit.
+MAX_EDGE_MARGIN = 3.0
 # The longest input delay the env models, in control steps.
 MAX_DELAY_STEPS = 10
 
@@ -119,6 +121,11 @@ class EnvConfig:
     # right only below some speed (CarRacing's fit: 0.3-1 m off 1 s ahead below 40 m/s, 5-11 m
     # above), a driver held below it drives the game as it drove the surrogate.
     speed_limit: float = 0.0
+    # m: the track's edges this far further in for the off-track rule (a track narrower than the
+    # game's). Training only: a driver that keeps this much room has it for a line the game's car
+    # runs wider than the surrogate's; evaluations and the game keep 0. The observation, the
+    # reference line and the reward's line are the real track's.
+    edge_margin: float = 0.0
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -137,6 +144,8 @@ class EnvConfig:
             raise ValueError(f"EnvConfig.speed_limit = {self.speed_limit} m/s; expected 0 (none) or above {GOVERNOR_FADE}")
         if not 0 <= self.delay_steps <= MAX_DELAY_STEPS:
             raise ValueError(f"EnvConfig.delay_steps = {self.delay_steps}; expected an integer in [0, {MAX_DELAY_STEPS}]")
+        if not 0.0 <= self.edge_margin <= MAX_EDGE_MARGIN:
+            raise ValueError(f"EnvConfig.edge_margin = {self.edge_margin} m; expected a distance in [0, {MAX_EDGE_MARGIN}]")
 
 
 @struct.dataclass
@@ -210,8 +219,10 @@ def advance_episode(cfg: EnvConfig, weights: RewardWeights, ep: Episode, pos: Tr
     backwards = new_laps < old_laps
     frac = jnp.clip((new_laps * length - (ep.s_start + ep.progress)) / jnp.maximum(d_s, 1e-6), 0.0, 1.0)
     t_cross = ep.t + frac * dt
-    # On track while any part of the car is: the centre within the edges plus the half-width.
-    on = (pos.lateral >= -w_right - cfg.car_half_width) & (pos.lateral <= w_left + cfg.car_half_width)
+    # On track while any part of the car is: the centre within the edges plus the half-width (less
+    # a training margin).
+    reach = cfg.car_half_width - cfg.edge_margin
+    on = (pos.lateral >= -w_right - reach) & (pos.lateral <= w_left + reach)
     lap_done = crossed & (ep.lap_start_t >= 0.0)
     lap_time = jnp.where(lap_done, t_cross - ep.lap_start_t, jnp.nan)
     lap_clean = lap_done & ep.lap_clean & on

@@ -198,8 +198,11 @@ def test_a_fitted_surrogate_sets_the_env_car_track_control_period_delay_and_spre
     assert spread["mu"] == pytest.approx(0.1) and spread["max_steer"] == pytest.approx(0.2)
     assert np.all(np.asarray(setup.eval_params.car_spread) == 0.0)
     assert float(setup.params.tracks.length[0]) == pytest.approx(track.length(), rel=0.01)
-    off = tr.build_setup(dataclasses.replace(cfg, fit_spread=0.0))
+    assert setup.env.config.edge_margin == 0.0
+    off = tr.build_setup(dataclasses.replace(cfg, fit_spread=0.0, edge_margin=0.5))
     assert float(off.params.car_spread) == pytest.approx(0.1)
+    # an edge margin narrows the training track only: evaluations are scored on the real edges
+    assert (off.env.config.edge_margin, off.eval_env.config.edge_margin) == (0.5, 0.0)
     with pytest.raises(ValueError, match="differs from the model 'kinematic'"):
         tr.resolve(tr.TrainConfig(surrogate=str(path), model="dynamic"))
 

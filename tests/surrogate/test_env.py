@@ -104,6 +104,27 @@ def test_leaving_the_track_terminates_with_the_penalty(oval):
     assert float(np.asarray(r)[i, 0]) < -params.reward.off_track + 1.0
 
 
+def test_an_edge_margin_ends_the_episode_that_far_inside_the_edge_and_changes_nothing_before(oval):
+    params, _ = oval
+    full_left = lambda st, k: jnp.array([[0.3, 0.6, 0.0]])  # noqa: E731
+    runs = {}
+    for margin in (0.0, 1.0):
+        env = RacingEnv(dataclasses.replace(CFG, start="line", edge_margin=margin))
+        _, (obs, r, te, tr, info, st) = _run(env, params, full_left, 300)
+        i = int(np.flatnonzero(np.asarray(te)[:, 0])[0])
+        runs[margin] = i, np.asarray(obs)[:, 0], np.asarray(st.episode.pos.lateral)[:, 0], np.asarray(st.episode.pos.s)[:, 0]
+    (i0, obs0, lat0, s0), (i1, obs1, lat1, s1) = runs[0.0], runs[1.0]
+    assert i1 < i0  # the same drive leaves the narrower track first
+    np.testing.assert_array_equal(obs1[:i1], obs0[:i1])  # the observation is the real track's
+    # st holds the reset state at a termination: the margin run ended where the plain run, on the same
+    # path, was past the narrowed edge and still on the real track
+    w_left = float(np.interp(s0[i1], np.asarray(params.tracks.s[0]), np.asarray(params.tracks.w_left[0])))
+    edge = w_left + CFG.car_half_width  # the centre's bound: the whole car past the edge
+    assert edge - 1.0 < lat0[i1] <= edge and lat1[i1 - 1] <= edge - 1.0
+    with pytest.raises(ValueError, match="edge_margin"):
+        EnvConfig(edge_margin=-0.5)
+
+
 def test_standing_still_is_truncated_by_the_stuck_check(oval):
     params, _ = oval
     cfg = dataclasses.replace(CFG, start="line", stuck_time=2.0)
