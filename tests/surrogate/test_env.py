@@ -113,7 +113,7 @@ def test_an_edge_margin_ends_the_episode_that_far_inside_the_edge_and_changes_no
         _, (obs, r, te, tr, info, st) = _run(env, params, full_left, 300)
         i = int(np.flatnonzero(np.asarray(te)[:, 0])[0])
         runs[margin] = i, np.asarray(obs)[:, 0], np.asarray(st.episode.pos.lateral)[:, 0], np.asarray(st.episode.pos.s)[:, 0]
-    (i0, obs0, lat0, s0), (i1, obs1, lat1, s1) = runs[0.0], runs[1.0]
+    (i0, obs0, lat0, s0), (i1, obs1, lat1, _) = runs[0.0], runs[1.0]
     assert i1 < i0  # the same drive leaves the narrower track first
     np.testing.assert_array_equal(obs1[:i1], obs0[:i1])  # the observation is the real track's
     # st holds the reset state at a termination: the margin run ended where the plain run, on the same
@@ -167,7 +167,6 @@ def test_a_car_over_the_speed_limit_is_braked_back_to_it(oval):
     """A car that passes the limit (a game's car does, on momentum after the throttle is cut) is
     braked back to it, where coasting would carry it on."""
     params, _ = oval
-    coast = lambda st, k: jnp.array([[0.0, 0.0, 0.0]])  # noqa: E731
     speeds = {}
     for limit in (0.0, 15.0):
         env = RacingEnv(dataclasses.replace(CFG, start="line", speed_limit=limit))
