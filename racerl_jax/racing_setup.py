@@ -171,7 +171,7 @@ def build_setup(cfg: TrainConfig) -> RacingSetup:
     eval_cfg = dataclasses.replace(env_cfg, start="line", max_episode_steps=eval_steps)
     eval_params = params.replace(car_spread=jnp.zeros_like(params.car_spread))
     names = unique_names([t.name if isinstance(t, TrackData) else Path(str(t)).stem for t in train + unseen])
-    train_cfg = dataclasses.replace(env_cfg, edge_margin=cfg.edge_margin)
+    train_cfg = dataclasses.replace(env_cfg, edge_margin=cfg.train_edge_margin())
     setup = RacingSetup(RacingEnv(train_cfg), params, RacingEnv(eval_cfg), eval_params, limits[0], eval_steps, names[0])
     if not (cfg.tracks or unseen):
         return setup

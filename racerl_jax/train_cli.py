@@ -9,7 +9,7 @@ from typing import Sequence
 from racerl_jax.config_io import name_value_overrides
 from racerl_jax.learned_line import parse_reference_line
 from racerl_jax.spot import EXIT_INTERRUPTED
-from racerl_jax.train_config import DEFAULT_REWARD, FITTED_GAME_REWARD, MATMUL_PRECISIONS, TrainConfig
+from racerl_jax.train_config import DEFAULT_REWARD, FITTED_EDGE_MARGIN, FITTED_GAME_REWARD, MATMUL_PRECISIONS, TrainConfig
 from surrogate.car import MODELS
 from surrogate.env import PEDALS
 from surrogate.reward import RewardWeights
@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "sees only; the critics keep the clean telemetry (0: off)")
     p.add_argument("--edge-margin", type=float, default=d.edge_margin,
                    help="m: training episodes end this far inside the track's edges (evaluations and the game keep "
-                        "the real edges): room for a line the game's car runs wider than the surrogate's")
+                        "the real edges): room for a line the game's car runs wider than the surrogate's; default "
+                        f"{FITTED_EDGE_MARGIN:g} with --surrogate, else 0")
     p.add_argument("--standing-starts", type=float, default=d.standing_starts,
                    help="fraction of training episodes that start from rest")
     p.add_argument("--action-overshoot", type=float, default=d.action_overshoot,

@@ -35,7 +35,7 @@ from racerl_jax.racing_setup import RacingSetup, build_setup, car_spread, env_co
 from racerl_jax.run_plots import (  # noqa: F401
     BEST_LAP_PNG, CURVE_PNG, TRACK_GAPS_PNG, plot_best_lap, plot_learning_curve, plot_track_gaps)
 from racerl_jax.train_config import (  # noqa: F401
-    _PER_INVOCATION, DEFAULT_REWARD, FITTED_GAME_REWARD, MATMUL_PRECISIONS, TrainConfig, _action_dims, crossq_config,
+    _PER_INVOCATION, DEFAULT_REWARD, FITTED_EDGE_MARGIN, FITTED_GAME_REWARD, MATMUL_PRECISIONS, TrainConfig, _action_dims, crossq_config,
     resolve)
 from racerl_jax.train_cli import build_parser, parse_args  # noqa: F401
 

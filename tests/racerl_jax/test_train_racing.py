@@ -198,7 +198,9 @@ def test_a_fitted_surrogate_sets_the_env_car_track_control_period_delay_and_spre
     assert spread["mu"] == pytest.approx(0.1) and spread["max_steer"] == pytest.approx(0.2)
     assert np.all(np.asarray(setup.eval_params.car_spread) == 0.0)
     assert float(setup.params.tracks.length[0]) == pytest.approx(track.length(), rel=0.01)
-    assert setup.env.config.edge_margin == 0.0
+    # on a fitted game's track training keeps a margin inside the edges by default; the bundled tracks none
+    assert cfg.edge_margin == tr.FITTED_EDGE_MARGIN and setup.env.config.edge_margin == tr.FITTED_EDGE_MARGIN
+    assert tr.resolve(tr.TrainConfig(run_dir=str(tmp_path / "r"))).edge_margin == 0.0
     off = tr.build_setup(dataclasses.replace(cfg, fit_spread=0.0, edge_margin=0.5))
     assert float(off.params.car_spread) == pytest.approx(0.1)
     # an edge margin narrows the training track only: evaluations are scored on the real edges
