@@ -307,12 +307,12 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     return report
 
 
-def _baseline(cfg: EvalConfig, car: CarParams, track: Track, car_half_width: float) -> tuple[Track, BaselineParams]:
+def _baseline(cfg: EvalConfig, car: CarParams, track: Track, env_cfg: EnvConfig) -> tuple[Track, BaselineParams]:
     """The baseline driver as it drives: planned for ``car`` (with ``--baseline-param``), or the tuned
     driver of ``--baseline-tuning`` (its speed profile and line on ``track``, its gains)."""
     bp = dataclasses.replace(baseline_params_for(car), **cfg.baseline_overrides())
     try:
-        return baseline_driver(track, bp, cfg.baseline_tuning, car_half_width)
+        return baseline_driver(track, bp, cfg.baseline_tuning, env_cfg.car_half_width, env_cfg.reference)
     except ValueError as e:
         raise EvaluateError(str(e), code=1) from None
 
@@ -358,7 +358,7 @@ def _evaluate_surrogate(cfg: EvalConfig, tc: TrainConfig, saved: SavedAgent, out
     params = setup.eval_params
     track = select_track(params.tracks, 0)
     max_steps = _max_steps(cfg, setup.limit_s, float(track.length), env.config)
-    base_track, bp = _baseline(cfg, car, track, env.config.car_half_width)
+    base_track, bp = _baseline(cfg, car, track, env.config)
     report = _header(cfg, tc, saved, setup.track_name, setup.limit_s, dt, env.config.delay_steps, max_steps, bp)
     out.mkdir(parents=True, exist_ok=True)
     print(f"surrogate: track {setup.track_name}, {tc.model} model, control period {dt:g} s, input delay "
@@ -405,7 +405,7 @@ def _evaluate_game(cfg: EvalConfig, tc: TrainConfig, saved: SavedAgent, out: Pat
         limit = float(env.reference.lap_time_s)
         dt = env_cfg.dt
         max_steps = _max_steps(cfg, limit, float(env.track.length), env_cfg)
-        base_track, bp = _baseline(cfg, car, env.track, env_cfg.car_half_width)
+        base_track, bp = _baseline(cfg, car, env.track, env_cfg)
         report = _header(cfg, tc, saved, env.track_data.name, limit, dt, 0, max_steps, bp)
         # What a step is on the game: whole ticks in lockstep (the run's period rounded to them).
         game_dt = env.ticks * env.hello["dt"] if mode == "lockstep" and env.hello else dt

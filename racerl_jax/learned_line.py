@@ -11,20 +11,20 @@ from pathlib import Path
 
 import numpy as np
 
-from surrogate.car import CarParams
-from surrogate.laptime import LapLimits, Reference
+from surrogate.laptime import LINE_NAMES, LapLimits, Reference
 from surrogate.racing_line import RacingLineError, laps_from_drive, line_from_laps
 from surrogate.track_io import TrackData
 
 LAPS_PREFIX = "laps:"
 
 
-def parse_reference_line(text: str) -> list[Path]:
-    """The run directories of ``laps:DIR[,DIR...]``; [] for "" or "min-curvature" (the default line)."""
-    if text in ("", "min-curvature"):
+def parse_reference_line(text: str | None) -> list[Path]:
+    """The run directories of ``laps:DIR[,DIR...]``; [] for a computed line (None, "",
+    ``surrogate.laptime.LINE_NAMES``)."""
+    if not text or text in LINE_NAMES:
         return []
     if not text.startswith(LAPS_PREFIX) or not text[len(LAPS_PREFIX):].strip(","):
-        raise ValueError(f"--reference-line {text!r}: give min-curvature (the default) or laps:RUN_DIR[,RUN_DIR...] "
+        raise ValueError(f"--reference-line {text!r}: give {' or '.join(LINE_NAMES)} or laps:RUN_DIR[,RUN_DIR...] "
                          "(runs whose clean laps the line is learned from)")
     return [Path(p) for p in text[len(LAPS_PREFIX):].split(",") if p]
 
@@ -49,8 +49,8 @@ def laps_from_run(run_dir: str | Path) -> list[dict[str, np.ndarray]]:
     return laps
 
 
-def learned_reference(spec: str, data: TrackData, car: CarParams, vehicle_width: float) -> Reference | None:
-    """The line of ``--reference-line`` for ``data`` and ``car`` (None: the minimum-curvature one)."""
+def learned_reference(spec: str | None, data: TrackData, limits: LapLimits, vehicle_width: float) -> Reference | None:
+    """The line of ``--reference-line`` laps:... for ``data`` and a car of ``limits`` (None: a computed line)."""
     runs = parse_reference_line(spec)
     if not runs:
         return None
@@ -58,4 +58,4 @@ def learned_reference(spec: str, data: TrackData, car: CarParams, vehicle_width:
     if not laps:
         raise RacingLineError(f"--reference-line {spec}: no clean lap in {', '.join(map(str, runs))} (a run's "
                               "best lap, or evaluate.py's agent_drive.npz under it); train or evaluate first")
-    return line_from_laps(data, laps, LapLimits.from_car(car), vehicle_width=vehicle_width)[0]
+    return line_from_laps(data, laps, limits, vehicle_width=vehicle_width)[0]

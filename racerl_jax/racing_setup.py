@@ -13,11 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from racerl_jax.learned_line import learned_reference
+from racerl_jax.learned_line import learned_reference, parse_reference_line
 from racerl_jax.train_config import TrainConfig, random_count, track_entries
 from surrogate.car import PARAM_NAMES, CarParams
 from surrogate.env import EnvConfig, EnvParams, RacingEnv
-from surrogate.env_params import build_track, make_params
+from surrogate.env_params import build_track, car_limits, make_params
 from surrogate.observation import SENSOR_NOISE_SPEEDS, ObsConfig
 from surrogate.surrogate_file import FittedSurrogate, load_surrogate, speed_limit_for
 from surrogate.track import Track, select_track, stack_tracks
@@ -80,7 +80,8 @@ def env_config(cfg: TrainConfig, fitted: FittedSurrogate | None, start: str) -> 
     period (the game's ticks per step) and input delay, or the defaults."""
     extra = fitted.env_timing() if fitted is not None else {}
     return EnvConfig(model=cfg.model or "dynamic", start=start, max_episode_steps=cfg.episode_steps,
-                     pedals=cfg.pedals, obs=ObsConfig(imu=cfg.observe_imu, imu_filter_s=cfg.imu_filter_s), speed_limit=speed_limit_for(cfg.speed_limit, fitted), **extra)
+                     pedals=cfg.pedals, obs=ObsConfig(imu=cfg.observe_imu, imu_filter_s=cfg.imu_filter_s),
+                     speed_limit=speed_limit_for(cfg.speed_limit, fitted), reference=cfg.env_reference(), **extra)
 
 
 def car_spread(cfg: TrainConfig, fitted: FittedSurrogate | None) -> float | dict[str, float]:
@@ -155,9 +156,10 @@ def build_setup(cfg: TrainConfig) -> RacingSetup:
     unseen = load_entries(cfg.eval_tracks, cfg.seed, EVAL_STREAM, option="--eval-tracks")
     env_cfg = env_config(cfg, fitted, start="random")
     references = None
-    if cfg.reference_line:  # one track (TrainConfig refuses it with --tracks)
+    if parse_reference_line(cfg.reference_line):  # one track (TrainConfig refuses laps: with --tracks)
         train = [t if isinstance(t, TrackData) else load_track(t) for t in train]
-        references = [learned_reference(cfg.reference_line, train[0], car, 2.0 * env_cfg.car_half_width)]
+        references = [learned_reference(cfg.reference_line, train[0], car_limits(car, env_cfg),
+                                        2.0 * env_cfg.car_half_width)]
         references += [None] * len(unseen)
     params, refs = make_params(train + unseen, car=car, config=env_cfg, car_spread=car_spread(cfg, fitted),
                                reward_weights=cfg.reward_weights(), standing_start_prob=cfg.standing_starts,

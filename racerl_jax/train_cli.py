@@ -39,7 +39,7 @@ def _reference_line(text: str) -> str:
         parse_reference_line(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-    return "" if text == "min-curvature" else text
+    return text
 
 
 def _reward_changes(text: str) -> dict[str, float]:
@@ -83,10 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with random:N in --tracks: N fresh random tracks every this many env steps (0: the same N)")
     p.add_argument("--eval-tracks", type=_track_list, default=d.eval_tracks, metavar="A,B,...",
                    help="tracks never trained on (same forms as --tracks), evaluated and reported apart as unseen")
-    p.add_argument("--reference-line", type=_reference_line, default=d.reference_line, metavar="min-curvature|laps:RUN_DIR",
-                   help="the reward's and the plots' reference line: the minimum-curvature line (the default) or one "
-                        "learned from the clean laps of runs (laps:RUN_DIR[,RUN_DIR...]: their best_lap.npz and "
-                        "evaluate.py drives); one track only")
+    p.add_argument("--reference-line", type=_reference_line, default=d.reference_line, metavar="min-curvature|min-time|laps:RUN_DIR",
+                   help="the reference line the observation, the baseline and the limit follow: min-curvature, "
+                        "min-time (the fastest between it and the shortest path for the car under its speed "
+                        "limiter; the default with --surrogate) or one learned from the clean laps of runs "
+                        "(laps:RUN_DIR[,RUN_DIR...]: their best_lap.npz and evaluate.py drives; one track only)")
     p.add_argument("--model", choices=sorted(MODELS), default=None, help="car model (default dynamic)")
     p.add_argument("--num-envs", type=int, default=d.num_envs)
     p.add_argument("--budget-minutes", type=float, default=d.budget_minutes, help="wall clock of the whole command")

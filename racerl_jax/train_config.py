@@ -15,11 +15,13 @@ import jax
 from bridge.sdk import DEFAULT_LOCKSTEP_ADDRESS, DEFAULT_PUB_ADDRESS, DEFAULT_PULL_ADDRESS
 from racerl_jax.crossq import CrossQConfig
 from racerl_jax.config_io import dataclass_from_dict
+from racerl_jax.learned_line import parse_reference_line
 from racerl_jax.spot import DEFAULT_METADATA_URL, SpotConfig
 from surrogate.car import MODELS
 from surrogate.env import GOVERNOR_FADE, MAX_EDGE_MARGIN, PEDALS, action_bounds
 from surrogate.reward import RewardWeights
-from surrogate.surrogate_file import load_surrogate, speed_limit_for
+from surrogate.laptime import LINE_NAMES
+from surrogate.surrogate_file import line_for, load_surrogate, speed_limit_for
 from surrogate.track_io import DEFAULT_TRACK
 
 # ----------------------------------------------------------------------------- config
@@ -86,9 +88,11 @@ class TrainConfig:
     # Tracks never trained on, evaluated beside the training tracks and reported apart ("unseen");
     # the same entry forms as --tracks.
     eval_tracks: tuple[str, ...] = ()
-    # The reward's and the plots' reference line: "" (the minimum-curvature line) or laps:RUN_DIR[,...]
-    # (learned from those runs' clean laps: racerl_jax.learned_line), for one track.
-    reference_line: str = ""
+    # The reference line (the observation's points ahead, the baseline's line, the plots', the limit's):
+    # "min-curvature", "min-time" (surrogate.laptime.LINE_NAMES) or laps:RUN_DIR[,...] (learned from
+    # those runs' clean laps: racerl_jax.learned_line, one track). None: surrogate_file.line_for's
+    # default, min-time with --surrogate, else min-curvature (resolve fills it in).
+    reference_line: str | None = None
     model: str = ""  # "dynamic" | "kinematic"; "" = dynamic (or the surrogate file's)
     num_envs: int = 32
     budget_minutes: float = 20.0  # wall clock of the whole command, compilation included
@@ -295,7 +299,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: give --tracks or --surrogate, not both: the surrogate file {self.surrogate} "
                              "holds its own track; drop --tracks (--eval-tracks evaluates the fitted car on other "
                              "tracks) or drop --surrogate (--tracks trains the default car)")
-        if self.reference_line and self.tracks:
+        if parse_reference_line(self.reference_line) and self.tracks:
             raise ValueError("TrainConfig: --reference-line laps:... learns one track's line; drop it or train on one "
                              "--track")
         if self.backend == "real" and (self.tracks or self.eval_tracks):
@@ -329,6 +333,11 @@ class TrainConfig:
             return self.edge_margin
         return FITTED_EDGE_MARGIN if self.surrogate else 0.0
 
+    def env_reference(self) -> str:
+        """``EnvConfig.reference`` of this run: the computed line its reference line names (a learned
+        line replaces the minimum-curvature one)."""
+        return LINE_NAMES.get(line_for(self.reference_line, bool(self.surrogate)), "curvature")
+
     def run_settings(self) -> dict[str, Any]:
         """The settings that shape the run's state and learning: what a resume must keep."""
         return {k: v for k, v in self.to_dict().items() if k not in _PER_INVOCATION}
@@ -340,6 +349,8 @@ class TrainConfig:
         # speed limiter.
         old = {"pedals": "separate", "smooth_temporal": 0.0, "smooth_spatial": 0.0, "lr_final": 1.0,
                "entropy_per_action_final": None, "renorm_warmup_steps": None, "speed_limit": 0.0}
+        if d.get("reference_line") == "":  # before min-time lines, "" named the minimum-curvature line
+            d = {**d, "reference_line": "min-curvature"}
         return dataclass_from_dict(cls, {**old, **d})
 
 
@@ -448,7 +459,8 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     run_dir = cfg.run_dir or f"runs/crossq-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return dataclasses.replace(cfg, preset=preset, model=model, track=track, num_envs=num_envs, run_dir=run_dir,
                                tracks=tracks, eval_tracks=eval_tracks, speed_limit=resolved_speed_limit(cfg),
-                               reward=cfg.reward_weights(), edge_margin=cfg.train_edge_margin())
+                               reward=cfg.reward_weights(), edge_margin=cfg.train_edge_margin(),
+                               reference_line=line_for(cfg.reference_line, bool(cfg.surrogate)))
 
 
 def resolved_speed_limit(cfg: TrainConfig) -> float:

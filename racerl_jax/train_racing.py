@@ -165,7 +165,8 @@ def demonstrations(cfg: TrainConfig, setup: RacingSetup) -> Any:
     track = select_track(setup.params.tracks, 0)
     try:
         driver = baseline_driver(track, baseline_params_for(setup.params.car),
-                                 None if cfg.demos == "baseline" else cfg.demos, setup.env.config.car_half_width)
+                                 None if cfg.demos == "baseline" else cfg.demos, setup.env.config.car_half_width,
+                                 setup.env.config.reference)
     except ValueError as e:
         raise SystemExit(f"train_crossq.py --demos: {e}") from None
     t0 = time.monotonic()

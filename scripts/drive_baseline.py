@@ -36,7 +36,8 @@ from surrogate.car import CarParams
 from surrogate.env import GOVERNOR_FADE, EnvConfig, RacingEnv
 from surrogate.env_params import make_params
 from surrogate.rollout import lap_metrics, rollout
-from surrogate.surrogate_file import SurrogateFileError, load_surrogate, speed_limit_for
+from surrogate.laptime import LINE_NAMES
+from surrogate.surrogate_file import SurrogateFileError, line_for, load_surrogate, speed_limit_for
 from surrogate.track import select_track
 from surrogate.track_io import DEFAULT_TRACK
 from surrogate import tuning as tuning_lib
@@ -59,6 +60,7 @@ class Config:
     tuning: str = ""
     surrogate: str = ""
     speed_limit: float | None = None  # as train_crossq.py's: with --surrogate a margin under the fit's trusted speed
+    reference_line: str | None = None  # as train_crossq.py's: with --surrogate min-time, else min-curvature
 
 
 def parse() -> Config:
@@ -86,6 +88,9 @@ def parse() -> Config:
     p.add_argument("--speed-limit", type=float, default=d.speed_limit, metavar="M/S",
                    help="a speed limiter, as train_crossq.py's (0: none; default: with --surrogate the speed the fit "
                         "is trusted to, less a margin, else none)")
+    p.add_argument("--reference-line", choices=sorted(LINE_NAMES), default=d.reference_line,
+                   help="the line the driver follows and the limit is timed on, as train_crossq.py's (default: "
+                        "min-time with --surrogate, else min-curvature); a tuning is tuned on, and for, one line")
     cfg = Config(**{k.replace("-", "_"): v for k, v in vars(p.parse_args()).items()})
     if cfg.speed_limit is not None and cfg.speed_limit != 0.0 and not cfg.speed_limit > GOVERNOR_FADE:
         p.error(f"--speed-limit {cfg.speed_limit}: give 0 (none) or a speed above {GOVERNOR_FADE} m/s")
@@ -111,8 +116,9 @@ def main() -> None:
     car = fitted.car if fitted else CarParams()
     timing = fitted.env_timing() if fitted else {}
     limit = speed_limit_for(cfg.speed_limit, fitted)
+    line = line_for(cfg.reference_line, fitted is not None)
     env_cfg = EnvConfig(model=fitted.model if fitted else cfg.model, start="line", max_episode_steps=100_000,
-                        speed_limit=limit, **timing)
+                        speed_limit=limit, reference=LINE_NAMES[line], **timing)
     if limit:
         print(f"speed limiter at {limit:g} m/s" + (" (a margin under the fit's trusted speed)" if cfg.speed_limit is None else ""))
     track_entry = fitted.track if fitted else cfg.track
@@ -131,7 +137,10 @@ def main() -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     tuned = None
     if cfg.tuning:
-        tuned = tuning_lib.load_tuning(cfg.tuning)
+        try:
+            tuned = tuning_lib.load_tuning(cfg.tuning, float(track.length), env_cfg.reference)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
         print(f"driving the tuning in {cfg.tuning} ({tuned.knots} knots)")
     elif cfg.tune:
         tuned = tune(cfg, env, params, track, base, pace_s, run_dir)
@@ -162,7 +171,7 @@ def main() -> None:
     for i, (lt, c) in enumerate(zip(times, clean), start=1):
         kind = "standing start" if i == 1 else "flying"
         print(f"lap {i} ({kind}): {lt:.2f} s {'clean' if c else 'OFF TRACK'}")
-    print(f"minimum-lap-time reference for this car: {ref.lap_time_s:.2f} s on the min-curvature line "
+    print(f"minimum-lap-time reference for this car: {ref.lap_time_s:.2f} s on the {line} line "
           f"({ref.line_length_m:.0f} m), {ref.centre_lap_time_s:.2f} s on the centre line")
     print(f"deviation from the reference line (rms): {m['ref_deviation_m']:.2f} m; action change (mean sq.): {m['action_change']:.4f}")
     print(f"lap plot: {plot}  ({time.time() - t0:.0f} s in all)")
@@ -191,7 +200,7 @@ def tune(cfg: Config, env: RacingEnv, params, track, base, limit_s: float, run_d
         "track": cfg.track, "surrogate": cfg.surrogate, "track_length_m": float(track.length), "model": env.config.model,
         "limit_s": limit_s, "best_score": history[-1], "generations": cfg.generations, "population": cfg.population,
         "seed": cfg.seed, "robust_cars": cfg.robust_cars, "robust_spread": cfg.robust_spread,
-        "speed_limit": env.config.speed_limit})
+        "speed_limit": env.config.speed_limit, "reference": env.config.reference})
     print(f"tuning saved: {path}")
     return tuned
 

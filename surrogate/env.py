@@ -18,6 +18,7 @@ import numpy as np
 from surrogate.car import MODELS, PARAM_NAMES, PARAM_RANGES, CarParams, CarState, init_car_state, sample_car_params, speed
 from surrogate.observation import (ObsConfig, Telemetry, filter_imu, imu_vector, noisy_observation, noisy_telemetry,
                                    observe_tables, with_imu)
+from surrogate.laptime import LINES
 from surrogate.residual import Residual, apply_residual
 from surrogate.reward import RewardWeights, reward
 from surrogate.track import (
@@ -126,6 +127,11 @@ class EnvConfig:
     # runs wider than the surrogate's; evaluations and the game keep 0. The observation, the
     # reference line and the reward's line are the real track's.
     edge_margin: float = 0.0
+    # The reference line the observation points along, the baseline follows and evaluations time
+    # against (``surrogate.laptime.LINES``): "curvature", the minimum-curvature line; "time", the
+    # fastest between it and the shortest path for the car (capped at ``speed_limit``), which is
+    # far shorter where the limiter, not the tyres, sets the pace.
+    reference: str = "curvature"
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -144,6 +150,8 @@ class EnvConfig:
             raise ValueError(f"EnvConfig.speed_limit = {self.speed_limit} m/s; expected 0 (none) or above {GOVERNOR_FADE}")
         if not 0 <= self.delay_steps <= MAX_DELAY_STEPS:
             raise ValueError(f"EnvConfig.delay_steps = {self.delay_steps}; expected an integer in [0, {MAX_DELAY_STEPS}]")
+        if self.reference not in LINES:
+            raise ValueError(f"EnvConfig.reference = {self.reference!r}; expected one of {LINES}")
         if not 0.0 <= self.edge_margin <= MAX_EDGE_MARGIN:
             raise ValueError(f"EnvConfig.edge_margin = {self.edge_margin} m; expected a distance in [0, {MAX_EDGE_MARGIN}]")
 

@@ -2,6 +2,7 @@
 the car, the domain randomisation, the reward, a fitted residual and sensor noise."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -18,11 +19,22 @@ from surrogate.track import Track, make_track, stack_tracks
 from surrogate.track_io import DEFAULT_TRACK, TrackData, load_track
 
 
+def car_limits(car: CarParams, cfg: EnvConfig) -> laptime.LapLimits:
+    """The point-mass limits of ``car`` as the env drives it: its top speed capped at the env's
+    speed limiter, where there is one."""
+    limits = laptime.LapLimits.from_car(car)
+    if cfg.speed_limit and cfg.speed_limit < limits.v_max:
+        limits = dataclasses.replace(limits, v_max=float(cfg.speed_limit))
+    return limits
+
+
 def reference_for(data: TrackData, car: CarParams, cfg: EnvConfig, ref: laptime.Reference | None = None):
-    """Reference line and speed profile on the env's track points: the minimum-curvature line for
-    this car, or ``ref`` (a line learned from laps, ``surrogate.racing_line``)."""
+    """Reference line and speed profile on the env's track points: the line of ``cfg.reference``
+    (minimum curvature or minimum time) for this car under the env's speed limiter, or ``ref`` (a
+    line learned from laps, ``surrogate.racing_line``)."""
     if ref is None:
-        ref = laptime.reference_line(data, laptime.LapLimits.from_car(car), vehicle_width=2.0 * cfg.car_half_width)
+        ref = laptime.reference_line(data, car_limits(car, cfg), vehicle_width=2.0 * cfg.car_half_width,
+                                     objective=cfg.reference)
     # Carry the per-point reference over to the env's own resampling by arc-length fraction:
     # both parametrise the same closed curve.
     seg = np.hypot(np.diff(data.x, append=data.x[0]), np.diff(data.y, append=data.y[0]))

@@ -325,6 +325,11 @@ def _periodic_spline_ops(h: np.ndarray):
 
 
 OBJECTIVES = ("curvature", "tum")
+# The lines a reference can follow: the minimum-curvature line, or the fastest between it and the
+# shortest path (``min_time_offsets``).
+LINES = ("curvature", "time")
+# Their names on the command lines (``--reference-line``).
+LINE_NAMES = {"min-curvature": "curvature", "min-time": "time"}
 
 
 def min_curvature_offsets(
@@ -358,21 +363,81 @@ def min_curvature_offsets(
         raise ValueError(f"iterations = {iterations}; at least one QP is needed")
     if not kappa_bound > 0.0:
         raise ValueError(f"kappa_bound = {kappa_bound}; it must be a positive curvature in rad/m")
-    n = data.n
+    lo, hi = _line_bounds(data, vehicle_width)
+    qp = _CurvatureQP(data, lo, hi, kappa_bound)
+    alpha = np.clip(np.zeros(data.n), lo, hi)
+    if objective == "tum":
+        return qp.solve(alpha, frozen_tangents=True, doubled_linear_term=True)
+    return _descend(qp, alpha, iterations)
+
+
+# Weights of the chords' summed squares against the squared turning angles (both per point), tried
+# in this order, each from the line of the one before: 0 is the minimum-curvature line, 1 about the
+# shortest path. Lap time against the weight has one valley on the tracks and cars measured
+# (docs/experiments.md, session 23), so the search narrows in on the best of them.
+LENGTH_WEIGHTS = (0.0, 1e-3, 1e-2, 0.1, 1.0)
+
+
+def min_time_offsets(data: TrackData, limits: LapLimits, vehicle_width: float = 2.0, kappa_bound: float = 0.12,
+                     refine: int = 3, iterations: int = 4) -> tuple[np.ndarray, float]:
+    """Lateral offsets (+ left) of the fastest line between the minimum-curvature line and the
+    shortest path for the car of ``limits``, and its weight on length.
+
+    The minimum-curvature line is the fastest where the tyres limit the car everywhere; where the
+    engine or a speed cap does (a car at its limiter through fast corners), a shorter line is
+    faster. The QP's cost is the squared turning angles plus ``w`` times the squared chords (TUM's
+    shortest-path objective); ``w`` is searched over ``LENGTH_WEIGHTS`` and then ``refine`` times
+    between the best one's neighbours (in log), by the lap time of each line's speed profile, each
+    line ``iterations`` Gauss-Newton steps from its neighbour's. The minimum-curvature line is one
+    of the candidates, so the line found is never slower than it.
+    """
+    lo, hi = _line_bounds(data, vehicle_width)
+    qp = _CurvatureQP(data, lo, hi, kappa_bound)
+    alpha = _descend(qp, np.clip(np.zeros(data.n), lo, hi), 8)
+    tried: dict[float, tuple[float, np.ndarray]] = {}
+
+    def lap(weight: float, start: np.ndarray) -> tuple[float, np.ndarray]:
+        if weight not in tried:
+            qp.length_weight = weight
+            a = _descend(qp, start, iterations) if weight else start
+            _, _, kappa, ds = line_geometry(data, a)
+            tried[weight] = (lap_time(velocity_profile(kappa, ds, limits), ds), a)
+        return tried[weight]
+
+    for w in LENGTH_WEIGHTS:
+        alpha = lap(w, alpha)[1]
+    ws = list(LENGTH_WEIGHTS)
+    for _ in range(refine):
+        best = min(tried, key=lambda w: tried[w][0])
+        i = ws.index(best)
+        # between the best weight and each neighbour, at the geometric mean (0's neighbour: a third)
+        for j in (i - 1, i + 1):
+            if 0 <= j < len(ws):
+                a, b = sorted((ws[i], ws[j]))
+                mid = b / 3.0 if a == 0.0 else math.sqrt(a * b)
+                lap(mid, tried[ws[i]][1])
+        ws = sorted(tried)
+    best = min(tried, key=lambda w: tried[w][0])
+    return tried[best][1], best
+
+
+def _line_bounds(data: TrackData, vehicle_width: float) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets (+ left) that keep a car of ``vehicle_width`` inside the track, per point."""
     half = vehicle_width / 2.0
-    lo = -(data.w_right - half)
-    hi = data.w_left - half
+    lo, hi = -(data.w_right - half), data.w_left - half
     if np.any(lo > hi):
         i = int(np.argmax(lo > hi))
         raise ValueError(
             f"track {data.name!r} point {i}: width {data.w_left[i] + data.w_right[i]:.2f} m is narrower than "
             f"the vehicle width {vehicle_width} m; lower vehicle_width or fix the track widths"
         )
-    qp = _CurvatureQP(data, lo, hi, kappa_bound)
-    alpha = np.clip(np.zeros(n), lo, hi)
-    if objective == "tum":
-        return qp.solve(alpha, frozen_tangents=True, doubled_linear_term=True)
+    return lo, hi
+
+
+def _descend(qp: "_CurvatureQP", alpha: np.ndarray, iterations: int) -> np.ndarray:
+    """Gauss-Newton on ``qp.cost`` from ``alpha``: repeated linearised QPs with a backtracking step."""
     cost = qp.cost(alpha)
+    lo, hi = qp.lo, qp.hi
     for _ in range(iterations):
         step = qp.solve(alpha) - alpha
         # The linearisation can overshoot where the line swings across a tight corner; take the
@@ -419,6 +484,14 @@ class _CurvatureQP:
         self.ddy_z = sparse.hstack([zero, zero, eye], format="csc")
         # Curvature times the mean step: order-one numbers for the solver.
         self.scale = float(np.mean(h))
+        # The line's chords over the mean step, p[i+1] - p[i] = chord_z @ z + chord_0 (x, then y):
+        # their summed squares are TUM's shortest-path objective, ``length_weight`` mixes it in.
+        self.length_weight = 0.0
+        nxt = sparse.csc_matrix((np.ones(n), (np.arange(n), (np.arange(n) + 1) % n)), shape=(n, n))
+        diff = nxt - sparse.identity(n, format="csc")
+        self.chord_z = sparse.vstack([sparse.hstack([diff @ nxd, zero, zero]),
+                                      sparse.hstack([diff @ nyd, zero, zero])], format="csc") / self.scale
+        self.chord_0 = np.concatenate([diff @ data.x, diff @ data.y]) / self.scale
 
     def _z(self, alpha: np.ndarray) -> np.ndarray:
         mx = self.cyc_lu.solve(self.rhs @ (self.x0 + self.nx * alpha))
@@ -433,7 +506,9 @@ class _CurvatureQP:
         return tx, ty, ddx, ddy, r2, den, (tx * ddy - ty * ddx) / den
 
     def cost(self, alpha: np.ndarray) -> float:
-        return float(np.sum(self._kappa_parts(self._z(alpha))[-1] ** 2))
+        z = self._z(alpha)
+        chords = self.chord_z @ z + self.chord_0
+        return float(np.sum((self._kappa_parts(z)[-1] * self.scale) ** 2) + self.length_weight * np.sum(chords ** 2))
 
     def solve(self, alpha: np.ndarray, frozen_tangents: bool = False, doubled_linear_term: bool = False) -> np.ndarray:
         """Offsets minimising the curvature linearised at ``alpha``, within bounds and kappa_bound."""
@@ -450,8 +525,12 @@ class _CurvatureQP:
         target = c + kap * self.scale if doubled_linear_term else c
         n, m = self.n, jac.shape[1]
         pick = sparse.hstack([sparse.identity(n), sparse.csc_matrix((n, m - n))], format="csc")
-        p_mat = sparse.triu(2.0 * (jac.T @ jac), format="csc")
+        p_full = 2.0 * (jac.T @ jac)
         q_vec = 2.0 * (jac.T @ target)
+        if self.length_weight:
+            p_full = p_full + 2.0 * self.length_weight * (self.chord_z.T @ self.chord_z)
+            q_vec = q_vec + 2.0 * self.length_weight * (self.chord_z.T @ self.chord_0)
+        p_mat = sparse.triu(p_full, format="csc")
         bound = self.kappa_bound * self.scale
         a_mat = sparse.vstack([self.eq, pick, -pick, jac, -jac], format="csc")
         b_vec = np.concatenate([self.eq_b, self.hi, -self.lo, bound - c, bound + c])
@@ -476,7 +555,8 @@ class _CurvatureQP:
 
 @dataclasses.dataclass
 class Reference:
-    """The minimum-curvature line of a track, its speed profile and lap time.
+    """A reference line of a track (minimum curvature, minimum time or learned), its speed profile
+    and lap time.
 
     ``offsets`` (+ left of the centre), ``x``, ``y``, ``kappa`` and ``speed`` are given at the
     points of the TrackData passed to ``reference_line``, as they are; ``resampled`` is the
@@ -556,10 +636,16 @@ def reference_line(
     step: float = 3.0,
     objective: str = "curvature",
 ) -> Reference:
-    """Smooth and resample ``data`` at ``step``, find the minimum-curvature line, its flying-lap
-    speed profile and lap time, and carry offsets and speeds back onto the points of ``data``."""
+    """Smooth and resample ``data`` at ``step``, find the line (``objective``: "curvature" or "tum",
+    ``min_curvature_offsets``; "time", ``min_time_offsets``), its flying-lap speed profile and lap
+    time, and carry offsets and speeds back onto the points of ``data``."""
+    if objective not in OBJECTIVES + LINES:
+        raise ValueError(f"objective = {objective!r}; choose one of {OBJECTIVES + LINES[1:]}")
     track = prepare_track(data, step)
-    offsets = min_curvature_offsets(track, vehicle_width, kappa_bound, objective=objective)
+    if objective == "time":
+        offsets, _ = min_time_offsets(track, limits, vehicle_width, kappa_bound)
+    else:
+        offsets = min_curvature_offsets(track, vehicle_width, kappa_bound, objective=objective)
     return reference_on(data, track, offsets, limits)
 
 

@@ -133,6 +133,18 @@ def speed_limit_for(given: float | None, fitted: FittedSurrogate | None) -> floa
     return default_speed_limit(fitted.trusted_speed if fitted is not None else None)
 
 
+def line_for(given: str | None, fitted: bool) -> str:
+    """The reference line (``surrogate.laptime.LINE_NAMES``) a command drives with: ``given``
+    (``--reference-line``), or by default the minimum-time line on a fitted car (``fitted``) and the
+    minimum-curvature line otherwise. A fitted car runs at its speed limiter through most corners
+    (CarRacing's at 50 m/s on 19 g of grip), where the minimum-curvature line is 8% slower than a
+    shorter one; on the bundled tracks' default car the drivers and their figures were measured on
+    the minimum-curvature line."""
+    if given:
+        return given
+    return "min-time" if fitted else "min-curvature"
+
+
 def load_surrogate(path: str | Path) -> FittedSurrogate:
     """Read and validate a fitted-surrogate file; every error names the file and the field."""
     path = Path(path)

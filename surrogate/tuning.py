@@ -103,9 +103,11 @@ def save_tuning(path: str | Path, tuning: DriverTuning, meta: dict[str, Any] | N
     return path
 
 
-def load_tuning(path: str | Path, track_length_m: float | None = None) -> DriverTuning:
+def load_tuning(path: str | Path, track_length_m: float | None = None, reference: str | None = None) -> DriverTuning:
     """A saved tuning; with ``track_length_m``, refused (ValueError) when it was tuned on a track of
-    another length: its profiles are spread over the track by fraction of a lap."""
+    another length: its profiles are spread over the track by fraction of a lap; with ``reference``
+    (``EnvConfig.reference``), refused when it was tuned on another reference line: its line is a
+    shift from the reference line (tunings saved before they said which line: not checked)."""
     path = Path(path)
     try:
         d = json.loads(path.read_text())
@@ -117,6 +119,10 @@ def load_tuning(path: str | Path, track_length_m: float | None = None) -> Driver
     if track_length_m is not None and isinstance(length, (int, float)) and abs(length / track_length_m - 1.0) > 0.01:
         raise ValueError(f"{path}: tuned on a track of {length:.0f} m, this one is {track_length_m:.0f} m; tune on "
                          "this track (drive_baseline.py --tune, with --surrogate for a game's fitted car)")
+    tuned_on = d.get("reference")
+    if reference is not None and isinstance(tuned_on, str) and tuned_on != reference:
+        raise ValueError(f"{path}: tuned on the {tuned_on} reference line, this run follows the {reference} line; tune "
+                         "again for it (drive_baseline.py --tune --reference-line as the run's)")
     return tuned
 
 
@@ -140,13 +146,14 @@ def apply_tuning(track: Track, base: BaselineParams, tuning: DriverTuning, car_h
     return tuned_track, base.replace(speed_margin=1.0, edge_margin=-car_half_width, **gains)
 
 
-def baseline_driver(track: Track, base: BaselineParams, tuning_file: str | Path | None, car_half_width: float
-                    ) -> tuple[Track, BaselineParams]:
-    """The baseline driver as it drives on ``track``: ``base`` as planned, or with ``tuning_file`` that
-    tuning (``load_tuning``'s ValueError for a missing file or another track)."""
+def baseline_driver(track: Track, base: BaselineParams, tuning_file: str | Path | None, car_half_width: float,
+                    reference: str | None = None) -> tuple[Track, BaselineParams]:
+    """The baseline driver as it drives on ``track`` (whose reference line is ``reference``):
+    ``base`` as planned, or with ``tuning_file`` that tuning (``load_tuning``'s ValueError for a
+    missing file, another track or another line)."""
     if not tuning_file:
         return track, base
-    return apply_tuning(track, base, load_tuning(tuning_file, track_length_m=float(track.length)), car_half_width)
+    return apply_tuning(track, base, load_tuning(tuning_file, float(track.length), reference), car_half_width)
 
 
 def tuned_policy(env: RacingEnv, track: Track, base: BaselineParams, tuning: DriverTuning) -> Callable:

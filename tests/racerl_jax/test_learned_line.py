@@ -4,7 +4,7 @@ import pytest
 
 from racerl_jax.learned_line import laps_from_run, learned_reference, parse_reference_line
 from surrogate.car import CarParams
-from surrogate.laptime import _left_normals, prepare_track
+from surrogate.laptime import LapLimits, _left_normals, prepare_track
 from surrogate.racing_line import RacingLineError
 from surrogate.track_io import chord_param, load_track
 
@@ -30,17 +30,18 @@ def test_a_runs_best_lap_and_its_evaluations_drives_become_the_learned_line(tmp_
     np.savez_compressed(tmp_path / "eval-surrogate" / "agent_drive.npz", **drive)
     np.savez_compressed(tmp_path / "eval-surrogate" / "baseline_drive.npz", **drive)  # not the agent's: left out
     assert len(laps_from_run(tmp_path)) == 3
-    ref = learned_reference(f"laps:{tmp_path}", load_track("oval"), CarParams(), vehicle_width=1.8)
+    ref = learned_reference(f"laps:{tmp_path}", load_track("oval"), LapLimits.from_car(CarParams()), vehicle_width=1.8)
     assert abs(np.median(ref.offsets) - 2.0) < 0.5
-    assert learned_reference("min-curvature", load_track("oval"), CarParams(), 1.8) is None
+    assert learned_reference("min-curvature", load_track("oval"), LapLimits.from_car(CarParams()), 1.8) is None
+    assert learned_reference("min-time", load_track("oval"), LapLimits.from_car(CarParams()), 1.8) is None
 
 
 def test_reference_line_settings_that_make_no_sense_are_refused_with_the_fix(tmp_path):
     assert parse_reference_line("") == [] and parse_reference_line(f"laps:{tmp_path},{tmp_path}") == [tmp_path] * 2
-    with pytest.raises(ValueError, match="give min-curvature .* or laps:RUN_DIR"):
+    with pytest.raises(ValueError, match="give min-curvature or min-time or laps:RUN_DIR"):
         parse_reference_line("fastest")
     with pytest.raises(RacingLineError, match="no clean lap"):
-        learned_reference(f"laps:{tmp_path}", load_track("oval"), CarParams(), 1.8)
+        learned_reference(f"laps:{tmp_path}", load_track("oval"), LapLimits.from_car(CarParams()), 1.8)
     with pytest.raises(RacingLineError, match="not a directory"):
         laps_from_run(tmp_path / "none")
 

@@ -200,7 +200,14 @@ def test_a_fitted_surrogate_sets_the_env_car_track_control_period_delay_and_spre
     assert float(setup.params.tracks.length[0]) == pytest.approx(track.length(), rel=0.01)
     # on a fitted game's track training keeps a margin inside the edges by default; the bundled tracks none
     assert cfg.edge_margin == tr.FITTED_EDGE_MARGIN and setup.env.config.edge_margin == tr.FITTED_EDGE_MARGIN
-    assert tr.resolve(tr.TrainConfig(run_dir=str(tmp_path / "r"))).edge_margin == 0.0
+    bundled = tr.resolve(tr.TrainConfig(run_dir=str(tmp_path / "r")))
+    assert bundled.edge_margin == 0.0
+    # a fitted car follows the minimum-time line by default, everywhere it is driven; the bundled
+    # tracks the minimum-curvature line; a config saved before the choice existed ("") the latter
+    assert cfg.reference_line == "min-time" and bundled.reference_line == "min-curvature"
+    assert {setup.env.config.reference, setup.eval_env.config.reference} == {"time"}
+    assert tr.TrainConfig.from_dict({**cfg.to_dict(), "reference_line": ""}).reference_line == "min-curvature"
+    assert tr.TrainConfig(reference_line="min-time", tracks=("oval", "technical")).env_reference() == "time"
     off = tr.build_setup(dataclasses.replace(cfg, fit_spread=0.0, edge_margin=0.5))
     assert float(off.params.car_spread) == pytest.approx(0.1)
     # an edge margin narrows the training track only: evaluations are scored on the real edges

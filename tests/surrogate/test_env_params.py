@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +16,16 @@ def test_make_params_rejects_unphysical_car():
     bad = CarParams(**{**car_params_to_dict(CarParams()), "mass": -5.0})
     with pytest.raises(ValueError, match="mass"):
         make_params(["oval"], car=bad, config=CFG)
+
+
+def test_a_speed_limiter_caps_the_reference_speed_and_its_lap_time():
+    free, refs = make_params(["oval"], config=CFG)
+    capped, capped_refs = make_params(["oval"], config=dataclasses.replace(CFG, speed_limit=20.0))
+    assert float(jnp.max(free.tracks.ref_speed)) > 30.0
+    assert float(jnp.max(capped.tracks.ref_speed)) <= 20.0 + 1e-4
+    assert capped_refs[0].lap_time_s >= capped_refs[0].line_length_m / 20.0 > refs[0].lap_time_s
+    with pytest.raises(ValueError, match="EnvConfig.reference = 'fastest'"):
+        EnvConfig(reference="fastest")
 
 
 def test_a_sensor_noise_table_that_makes_no_sense_is_refused_by_make_params():

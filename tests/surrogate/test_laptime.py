@@ -15,6 +15,7 @@ from surrogate.laptime import (
     lap_time,
     line_geometry,
     min_curvature_offsets,
+    min_time_offsets,
     prepare_track,
     reference_line,
     velocity_profile,
@@ -154,6 +155,36 @@ def test_min_curvature_line_laps_faster_than_the_centre_line():
     lateral = ((ref.x - data.x) * nx + (ref.y - data.y) * ny) / norm
     assert np.allclose(lateral, ref.offsets, atol=0.1)
     assert np.all(ref.speed <= 80.0 + 1e-9) and ref.speed.min() > 5.0
+
+
+def _line_lap(data: TrackData, offsets: np.ndarray, limits: LapLimits) -> tuple[float, float]:
+    _, _, kappa, ds = line_geometry(data, offsets)
+    return lap_time(velocity_profile(kappa, ds, limits), ds), float(np.sum(ds))
+
+
+def test_at_a_speed_cap_the_minimum_time_line_is_shorter_and_faster_than_the_minimum_curvature_line():
+    # grip to spare and a cap that binds everywhere: the lap is the line's length over the cap, so
+    # the fastest line is close to the shortest path; the minimum-curvature line swings wide
+    data = prepare_track(load_track("oval"), step=3.0)
+    capped = LapLimits(a_lat_max=40.0, a_long_max=40.0, drive_force_per_mass=20.0, v_max=30.0)
+    curv_s, curv_m = _line_lap(data, min_curvature_offsets(data), capped)
+    offsets, weight = min_time_offsets(data, capped)
+    fast_s, fast_m = _line_lap(data, offsets, capped)
+    assert weight > 0.0 and fast_m < 0.97 * curv_m and fast_s < 0.97 * curv_s
+    assert np.all(offsets <= data.w_left - 1.0 + 1e-6) and np.all(offsets >= -(data.w_right - 1.0) - 1e-6)
+    # the reference line of that objective is this line, timed the same way
+    ref = reference_line(load_track("oval"), capped, objective="time")
+    assert ref.lap_time_s == pytest.approx(fast_s, rel=1e-6) and ref.line_length_m == pytest.approx(fast_m, rel=1e-6)
+
+
+def test_on_a_low_grip_car_the_minimum_time_line_is_never_slower_than_the_minimum_curvature_line():
+    # the tyres set the pace in every corner here; the search still starts from the minimum-curvature
+    # line and keeps it unless a shorter one laps faster
+    data = prepare_track(load_track("oval"), step=3.0)
+    low_grip = LapLimits(a_lat_max=4.0, a_long_max=4.0, drive_force_per_mass=4.0, v_max=80.0)
+    offsets, _ = min_time_offsets(data, low_grip)
+    assert _line_lap(data, offsets, low_grip)[0] <= _line_lap(data, min_curvature_offsets(data), low_grip)[0] + 1e-9
+    assert np.all(offsets <= data.w_left - 1.0 + 1e-6) and np.all(offsets >= -(data.w_right - 1.0) - 1e-6)
 
 
 tum_tracks = pytest.mark.skipif(not TUM_DIR.is_dir(), reason=f"TUM tracks not found at {TUM_DIR}")

@@ -105,6 +105,14 @@ def test_a_tuning_of_another_track_is_refused(tmp_path):
         tuning.load_tuning(path, track_length_m=1200.0)
 
 
+def test_a_tuning_of_another_reference_line_is_refused(tmp_path):
+    # its line is a shift from the reference line: on another line it drives somewhere else
+    path = tuning.save_tuning(tmp_path / "t.json", tuning.untuned(4), {"track_length_m": 1000.0, "reference": "time"})
+    assert tuning.load_tuning(path, 1000.0, "time").knots == 4
+    with pytest.raises(ValueError, match="tuned on the time reference line, this run follows the curvature line"):
+        tuning.load_tuning(path, 1000.0, "curvature")
+
+
 def test_tuning_round_trips_through_json_and_bad_files_are_named(tmp_path):
     tun = tuning.DriverTuning(jnp.array([0.1, -0.2, 0.0]), jnp.array([1.0, 0.0, -0.5]), jnp.arange(4.0) / 10)
     path = tuning.save_tuning(tmp_path / "t.json", tun, {"track": "oval"})
