@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         limits = dataclasses.replace(limits, v_max=min(limits.v_max, args.speed_limit))
     print(f"track: {data.name} ({args.track}), {data.n} points, centre line {data.length():.1f} m")
     print(f"car: {args.car} {limits.to_dict()}")
-    print(f"flow: resample at {args.step} m, min-curvature line (width {args.vehicle_width} m, "
+    print(f"flow: resample at {args.step} m, each line (width {args.vehicle_width} m, "
           f"|kappa| <= {args.kappa_bound} rad/m), forward/backward speed profile, flying lap")
     results = {}
     for objective in dict.fromkeys([args.objective, *OBJECTIVES, *LINES[1:]]):

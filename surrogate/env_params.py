@@ -29,12 +29,20 @@ def car_limits(car: CarParams, cfg: EnvConfig) -> laptime.LapLimits:
 
 
 def reference_for(data: TrackData, car: CarParams, cfg: EnvConfig, ref: laptime.Reference | None = None):
-    """Reference line and speed profile on the env's track points: the line of ``cfg.reference``
-    (minimum curvature or minimum time) for this car under the env's speed limiter, or ``ref`` (a
-    line learned from laps, ``surrogate.racing_line``)."""
+    """Reference line and speed profile on the env's track points, and the reference: the line of
+    ``cfg.reference`` (minimum curvature or minimum time) for this car under the env's speed
+    limiter, timed under it (the lap time is the limit), or ``ref`` (a line learned from laps,
+    ``surrogate.racing_line``).
+
+    The speed profile on the points (what the policy observes ahead and the baseline aims at) is
+    the car's own, uncapped: under a limiter that holds the car at one speed a capped profile
+    would read the same almost everywhere, where the car's own says how hard each corner is (and
+    drivers trained before the limiter entered the limit saw it)."""
+    capped, own = car_limits(car, cfg), laptime.LapLimits.from_car(car)
     if ref is None:
-        ref = laptime.reference_line(data, car_limits(car, cfg), vehicle_width=2.0 * cfg.car_half_width,
-                                     objective=cfg.reference)
+        ref = laptime.reference_line(data, capped, vehicle_width=2.0 * cfg.car_half_width, objective=cfg.reference)
+    if own != capped:
+        ref = dataclasses.replace(ref, speed=laptime.reference_on(data, ref.resampled, ref.resampled_offsets, own).speed)
     # Carry the per-point reference over to the env's own resampling by arc-length fraction:
     # both parametrise the same closed curve.
     seg = np.hypot(np.diff(data.x, append=data.x[0]), np.diff(data.y, append=data.y[0]))
