@@ -23,14 +23,17 @@ class KinematicCarGame(GamePlugin):
         self.max_accel, self.max_brake = max_accel, max_brake
         self._rng = np.random.default_rng(0)
         self._state = (radius, 0.0, math.pi / 2, 0.0)
-        self._dist = 0.0
+        # Metres along the centre circle since the reset (the angle turned about the centre times the
+        # radius): laps count whole turns, whichever line the car drives; its own path is shorter on
+        # the inside.
+        self._centre_dist = 0.0
 
     def reset(self, seed):
         if seed is not None:
             self._rng = np.random.default_rng(seed)
         start = float(self._rng.uniform(-0.05, 0.05))  # small random angle along the circle
         self._state = (self.radius * math.cos(start), self.radius * math.sin(start), start + math.pi / 2, 0.0)
-        self._dist = 0.0
+        self._centre_dist = 0.0
         return self._fields(0.0, 0.0, 0.0)
 
     def step(self, action, ticks):
@@ -40,10 +43,12 @@ class KinematicCarGame(GamePlugin):
             acc = action["throttle"] * self.max_accel - action["brake"] * self.max_brake
             v = max(0.0, v + acc * self.dt)
             yaw_rate = v * math.tan(action["steer"] * self.max_steer) / self.wheelbase
+            ang = math.atan2(y, x)
             x += v * math.cos(yaw) * self.dt
             y += v * math.sin(yaw) * self.dt
             yaw += yaw_rate * self.dt
-            self._dist += v * self.dt
+            turned = math.atan2(y, x) - ang
+            self._centre_dist += math.atan2(math.sin(turned), math.cos(turned)) * self.radius
         self._state = (x, y, math.atan2(math.sin(yaw), math.cos(yaw)), v)
         return self._fields((v - v_prev) / (self.dt * ticks), v * yaw_rate, yaw_rate)
 
@@ -52,7 +57,7 @@ class KinematicCarGame(GamePlugin):
         lap_len = 2 * math.pi * self.radius
         ang = math.atan2(y, x) % (2 * math.pi)
         return {"x": x, "y": y, "yaw": yaw, "speed": v, "accel_long": accel_long, "accel_lat": accel_lat,
-                "yaw_rate": yaw_rate, "lap": int(self._dist // lap_len), "lap_dist": ang * self.radius,
+                "yaw_rate": yaw_rate, "lap": max(0, int(self._centre_dist // lap_len)), "lap_dist": ang * self.radius,
                 "on_track": abs(math.hypot(x, y) - self.radius) <= self.half_width}
 
     def track(self):

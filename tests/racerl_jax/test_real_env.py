@@ -150,7 +150,7 @@ class LineBeforeTheMap(KinematicCarGame):
     def _fields(self, *a):
         f = super()._fields(*a)
         lap_len = 2 * np.pi * self.radius
-        f["lap"] = int((self._dist + 11.0) // lap_len)
+        f["lap"] = int((self._centre_dist + 11.0) // lap_len)
         f["lap_dist"] = (f["lap_dist"] + 11.0) % lap_len
         if f["lap"] >= 1:
             f["done"], f["reason"] = True, "finish"
