@@ -21,7 +21,7 @@ from surrogate.car import MODELS
 from surrogate.env import GOVERNOR_FADE, MAX_EDGE_MARGIN, PEDALS, action_bounds
 from surrogate.reward import RewardWeights
 from surrogate.laptime import LINE_NAMES
-from surrogate.surrogate_file import line_for, load_surrogate, speed_limit_for
+from surrogate.surrogate_file import FITTED_EDGE_MARGIN, edge_margin_for, line_for, load_surrogate, speed_limit_for
 from surrogate.track_io import DEFAULT_TRACK
 
 # ----------------------------------------------------------------------------- config
@@ -36,11 +36,6 @@ DEFAULT_REWARD = RewardWeights(progress=0.1, deviation=0.002, action_change=0.02
 # lapped it; with it four of four did (docs/experiments.md, session 12). The bundled tracks keep 0
 # until the quickstart is measured over seeds with it.
 FITTED_GAME_REWARD = dataclasses.replace(DEFAULT_REWARD, stuck=5.0)
-# On a fitted game's track (--surrogate) training episodes end a metre inside the edges: CarRacing's
-# drivers of one seed of three ran 1 m wider on the game than in the surrogate and left it at 250 m;
-# trained with the margin the same seed lapped it 10 of 10, every lap about 2% slower
-# (docs/experiments.md, session 22).
-FITTED_EDGE_MARGIN = 1.0
 
 # Fields the command line does not set (reward weights, network widths) are still in the saved
 # config; fields that do not shape what is learned (how long, how often to evaluate or checkpoint,
@@ -329,9 +324,7 @@ class TrainConfig:
 
     def train_edge_margin(self) -> float:
         """The training edge margin as given, or the default for what the run drives (``FITTED_EDGE_MARGIN`` on a fit)."""
-        if self.edge_margin is not None:
-            return self.edge_margin
-        return FITTED_EDGE_MARGIN if self.surrogate else 0.0
+        return edge_margin_for(self.edge_margin, bool(self.surrogate))
 
     def env_reference(self) -> str:
         """``EnvConfig.reference`` of this run: the computed line its reference line names (a learned

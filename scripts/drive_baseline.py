@@ -14,7 +14,8 @@ method, ``surrogate.tuning``) and saves them as ``tuning.json`` in the run direc
 ``evaluate.py --baseline-tuning`` drives beside an agent, on the surrogate or on the game.
 ``--robust-cars N`` makes every candidate lap N more cars drawn around the car (each parameter
 within ``--robust-spread``) too: a fitted car is an estimate, and a tuning that laps only the
-estimate leaves the game's track.
+estimate leaves the game's track. With ``--surrogate`` it tunes on edges ``--edge-margin`` (1 m)
+narrower, as training does, and the tuned line keeps that room wherever it is driven.
 """
 from __future__ import annotations
 
@@ -33,11 +34,12 @@ from racerl_jax.plots import plot_lap
 from racerl_jax.racing_setup import paced_lap_s, slow_lap_steps
 from surrogate.baseline import BaselineParams, baseline_action, baseline_params_for
 from surrogate.car import CarParams
-from surrogate.env import GOVERNOR_FADE, EnvConfig, RacingEnv
+from surrogate.env import GOVERNOR_FADE, MAX_EDGE_MARGIN, EnvConfig, RacingEnv
 from surrogate.env_params import make_params
 from surrogate.rollout import lap_metrics, rollout
 from surrogate.laptime import LINE_NAMES
-from surrogate.surrogate_file import SurrogateFileError, line_for, load_surrogate, speed_limit_for
+from surrogate.surrogate_file import (FITTED_EDGE_MARGIN, SurrogateFileError, edge_margin_for, line_for, load_surrogate,
+                                     speed_limit_for)
 from surrogate.track import select_track
 from surrogate.track_io import DEFAULT_TRACK
 from surrogate import tuning as tuning_lib
@@ -61,6 +63,7 @@ class Config:
     surrogate: str = ""
     speed_limit: float | None = None  # as train_crossq.py's: with --surrogate a margin under the fit's trusted speed
     reference_line: str | None = None  # as train_crossq.py's: with --surrogate min-time, else min-curvature
+    edge_margin: float | None = None  # --tune on edges this much narrower, as train_crossq.py's training
 
 
 def parse() -> Config:
@@ -91,11 +94,17 @@ def parse() -> Config:
     p.add_argument("--reference-line", choices=sorted(LINE_NAMES), default=d.reference_line,
                    help="the line the driver follows and the limit is timed on, as train_crossq.py's (default: "
                         "min-time with --surrogate, else min-curvature); a tuning is tuned on, and for, one line")
+    p.add_argument("--edge-margin", type=float, default=d.edge_margin, metavar="M",
+                   help="--tune on the track's edges this much narrower, as train_crossq.py trains (default: "
+                        f"{FITTED_EDGE_MARGIN:g} with --surrogate, else 0); the tuning keeps its line inside them, and "
+                        "its laps are then driven and judged on the real edges")
     cfg = Config(**{k.replace("-", "_"): v for k, v in vars(p.parse_args()).items()})
     if cfg.speed_limit is not None and cfg.speed_limit != 0.0 and not cfg.speed_limit > GOVERNOR_FADE:
         p.error(f"--speed-limit {cfg.speed_limit}: give 0 (none) or a speed above {GOVERNOR_FADE} m/s")
     if cfg.tune and cfg.tuning:
         p.error("--tune and --tuning exclude each other: tune anew, or drive a saved tuning")
+    if cfg.edge_margin is not None and not 0.0 <= cfg.edge_margin <= MAX_EDGE_MARGIN:
+        p.error(f"--edge-margin {cfg.edge_margin}: give a distance in [0, {MAX_EDGE_MARGIN}] m")
     if cfg.tune and (cfg.generations < 1 or cfg.population < 4 or not cfg.knot_spacing > 0 or cfg.robust_cars < 0
                      or not 0.0 <= cfg.robust_spread < 1.0):
         p.error(f"--generations {cfg.generations} (>= 1), --population {cfg.population} (>= 4), "
@@ -143,7 +152,8 @@ def main() -> None:
             raise SystemExit(str(e)) from None
         print(f"driving the tuning in {cfg.tuning} ({tuned.knots} knots)")
     elif cfg.tune:
-        tuned = tune(cfg, env, params, track, base, pace_s, run_dir)
+        margin = edge_margin_for(cfg.edge_margin, fitted is not None)
+        tuned = tune(cfg, RacingEnv(dataclasses.replace(env_cfg, edge_margin=margin)), params, track, base, pace_s, run_dir)
 
     if tuned is not None:
         policy = tuning_lib.tuned_policy(env, track, base, tuned)
@@ -184,6 +194,8 @@ def main() -> None:
 def tune(cfg: Config, env: RacingEnv, params, track, base, limit_s: float, run_dir: Path) -> tuning_lib.DriverTuning:
     knots = max(4, round(float(track.length) / cfg.knot_spacing))
     robust = (f", each on {cfg.robust_cars + 1} cars ({cfg.robust_spread:.0%} spread)" if cfg.robust_cars else "")
+    margin = env.config.edge_margin
+    robust += f", inside edges {margin:g} m narrower" if margin else ""
     print(f"tuning: {cfg.generations} generations of {cfg.population} drivers{robust}, {knots} knots "
           f"({float(track.length) / knots:.0f} m apart) ...", flush=True)
     bar = tqdm(total=cfg.generations, unit="gen", file=sys.stderr)

@@ -14,7 +14,10 @@ A tuning found on one car can lap on a knife edge: the same tuning driven again 
 rounds differently, or on a game whose car is a little off the fitted one, leaves the track. With
 ``robust_cars`` each candidate also drives that many cars drawn around the nominal one (every
 parameter within ``robust_spread``, the draws fixed for the whole search) and is scored by its worst
-drive: it must lap them all.
+drive: it must lap them all. And a tuning whose line reaches the clean-lap limit leaves a game's
+track where the game's car runs a little wider: tuned on an env with an ``edge_margin`` (the track
+that much narrower, as training narrows it), the tuned line keeps inside that narrower track
+wherever it is driven (``DriverTuning.edge_margin``, saved with it).
 
 The result is the score a user gets without RL, tuned for the car: the bar an agent has to beat.
 """
@@ -31,7 +34,7 @@ import numpy as np
 from flax import struct
 
 from surrogate.baseline import BaselineParams, baseline_action
-from surrogate.env import EnvParams, RacingEnv, env_action
+from surrogate.env import MAX_EDGE_MARGIN, EnvParams, RacingEnv, env_action
 from surrogate.track import Track
 
 # BaselineParams fields the tuning scales (by exp of a log factor); the order of DriverTuning.gain_log.
@@ -50,6 +53,9 @@ class DriverTuning:
     speed_log: jax.Array  # (K,) log factor on the reference speed at K knots evenly spaced along the track
     line_shift: jax.Array  # (K,) m, lateral shift (+ left) of the aimed-at line at the knots
     gain_log: jax.Array  # (len(GAINS),) log factors on the controller's gains
+    # m: the track's edges were this much narrower where it was tuned (EnvConfig.edge_margin); its
+    # line keeps inside them wherever it drives.
+    edge_margin: float = struct.field(pytree_node=False, default=0.0)
 
     @property
     def knots(self) -> int:
@@ -59,12 +65,13 @@ class DriverTuning:
         return jnp.concatenate([self.speed_log, self.line_shift, self.gain_log], axis=-1)
 
     @classmethod
-    def from_vector(cls, v: jax.Array, knots: int) -> "DriverTuning":
-        return cls(speed_log=v[..., :knots], line_shift=v[..., knots:2 * knots], gain_log=v[..., 2 * knots:])
+    def from_vector(cls, v: jax.Array, knots: int, edge_margin: float = 0.0) -> "DriverTuning":
+        return cls(speed_log=v[..., :knots], line_shift=v[..., knots:2 * knots], gain_log=v[..., 2 * knots:],
+                   edge_margin=edge_margin)
 
     def to_dict(self) -> dict[str, Any]:
         return {"speed_log": np.asarray(self.speed_log).tolist(), "line_shift": np.asarray(self.line_shift).tolist(),
-                "gain_log": dict(zip(GAINS, np.asarray(self.gain_log).tolist()))}
+                "gain_log": dict(zip(GAINS, np.asarray(self.gain_log).tolist())), "edge_margin": self.edge_margin}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "tuning") -> "DriverTuning":
@@ -72,6 +79,7 @@ class DriverTuning:
             speed = np.asarray(d["speed_log"], np.float32)
             shift = np.asarray(d["line_shift"], np.float32)
             gains = np.asarray([d["gain_log"][g] for g in GAINS], np.float32)
+            margin = float(d.get("edge_margin", 0.0))  # tunings saved before they said: the real edges
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{where}: not a driver tuning ({e!r}); expected speed_log and line_shift lists "
                              f"of one length and gain_log with {', '.join(GAINS)}") from None
@@ -80,7 +88,9 @@ class DriverTuning:
                              "of the same length >= 2 (one value per knot)")
         if not (np.all(np.isfinite(speed)) and np.all(np.isfinite(shift)) and np.all(np.isfinite(gains))):
             raise ValueError(f"{where}: NaN or infinite values; re-run the tuning")
-        return cls(jnp.asarray(speed), jnp.asarray(shift), jnp.asarray(gains))
+        if not 0.0 <= margin <= MAX_EDGE_MARGIN:
+            raise ValueError(f"{where}: edge_margin {margin} m; expected a distance in [0, {MAX_EDGE_MARGIN}]")
+        return cls(jnp.asarray(speed), jnp.asarray(shift), jnp.asarray(gains), margin)
 
 
 def untuned(knots: int) -> DriverTuning:
@@ -138,12 +148,13 @@ def _knot_profile(values: jax.Array, n_points: int) -> jax.Array:
 def apply_tuning(track: Track, base: BaselineParams, tuning: DriverTuning, car_half_width: float
                  ) -> tuple[Track, BaselineParams]:
     """The track as the tuned driver reads it (its speed profile and line) and its gains. The line
-    may reach the clean-lap limit: the centre of the car ``car_half_width`` past an edge."""
+    may reach the clean-lap limit of the track it was tuned on: the centre of the car
+    ``car_half_width`` past an edge, less the tuning's ``edge_margin``."""
     n = track.ref_speed.shape[0]
     tuned_track = track.replace(ref_speed=track.ref_speed * jnp.exp(_knot_profile(tuning.speed_log, n)),
                                 ref_offset=track.ref_offset + _knot_profile(tuning.line_shift, n))
     gains = {g: getattr(base, g) * jnp.exp(tuning.gain_log[i]) for i, g in enumerate(GAINS)}
-    return tuned_track, base.replace(speed_margin=1.0, edge_margin=-car_half_width, **gains)
+    return tuned_track, base.replace(speed_margin=1.0, edge_margin=tuning.edge_margin - car_half_width, **gains)
 
 
 def baseline_driver(track: Track, base: BaselineParams, tuning_file: str | Path | None, car_half_width: float,
@@ -233,19 +244,21 @@ def tune(env: RacingEnv, params: EnvParams, track: Track, base: BaselineParams, 
     ``starting_point``; returns the best tuning found (never worse than that start, which is scored
     first) and the best score after each generation; ``on_generation(g, best_score)`` reports progress.
     With ``robust_cars`` a candidate's score is its worst over the nominal car and that many drawn
-    around it (``robust_score``)."""
+    around it (``robust_score``). Scored on ``env``'s track, its edges ``edge_margin`` narrower: the
+    tuning keeps that margin."""
     if knots < 2 or population < 4 or generations < 1 or robust_cars < 0 or not 0.0 <= robust_spread < 1.0:
         raise ValueError(f"tune: knots={knots} (>= 2), population={population} (>= 4), generations="
                          f"{generations} (>= 1), robust_cars={robust_cars} (>= 0) and robust_spread="
                          f"{robust_spread} (in [0, 1)) are needed")
     steps = drive_steps(limit_s, env.config.dt)
+    margin = env.config.edge_margin  # the track it is scored on: its edges this much narrower
     n_elite = max(2, population // 16)
     dim = 2 * knots + len(GAINS)
     # Initial spread: 5% of speed, a metre of line, 30% on the gains.
     std0 = jnp.concatenate([jnp.full((knots,), 0.05), jnp.full((knots,), 1.0), jnp.full((len(GAINS),), 0.3)])
 
     def score_vec(v):
-        return robust_score(env, params, track, base, DriverTuning.from_vector(v, knots), steps, robust_cars,
+        return robust_score(env, params, track, base, DriverTuning.from_vector(v, knots, margin), steps, robust_cars,
                             robust_spread, seed)
 
     @jax.jit
@@ -270,4 +283,4 @@ def tune(env: RacingEnv, params: EnvParams, track: Track, base: BaselineParams, 
         history.append(float(c.best_score))
         if on_generation is not None:
             on_generation(g, history[-1])
-    return DriverTuning.from_vector(c.best, knots), history
+    return DriverTuning.from_vector(c.best, knots, margin), history

@@ -25,9 +25,11 @@ def test_tune_saves_a_tuning_that_drives_the_same_lap_again(tmp_path, monkeypatc
     first = tmp_path / "tuned"
     # the kinematic model compiles in half the time; the tuning does not depend on the model
     out = _run(monkeypatch, capsys, "--tune", "--generations", "2", "--population", "16", "--knot-spacing", "200",
-               "--model", "kinematic", "--run-dir", str(first))
+               "--model", "kinematic", "--edge-margin", "0.5", "--run-dir", str(first))
     saved = json.loads((first / "tuning.json").read_text())
     assert saved["track"] == "oval" and len(saved["speed_log"]) == 6  # 1218 m / 200 m
+    # tuned inside edges half a metre narrower, and the tuning keeps that room where it is driven
+    assert saved["edge_margin"] == 0.5 and "inside edges 0.5 m narrower" in out
     last = out.strip().splitlines()[-1]
     assert last.startswith("baseline_best_lap_s=") and (first / "lap.png").exists()
 
@@ -41,6 +43,10 @@ def test_tune_and_tuning_together_are_refused(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         db.parse()
     assert "exclude each other" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "argv", ["drive_baseline.py", "--tune", "--edge-margin", "-1"])
+    with pytest.raises(SystemExit):
+        db.parse()
+    assert "--edge-margin -1.0: give a distance in [0," in capsys.readouterr().err
 
 
 def test_a_surrogate_file_drives_its_fitted_car_on_its_track_at_its_control_period(tmp_path, monkeypatch, capsys):

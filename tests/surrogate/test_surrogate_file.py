@@ -123,3 +123,11 @@ def test_the_default_speed_limit_keeps_a_margin_under_the_trusted_speed_and_a_gi
     assert speed_limit_for(None, fitted) == 50.0
     assert speed_limit_for(55.0, fitted) == 55.0 and speed_limit_for(0.0, fitted) == 0.0  # --speed-limit wins
     assert speed_limit_for(None, None) == 0.0
+
+
+def test_a_fitted_car_trains_and_tunes_inside_a_margin_by_default_and_a_given_one_wins():
+    from surrogate.surrogate_file import FITTED_EDGE_MARGIN, edge_margin_for
+
+    assert edge_margin_for(None, fitted=True) == FITTED_EDGE_MARGIN > 0.0
+    assert edge_margin_for(None, fitted=False) == 0.0
+    assert edge_margin_for(0.0, fitted=True) == 0.0 and edge_margin_for(0.4, fitted=False) == 0.4

@@ -137,3 +137,40 @@ def test_scoring_needs_an_env_that_starts_on_the_line(oval):
     _, params, track, base, limit = oval
     with pytest.raises(ValueError, match="start='line'"):
         tuning.score(RacingEnv(EnvConfig()), params, track, base, tuning.untuned(4), 10)
+
+
+def _widest_past_left_edge(env, params, track, base, tun, limit) -> float:
+    """How far past the left edge (m, + outside) the car's centre gets, driving ``tun`` on ``env``, once
+    past its first third (the move over from the centre line overshoots)."""
+    from surrogate.track import interp, project_global
+
+    traj = rollout(env, params, tuning.tuned_policy(env, track, base, tun), jax.random.PRNGKey(0),
+                   tuning.drive_steps(limit, env.config.dt) // 2)
+    pos = jax.vmap(lambda x, y: project_global(track, x, y, 0.0))(jnp.asarray(traj["x"]), jnp.asarray(traj["y"]))
+    past = pos.lateral - interp(track, track.w_left, pos.s)
+    return float(jnp.max(past[past.shape[0] // 3:]))
+
+
+def test_a_tuning_on_narrowed_edges_keeps_its_margin_when_driven_on_the_real_ones(oval, tmp_path):
+    import dataclasses
+
+    env, params, track, base, limit = oval
+    narrow = RacingEnv(dataclasses.replace(env.config, edge_margin=1.0))
+    # Tuned on the narrowed track, the tuning says so and keeps saying so through its file.
+    tun, _ = tuning.tune(narrow, params, track, base, limit, knots=6, population=8, generations=1, seed=1)
+    assert tun.edge_margin == 1.0
+    back = tuning.load_tuning(tuning.save_tuning(tmp_path / "t.json", tun))
+    assert back.edge_margin == 1.0 and tuning.load_tuning(tuning.save_tuning(tmp_path / "u.json", tuning.untuned(4))).edge_margin == 0.0
+    # A line shifted far to the left, at 80% pace: the tuning of the real edges runs the car's centre
+    # out to the clean-lap limit (0.9 m past the edge) and beyond; the same tuning of a 1 m margin
+    # aims 0.1 m inside the edge and keeps near it, driven on the real edges (env) all the same.
+    k = 6
+    wide = tuning.DriverTuning(jnp.full((k,), np.log(0.8)), jnp.full((k,), 20.0), jnp.zeros((len(tuning.GAINS),)))
+    real_edges = _widest_past_left_edge(env, params, track, base, wide, limit)
+    kept = _widest_past_left_edge(env, params, track, base, wide.replace(edge_margin=1.0), limit)
+    assert real_edges > 0.6 and kept < 0.2, (real_edges, kept)
+    assert tuning.apply_tuning(track, base, back, env.config.car_half_width)[1].edge_margin == pytest.approx(0.1)
+    bad = json.loads((tmp_path / "t.json").read_text()) | {"edge_margin": -1.0}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="bad.json: edge_margin -1.0 m"):
+        tuning.load_tuning(tmp_path / "bad.json")
